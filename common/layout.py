@@ -1,0 +1,58 @@
+"""Blob layout of a recording — the one contract between the streamer (writer) and retrieval (reader).
+
+    {container}/{callConnectionId}/manifest.json
+    {container}/{callConnectionId}/call-state.json          (control plane: call lifecycle)
+    {container}/{callConnectionId}/{stream}/{seq:06d}.wav   (self-contained WAV chunks)
+
+`stream` is `mixed`, or `p-` + base64url(participantRawId) without padding, which is URL- and path-safe and
+reversible. Chunk `seq` k covers [clockOrigin + k*chunkSeconds, clockOrigin + (k+1)*chunkSeconds) on the call clock
+for every stream, so the same seq of two participants is the same wall-clock span.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+
+MIXED_STREAM = "mixed"
+MANIFEST_NAME = "manifest.json"
+CALL_STATE_NAME = "call-state.json"
+DEFAULT_CONTAINER = "recordings"
+
+_PARTICIPANT_PREFIX = "p-"
+# ACS call connection ids are GUID-like; we allow a conservative superset that is safe in blob paths and URLs.
+_CALL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def is_valid_call_id(call_id: str | None) -> bool:
+    return bool(call_id) and _CALL_ID_RE.match(call_id) is not None and ".." not in call_id
+
+
+def stream_id(participant_raw_id: str | None) -> str:
+    """Name of the stream a frame belongs to: `mixed` when there is no participant."""
+    if not participant_raw_id:
+        return MIXED_STREAM
+    encoded = base64.urlsafe_b64encode(participant_raw_id.encode("utf-8")).rstrip(b"=").decode("ascii")
+    return _PARTICIPANT_PREFIX + encoded
+
+
+def participant_of(stream: str) -> str | None:
+    """Inverse of `stream_id`: the participantRawId, or None for the mixed stream."""
+    if stream == MIXED_STREAM:
+        return None
+    if not stream.startswith(_PARTICIPANT_PREFIX):
+        raise ValueError(f"not a stream id: {stream!r}")
+    body = stream[len(_PARTICIPANT_PREFIX):]
+    return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode("utf-8")
+
+
+def chunk_blob(call_id: str, stream: str, seq: int) -> str:
+    return f"{call_id}/{stream}/{seq:06d}.wav"
+
+
+def manifest_blob(call_id: str) -> str:
+    return f"{call_id}/{MANIFEST_NAME}"
+
+
+def call_state_blob(call_id: str) -> str:
+    return f"{call_id}/{CALL_STATE_NAME}"

@@ -1,0 +1,157 @@
+"""The per-call manifest: what was recorded, where it is, and whether it is complete.
+
+Several writers can touch one call's manifest: a streaming session per WebSocket connection (stop/start makes a
+new one, possibly on another replica) and the spool drainer after a restart. Each writer keeps its own *part* — a
+manifest-shaped dict holding only what it contributed — and merges it into the stored manifest with an
+ETag-conditional write. `merge` is a union keyed by identity, so it is idempotent and order-independent: replaying
+a part, or two writers racing, never loses an entry.
+
+Shape (JSON, camelCase; see README "Blob layout and manifest"):
+
+    {"schemaVersion": 1, "callConnectionId": str, "correlationId": str|None, "sampleRate": int,
+     "chunkSeconds": float, "clockOrigin": ISO-8601|None, "audioChannel": "mixed"|"unmixed"|"auto",
+     "complete": bool, "updatedAt": ISO-8601,
+     "sessions": [{"id", "startedAt", "endedAt", "complete", "closeCode", "replica", ...}],
+     "streams": [{"stream", "participantRawId", "chunks": [{"blob", "seq", "startTime", "durationMs",
+                                                            "sha256", "bytes", "revision", "sessionId"}]}],
+     "gaps": [{"stream", "startTime", "durationMs"}],
+     "dtmf": [{"tone", "timestamp", "participantRawId"}]}
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+from typing import Any, TypedDict
+
+import orjson
+
+SCHEMA_VERSION = 1
+
+
+class ChunkEntry(TypedDict):
+    blob: str
+    seq: int
+    startTime: str
+    durationMs: int
+    sha256: str
+    bytes: int
+    revision: int
+    sessionId: str
+
+
+class StreamEntry(TypedDict):
+    stream: str
+    participantRawId: str | None
+    chunks: list[ChunkEntry]
+
+
+class GapEntry(TypedDict):
+    stream: str
+    startTime: str
+    durationMs: int
+
+
+class DtmfEntry(TypedDict):
+    tone: str
+    timestamp: str | None
+    participantRawId: str | None
+
+
+def utc_iso(ts: float) -> str:
+    """ISO-8601 UTC with millisecond precision and a `Z`, the form ACS uses in frame timestamps."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def now_iso() -> str:
+    return utc_iso(datetime.now(UTC).timestamp())
+
+
+def empty(call_id: str) -> dict[str, Any]:
+    return {
+        "schemaVersion": SCHEMA_VERSION,
+        "callConnectionId": call_id,
+        "correlationId": None,
+        "sampleRate": None,
+        "chunkSeconds": None,
+        "clockOrigin": None,
+        "audioChannel": None,
+        "complete": False,
+        "updatedAt": None,
+        "sessions": [],
+        "streams": [],
+        "gaps": [],
+        "dtmf": [],
+    }
+
+
+_FIRST_WINS = ("correlationId", "sampleRate", "chunkSeconds", "clockOrigin", "audioChannel")
+
+
+def merge(base: dict[str, Any] | None, part: dict[str, Any]) -> dict[str, Any]:
+    """Union of `part` into `base` (neither is modified). Identity keys: session id; (stream, seq) for chunks,
+    where the higher `revision` wins (a chunk rewritten by an overlay merge supersedes the first write);
+    (stream, startTime) for gaps; (timestamp, tone, participant) for DTMF."""
+    call_id = part["callConnectionId"]
+    out = copy.deepcopy(base) if base else empty(call_id)
+    if out["callConnectionId"] != call_id:
+        raise ValueError(f"manifest of {out['callConnectionId']!r} cannot take a part of {call_id!r}")
+    for key in _FIRST_WINS:
+        if out.get(key) is None and part.get(key) is not None:
+            out[key] = part[key]
+
+    sessions = {s["id"]: s for s in out["sessions"]}
+    for s in part.get("sessions", []):
+        sessions[s["id"]] = {**sessions.get(s["id"], {}), **s}
+    out["sessions"] = sorted(sessions.values(), key=lambda s: (s.get("startedAt") or "", s["id"]))
+
+    streams: dict[str, dict[str, Any]] = {s["stream"]: s for s in out["streams"]}
+    for ps in part.get("streams", []):
+        target = streams.setdefault(
+            ps["stream"], {"stream": ps["stream"], "participantRawId": ps.get("participantRawId"), "chunks": []}
+        )
+        by_seq = {c["seq"]: c for c in target["chunks"]}
+        for c in ps.get("chunks", []):
+            old = by_seq.get(c["seq"])
+            if old is None or c.get("revision", 1) >= old.get("revision", 1):
+                by_seq[c["seq"]] = c
+        target["chunks"] = [by_seq[k] for k in sorted(by_seq)]
+    out["streams"] = sorted(streams.values(), key=lambda s: s["stream"])
+
+    gaps = {(g["stream"], g["startTime"]): g for g in out["gaps"]}
+    gaps.update({(g["stream"], g["startTime"]): g for g in part.get("gaps", [])})
+    out["gaps"] = [gaps[k] for k in sorted(gaps)]
+
+    def dtmf_key(d: dict[str, Any]) -> tuple[str, str, str]:
+        return (d.get("timestamp") or "", d["tone"], d.get("participantRawId") or "")
+
+    dtmf = {dtmf_key(d): d for d in out["dtmf"]}
+    dtmf.update({dtmf_key(d): d for d in part.get("dtmf", [])})
+    out["dtmf"] = [dtmf[k] for k in sorted(dtmf)]
+
+    out["complete"] = bool(out["sessions"]) and all(s.get("complete") for s in out["sessions"])
+    out["updatedAt"] = now_iso()
+    return out
+
+
+def dumps(manifest: dict[str, Any]) -> bytes:
+    return orjson.dumps(manifest, option=orjson.OPT_INDENT_2)
+
+
+def loads(data: bytes | str) -> dict[str, Any]:
+    """Parse and shape-check a stored manifest; raises ValueError on anything that is not one."""
+    try:
+        m = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"manifest is not JSON: {exc}") from exc
+    if not isinstance(m, dict) or not isinstance(m.get("callConnectionId"), str):
+        raise ValueError("manifest lacks callConnectionId")
+    for key in ("sessions", "streams", "gaps", "dtmf"):
+        if not isinstance(m.get(key, []), list):
+            raise ValueError(f"manifest field {key!r} is not a list")
+        m.setdefault(key, [])
+    return m
+
+
+def stream_entry(manifest: dict[str, Any], stream: str) -> dict[str, Any] | None:
+    return next((s for s in manifest.get("streams", []) if s["stream"] == stream), None)

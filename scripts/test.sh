@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, then lint + the whole suite (real Azurite, real uvicorn, loopback only).
+# Extra arguments go to pytest, e.g. scripts/test.sh tests/test_timeline.py -x
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+echo "==> ruff"
+.venv/bin/ruff check .
+echo "==> pytest"
+exec .venv/bin/python -m pytest "$@"
