@@ -59,8 +59,17 @@ class DtmfEntry(TypedDict):
 
 
 def utc_iso(ts: float) -> str:
-    """ISO-8601 UTC with millisecond precision and a `Z`, the form ACS uses in frame timestamps."""
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    """ISO-8601 UTC rounded to the millisecond, with a `Z`: the form ACS uses in frame timestamps."""
+    ms = round(ts * 1000)
+    return datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+
+
+def parse_iso(value: str) -> float:
+    """Inverse of `utc_iso` (accepts any ISO-8601; naive means UTC)."""
+    dt = datetime.fromisoformat(value)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
 
 
 def now_iso() -> str:

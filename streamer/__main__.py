@@ -1,0 +1,60 @@
+"""`python -m streamer`: one uvicorn worker on $PORT with the sans-I/O websockets backend.
+
+SIGTERM/SIGINT: readiness flips to draining at once; uvicorn closes every socket (1012), each session flushes
+its partial chunks, and the lifespan shutdown uploads or spools everything before the process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from types import FrameType
+
+import uvicorn
+
+from common.logs import setup_logging
+from streamer.app import create_app
+from streamer.settings import Settings, SettingsError
+from streamer.telemetry import setup_telemetry
+
+log = logging.getLogger("streamer")
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app_state: object):
+        super().__init__(config)
+        self._app_state = app_state
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        ctx = getattr(self._app_state, "ctx_ref", {}).get("ctx")
+        if ctx is not None:
+            ctx.draining = True
+        log.info("signal %s: draining", sig)
+        super().handle_exit(sig, frame)
+        # uvicorn re-raises captured signals after shutdown (exit status -15); a completed drain exits 0.
+        if sig == signal.SIGTERM:
+            self._captured_signals.remove(sig)
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        setup_logging()
+        log.error("invalid settings: %s", exc)
+        return 2
+    setup_logging(settings.log_level)
+    setup_telemetry(settings.appinsights_connection_string)
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host="0.0.0.0", port=settings.port, ws="websockets-sansio", ws_max_size=settings.max_frame_bytes,
+        ws_ping_interval=20.0, ws_ping_timeout=20.0, log_config=None, access_log=False, lifespan="on",
+        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+    )
+    _Server(config, app.state).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

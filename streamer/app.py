@@ -1,0 +1,265 @@
+"""The streamer's ASGI app: WebSocket ingest at /ws (and under /ws/), health, readiness, metrics, and draining.
+
+The WebSocket endpoint is a raw ASGI callable rather than Starlette's WebSocket wrapper: the frame loop is the
+hot path, and it needs nothing but `receive()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
+
+from common.acs_jwt import AcsJwtVerifier, AuthConfig, AuthError, bearer_token
+from common.layout import is_valid_call_id
+from streamer.metrics import Metrics
+from streamer.session import ProtocolClose, Session
+from streamer.settings import Settings
+from streamer.sink import Spool, UploadSink, recover_spool
+from streamer.store import AzureBlobBackend, BlobBackend, RecordingStore
+
+log = logging.getLogger(__name__)
+
+IDLE_SEAL_SECONDS = 1.0
+SWEEP_SECONDS = 0.25
+CHANNEL_HINTS = ("mixed", "unmixed")
+
+
+@dataclass
+class Context:
+    settings: Settings
+    store: RecordingStore
+    sink: UploadSink
+    metrics: Metrics
+    verifier: AcsJwtVerifier | None
+    sessions: set[Session] = field(default_factory=set)
+    finishing: set[asyncio.Task[None]] = field(default_factory=set)
+    draining: bool = False
+    ready_checked: tuple[float, bool] = (0.0, False)
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+def _channel_hint(scope: Scope) -> str:
+    """`/ws/mixed`, `/ws/unmixed` or `?audioChannel=…` — set by our function app in the transport URL."""
+    last = scope.get("path", "").rstrip("/").rsplit("/", 1)[-1].lower()
+    if last in CHANNEL_HINTS:
+        return last
+    qs = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    hint = (qs.get("audioChannel") or [""])[0].lower()
+    return hint if hint in CHANNEL_HINTS else "auto"
+
+
+class MediaStreamEndpoint:
+    """ASGI app for one media-streaming WebSocket: authenticate, accept, loop on frames, flush on close."""
+
+    def __init__(self, ctx_ref: dict[str, Context]):
+        self._ctx_ref = ctx_ref
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = self._ctx_ref["ctx"]
+        headers = _headers(scope)
+        call_id = headers.get("x-ms-call-connection-id") or None
+        correlation_id = headers.get("x-ms-call-correlation-id") or None
+        fields = {"callConnectionId": call_id, "correlationId": correlation_id}
+        await receive()  # websocket.connect
+
+        refusal = None
+        if ctx.draining:
+            refusal = "draining"
+        elif len(ctx.sessions) >= ctx.settings.max_active_calls:
+            refusal = "at_capacity"
+        elif call_id is not None and not is_valid_call_id(call_id):
+            refusal = "bad_call_id"
+        elif ctx.verifier is not None:
+            try:
+                await ctx.verifier.verify_async(bearer_token(headers.get("authorization")))
+            except AuthError as exc:
+                refusal = "unauthorized"
+                log.warning("upgrade refused: %s", exc, extra=fields)
+        if refusal:
+            ctx.metrics.sessions_refused += 1
+            ctx.metrics.refusals[refusal] += 1
+            if refusal != "unauthorized":
+                log.warning("upgrade refused: %s", refusal, extra=fields)
+            await send({"type": "websocket.close", "code": 1008})  # before accept: HTTP 403
+            return
+
+        session = Session(ctx, call_id, correlation_id, _channel_hint(scope))
+        if call_id is not None:
+            await session.load_clock()
+        await send({"type": "websocket.accept"})
+        ctx.sessions.add(session)
+        ctx.metrics.sessions_started += 1
+        ctx.metrics.active_calls += 1
+        session.start_writer()
+        log.info("stream connected", extra={**session.fields, "channel": session.channel})
+        code, clean = 1006, False
+        max_bytes = ctx.settings.max_frame_bytes
+        try:
+            while True:
+                message = await receive()
+                mtype = message["type"]
+                if mtype == "websocket.receive":
+                    raw = message.get("text")
+                    if raw is None:
+                        raw = message.get("bytes") or b""
+                    if len(raw) > max_bytes:
+                        raise ProtocolClose(1009, f"message of {len(raw)} bytes exceeds {max_bytes}")
+                    session.on_message(raw)
+                elif mtype == "websocket.disconnect":
+                    code = message.get("code", 1005)
+                    clean = code != 1006
+                    break
+        except ProtocolClose as exc:
+            log.warning("closing stream: %s", exc.reason, extra={**session.fields, "closeCode": exc.code})
+            code, clean = exc.code, True
+            with contextlib.suppress(Exception):
+                await send({"type": "websocket.close", "code": exc.code, "reason": exc.reason[:120]})
+        except Exception:
+            log.exception("stream handler failed; flushing what was received", extra=session.fields)
+            with contextlib.suppress(Exception):
+                await send({"type": "websocket.close", "code": 1011})
+        finally:
+            self._end(ctx, session, code, clean)
+
+    @staticmethod
+    def _end(ctx: Context, session: Session, code: int, clean: bool) -> None:
+        if session.closed:
+            return
+        session.close(code, clean)
+        ctx.sessions.discard(session)
+        ctx.metrics.active_calls -= 1
+        if session.timeline is not None:
+            st = session.timeline.stats
+            ctx.metrics.late_frames += st.late_dropped
+            ctx.metrics.duplicate_frames += st.duplicates
+            ctx.metrics.gap_frames += st.gap_slots
+        log.info("stream closed", extra={**session.fields, "closeCode": code, "clean": clean,
+                                         "frames": session.timeline.stats.frames if session.timeline else 0})
+        task = asyncio.create_task(session.finish(), name=f"finish-{session.id}")
+        ctx.finishing.add(task)
+        task.add_done_callback(ctx.finishing.discard)
+
+
+def build_backend(settings: Settings) -> BlobBackend:
+    return AzureBlobBackend(settings.container, account_url=settings.storage_account_url,
+                            connection_string=settings.storage_connection_string,
+                            client_id=settings.azure_client_id)
+
+
+def create_app(settings: Settings, backend: BlobBackend | None = None) -> Starlette:
+    ctx_ref: dict[str, Context] = {}
+    metrics = Metrics()
+
+    async def sweeper(ctx: Context) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            now = time.monotonic()
+            for s in list(ctx.sessions):
+                try:
+                    s.seal_idle(IDLE_SEAL_SECONDS, now)
+                except Exception:
+                    log.exception("idle seal failed", extra=s.fields)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        be = backend or build_backend(settings)
+        store = RecordingStore(be)
+        spool = Spool(settings.spool_dir)
+        sink = UploadSink(store, spool, metrics, memory_limit=settings.upload_memory_bytes)
+        verifier = None
+        if settings.auth_enabled:
+            verifier = AcsJwtVerifier(AuthConfig(settings.jwt_issuer, settings.acs_resource_id,
+                                                 settings.jwks_url))
+        else:
+            log.warning("STREAMER_AUTH=disabled: WebSocket upgrades are NOT authenticated (local use only)")
+        ctx = Context(settings, store, sink, metrics, verifier)
+        ctx_ref["ctx"] = ctx
+        try:
+            await be.ensure_container()
+        except Exception as exc:
+            log.error("cannot reach storage at start; chunks will wait and retry", extra={"error": str(exc)})
+        sink.start()
+        stop_recovery = asyncio.Event()
+        tasks = [asyncio.create_task(sweeper(ctx), name="sweeper"),
+                 asyncio.create_task(recover_spool(spool, store, metrics, stop=stop_recovery), name="recover")]
+        log.info("streamer ready", extra={"container": settings.container, "auth": settings.auth_enabled,
+                                          "chunkSeconds": settings.chunk_seconds})
+        try:
+            yield
+        finally:
+            await drain(ctx, settings.shutdown_grace_seconds)
+            stop_recovery.set()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await be.close()
+
+    async def healthz(_request: Request) -> JSONResponse:
+        return JSONResponse({"status": "alive"})
+
+    async def readyz(_request: Request) -> JSONResponse:
+        ctx = ctx_ref.get("ctx")
+        if ctx is None or ctx.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        checked_at, ok = ctx.ready_checked
+        if time.monotonic() - checked_at > 2.0:
+            try:
+                await asyncio.wait_for(ctx.store.backend.ping(), 3.0)
+                ok = True
+            except Exception:
+                ok = False
+            ctx.ready_checked = (time.monotonic(), ok)
+        if not ok:
+            return JSONResponse({"status": "storage unreachable"}, status_code=503)
+        return JSONResponse({"status": "ready", "activeCalls": len(ctx.sessions)})
+
+    async def metrics_route(_request: Request) -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    endpoint = MediaStreamEndpoint(ctx_ref)
+    app = Starlette(
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics_route),
+            WebSocketRoute("/ws", endpoint),
+            WebSocketRoute("/ws/{rest:path}", endpoint),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.ctx_ref = ctx_ref
+    app.state.metrics = metrics
+    return app
+
+
+async def drain(ctx: Context, grace_seconds: float) -> None:
+    """Flush every open stream, wait for uploads until the grace deadline, spool what is left."""
+    ctx.draining = True
+    deadline = time.monotonic() + grace_seconds
+    for s in list(ctx.sessions):
+        MediaStreamEndpoint._end(ctx, s, 1001, True)
+    remaining = max(0.0, deadline - time.monotonic())
+    await ctx.sink.wait_idle(remaining * 0.8)
+    if ctx.finishing:
+        await asyncio.wait(set(ctx.finishing), timeout=max(0.0, deadline - time.monotonic()))
+    left = await ctx.sink.stop_and_spool()
+    unfinished = {j.owner for j in left if isinstance(j.owner, Session)}
+    for t in list(ctx.finishing):
+        t.cancel()
+    for s in unfinished:
+        s.spool_part()
+    log.info("drained", extra={"spooledChunks": len(left), "spooledSessions": len(unfinished)})

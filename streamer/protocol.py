@@ -1,0 +1,163 @@
+"""ACS media-streaming frames (acs-protocol.md §5): the only module that knows their field names.
+
+One `orjson.loads` per frame; base64 is decoded with `binascii` (C, strict); timestamps go through a cache
+keyed on the minute prefix, because consecutive frames share it and `fromisoformat` is the costly part.
+"""
+
+from __future__ import annotations
+
+import binascii
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+AUDIO_DATA = "AudioData"
+AUDIO_METADATA = "AudioMetadata"
+DTMF_DATA = "DtmfData"
+# Known kinds we receive but do not record (counted and ignored).
+IGNORED_KINDS = frozenset({"TranscriptionMetadata", "TranscriptionData", "MarkData"})
+
+MIN_RATE, MAX_RATE = 8000, 48000
+
+
+class FrameError(ValueError):
+    """A frame we cannot use. `kind` names the counter; `fatal` means the socket must close with `close_code`."""
+
+    def __init__(self, kind: str, message: str, *, fatal: bool = False, close_code: int = 1007):
+        super().__init__(message)
+        self.kind = kind
+        self.fatal = fatal
+        self.close_code = close_code
+
+
+class AudioFormat:
+    __slots__ = ("channels", "encoding", "frame_bytes", "sample_rate", "subscription_id")
+
+    def __init__(self, subscription_id: str | None, encoding: str, sample_rate: int, channels: int,
+                 frame_bytes: int):
+        self.subscription_id = subscription_id
+        self.encoding = encoding
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.frame_bytes = frame_bytes
+
+    @property
+    def frame_samples(self) -> int:
+        return self.frame_bytes // 2
+
+    @property
+    def frame_seconds(self) -> float:
+        return self.frame_samples / self.sample_rate
+
+    def same_as(self, other: AudioFormat) -> bool:
+        return (self.encoding, self.sample_rate, self.channels, self.frame_bytes) == (
+            other.encoding, other.sample_rate, other.channels, other.frame_bytes)
+
+
+def parse_message(raw: str | bytes) -> dict[str, Any]:
+    try:
+        msg = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise FrameError("malformed_json", f"not JSON: {exc}") from None
+    if not isinstance(msg, dict):
+        raise FrameError("wrong_type", "frame is not a JSON object")
+    return msg
+
+
+def kind_of(msg: dict[str, Any]) -> str:
+    kind = msg.get("kind")
+    if not isinstance(kind, str):
+        raise FrameError("wrong_type", "frame has no string 'kind'")
+    return kind
+
+
+def audio_metadata(msg: dict[str, Any], max_frame_bytes: int) -> AudioFormat:
+    md = msg.get("audioMetadata")
+    if not isinstance(md, dict):
+        raise FrameError("wrong_type", "AudioMetadata without an 'audioMetadata' object", fatal=True,
+                         close_code=1007)
+    encoding = md.get("encoding", "PCM")
+    rate = md.get("sampleRate")
+    channels = md.get("channels", 1)
+    length = md.get("length")
+    sub = md.get("subscriptionId")
+    if not isinstance(encoding, str) or encoding.upper() != "PCM":
+        raise FrameError("unsupported_format", f"unsupported encoding {encoding!r}", fatal=True,
+                         close_code=1003)
+    if type(rate) is not int or not MIN_RATE <= rate <= MAX_RATE:
+        raise FrameError("unsupported_format", f"unsupported sampleRate {rate!r}", fatal=True, close_code=1003)
+    if channels != 1:
+        raise FrameError("unsupported_format", f"unsupported channels {channels!r}", fatal=True,
+                         close_code=1003)
+    if length is None:
+        length = rate // 50 * 2  # 20 ms, the documented packet size
+    if type(length) is not int or length <= 0 or length % 2 or length > max_frame_bytes:
+        raise FrameError("unsupported_format", f"unsupported frame length {length!r}", fatal=True,
+                         close_code=1003)
+    return AudioFormat(sub if isinstance(sub, str) else None, "PCM", rate, 1, length)
+
+
+def audio_data(msg: dict[str, Any]) -> tuple[bytes, str | None, str | None, bool]:
+    """-> (pcm, timestamp, participantRawID, silent). Raises FrameError for anything malformed."""
+    ad = msg.get("audioData")
+    if not isinstance(ad, dict):
+        raise FrameError("wrong_type", "AudioData without an 'audioData' object")
+    data = ad.get("data")
+    if not isinstance(data, str):
+        raise FrameError("wrong_type", "audioData.data is not a string")
+    try:
+        pcm = binascii.a2b_base64(data, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise FrameError("bad_base64", "audioData.data is not valid base64") from None
+    if len(pcm) & 1:
+        raise FrameError("odd_length", f"audio payload has an odd byte count ({len(pcm)})")
+    ts = ad.get("timestamp")
+    participant = ad.get("participantRawID")
+    silent = ad.get("silent", False)
+    if ts is not None and not isinstance(ts, str):
+        raise FrameError("wrong_type", "audioData.timestamp is not a string")
+    if participant is not None and not isinstance(participant, str):
+        raise FrameError("wrong_type", "audioData.participantRawID is not a string")
+    if not isinstance(silent, bool):
+        raise FrameError("wrong_type", "audioData.silent is not a boolean")
+    return pcm, ts, participant or None, silent
+
+
+def dtmf_data(msg: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    """-> (tone, timestamp, participantRawID)."""
+    dd = msg.get("dtmfData")
+    if not isinstance(dd, dict) or not isinstance(dd.get("data"), str) or not dd["data"]:
+        raise FrameError("wrong_type", "DtmfData without a 'dtmfData.data' string")
+    ts = dd.get("timestamp")
+    participant = dd.get("participantRawID")
+    return (dd["data"], ts if isinstance(ts, str) else None,
+            participant if isinstance(participant, str) and participant else None)
+
+
+class TimestampParser:
+    """ISO-8601 → epoch seconds, fast for ACS's `YYYY-MM-DDTHH:MM:SS.fffZ` shape, correct for any ISO form."""
+
+    __slots__ = ("_base", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = ""
+        self._base = 0.0
+
+    def __call__(self, ts: str) -> float:
+        if len(ts) >= 20 and ts[-1] == "Z" and ts[16] == ":" and ts[10] == "T":
+            prefix = ts[:16]
+            if prefix != self._prefix:
+                self._base = datetime.fromisoformat(prefix + ":00+00:00").timestamp()
+                self._prefix = prefix
+            try:
+                return self._base + float(ts[17:-1])
+            except ValueError:
+                pass
+        try:
+            dt = datetime.fromisoformat(ts)
+        except ValueError:
+            raise FrameError("bad_timestamp", f"unparseable timestamp {ts[:40]!r}") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        return dt.timestamp()

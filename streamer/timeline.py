@@ -1,0 +1,223 @@
+"""Places frames on the call clock by their timestamps and cuts the streams into chunks.
+
+The call clock is a grid of *slots*, one per frame (20 ms for ACS), counted from `origin`. Chunk k is slots
+[k*F, (k+1)*F) for every stream of the call (F = frames per chunk), so chunk k of two participants covers the
+same wall-clock span. Each stream keeps a cursor (the slot it expects next):
+
+* timestamp within ±10 ms of the cursor, or later than any seen but running slow (clock drift) → at the cursor;
+* further ahead → a gap: the skipped slots stay silent and are recorded (a jump > `max_jump_seconds` is treated
+  as a bad timestamp and placed at the cursor instead, so one wild value cannot strand the stream);
+* behind → a late frame: written into its slot if that is still open and empty, else dropped as a duplicate or
+  too late. Neither ever moves the cursor back, so the timeline never shifts.
+
+A chunk is sealed when a frame for a later chunk arrives, when its stream has been idle for a while (so the
+chunk lands within seconds), or at close. A stream that resumes inside an early-sealed chunk writes a second
+part of the same chunk with a mask of its slots; the store merges the two (see `wav.overlay`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from common.layout import stream_id
+from streamer import wav
+from streamer.protocol import AudioFormat
+
+
+@dataclass(slots=True)
+class SealedChunk:
+    stream: str
+    participant: str | None
+    seq: int
+    wav: bytes
+    mask: bytes  # one byte per slot: 1 where this part wrote audio
+    start: float  # epoch seconds of the chunk's first sample (grid start)
+    duration: float  # seconds of audio in this WAV
+    final: bool
+
+
+@dataclass(slots=True)
+class TimelineStats:
+    frames: int = 0
+    late_placed: int = 0
+    late_dropped: int = 0
+    duplicates: int = 0
+    drift_corrections: int = 0
+    bad_timestamps: int = 0
+    gap_slots: int = 0
+
+
+@dataclass(slots=True)
+class _Stream:
+    name: str
+    participant: str | None
+    chunk: int = -1
+    buf: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    dirty: bool = False
+    last_idx: int = -1  # highest slot index written in the open chunk part
+    next_slot: int | None = None
+    max_ts: float = float("-inf")
+    last_arrival: float = 0.0
+    gaps: list[list[int]] = field(default_factory=list)  # [start_slot, end_slot)
+
+
+class CallTimeline:
+    def __init__(self, fmt: AudioFormat, chunk_seconds: float, on_chunk: Callable[[SealedChunk], None], *,
+                 origin: float | None = None, jitter_seconds: float = 0.010, max_jump_seconds: float = 600.0):
+        self.fmt = fmt
+        self.frame_bytes = fmt.frame_bytes
+        self.frame_seconds = fmt.frame_seconds
+        self.frames_per_chunk = max(1, round(chunk_seconds / self.frame_seconds))
+        self.chunk_seconds = self.frames_per_chunk * self.frame_seconds
+        self.origin = origin
+        self._tol = jitter_seconds / self.frame_seconds + 1e-9
+        self._max_jump = max_jump_seconds / self.frame_seconds
+        self._on_chunk = on_chunk
+        self._streams: dict[str | None, _Stream] = {}
+        self.stats = TimelineStats()
+
+    # -- per frame ------------------------------------------------------------------------------------------
+    def add(self, participant: str | None, pcm: bytes, ts: float | None, silent: bool) -> None:
+        st = self._streams.get(participant)
+        if st is None:
+            st = self._streams[participant] = _Stream(stream_id(participant), participant)
+        st.last_arrival = time.monotonic()
+        self.stats.frames += 1
+        if ts is None:
+            ts = time.time()
+        if self.origin is None:
+            self.origin = ts
+        fs = self.frame_seconds
+        pos = (ts - self.origin) / fs
+        nxt = st.next_slot
+        if nxt is None:
+            slot = round(pos)
+        else:
+            d = pos - nxt
+            if -self._tol <= d <= self._tol:
+                slot = nxt
+            elif d > 0:
+                if d > self._max_jump:
+                    self.stats.bad_timestamps += 1
+                    slot = nxt
+                else:
+                    slot = nxt + round(d)
+            elif ts > st.max_ts:
+                self.stats.drift_corrections += 1
+                slot = nxt
+            else:
+                slot = nxt + round(d)
+        if ts > st.max_ts:
+            st.max_ts = ts
+        if slot < 0:
+            self.stats.late_dropped += 1
+            return
+        n_slots = max(1, -(-len(pcm) // self.frame_bytes))
+        if nxt is not None and slot > nxt:
+            st.gaps.append([nxt, slot])
+            self.stats.gap_slots += slot - nxt
+        for i in range(n_slots):
+            part = pcm if n_slots == 1 else pcm[i * self.frame_bytes:(i + 1) * self.frame_bytes]
+            self._write(st, slot + i, part, silent, late=nxt is not None and slot < nxt)
+        end = slot + n_slots
+        if nxt is None or end > nxt:
+            st.next_slot = end
+
+    def _write(self, st: _Stream, slot: int, pcm: bytes, silent: bool, late: bool) -> None:
+        fpc = self.frames_per_chunk
+        k = slot // fpc
+        if k != st.chunk:
+            if k < st.chunk:
+                self.stats.late_dropped += 1
+                return
+            if st.dirty:
+                self._seal(st, final=False, full=True)
+            st.chunk = k
+            st.buf = None
+        if st.buf is None:
+            st.buf = np.zeros(fpc * self.frame_bytes, dtype=np.uint8)
+            st.mask = np.zeros(fpc, dtype=np.uint8)
+            st.last_idx = -1
+        idx = slot - k * fpc
+        mask = st.mask
+        assert mask is not None
+        if mask[idx]:
+            self.stats.duplicates += 1
+            return
+        if late:
+            if not self._fill_gap(st, slot):
+                self.stats.duplicates += 1  # a late frame for a slot we already wrote and sealed
+                return
+            self.stats.late_placed += 1
+        mask[idx] = 1
+        if not silent:
+            off = idx * self.frame_bytes
+            st.buf[off:off + len(pcm)] = np.frombuffer(pcm, dtype=np.uint8)
+        st.dirty = True
+        if idx > st.last_idx:
+            st.last_idx = idx
+
+    @staticmethod
+    def _fill_gap(st: _Stream, slot: int) -> bool:
+        """A late frame may only land in a slot we skipped; shrink or split the recorded gap around it."""
+        for i, (a, b) in enumerate(st.gaps):
+            if a <= slot < b:
+                pieces = [p for p in ([a, slot], [slot + 1, b]) if p[1] > p[0]]
+                st.gaps[i:i + 1] = pieces
+                return True
+        return False
+
+    # -- sealing --------------------------------------------------------------------------------------------
+    def _seal(self, st: _Stream, *, final: bool, full: bool) -> None:
+        assert st.buf is not None and st.mask is not None and self.origin is not None
+        slots = self.frames_per_chunk if full else st.last_idx + 1
+        nbytes = slots * self.frame_bytes
+        chunk = SealedChunk(
+            stream=st.name,
+            participant=st.participant,
+            seq=st.chunk,
+            wav=wav.encode(st.buf.data[:nbytes], self.fmt.sample_rate),
+            mask=st.mask.tobytes(),
+            start=self.origin + st.chunk * self.chunk_seconds,
+            duration=slots * self.frame_seconds,
+            final=final,
+        )
+        st.buf = None
+        st.mask = None
+        st.dirty = False
+        self._on_chunk(chunk)
+
+    def seal_idle(self, idle_seconds: float, now: float | None = None) -> int:
+        """Seal the open part of every stream idle for `idle_seconds`, so its audio lands without waiting."""
+        now = time.monotonic() if now is None else now
+        sealed = 0
+        for st in self._streams.values():
+            if st.dirty and now - st.last_arrival >= idle_seconds:
+                self._seal(st, final=False, full=False)
+                sealed += 1
+        return sealed
+
+    def flush(self) -> None:
+        """Seal every open chunk, trimmed to its last written frame (socket closed)."""
+        for st in self._streams.values():
+            if st.dirty:
+                self._seal(st, final=True, full=False)
+
+    # -- reporting ------------------------------------------------------------------------------------------
+    def gaps(self) -> list[tuple[str, float, float]]:
+        """(stream, start epoch seconds, duration seconds) of every silence we filled."""
+        assert self.origin is not None or not self._streams
+        out = []
+        for st in self._streams.values():
+            for a, b in st.gaps:
+                out.append((st.name, self.origin + a * self.frame_seconds, (b - a) * self.frame_seconds))
+        return out
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._streams)
