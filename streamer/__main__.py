@@ -48,7 +48,10 @@ def main() -> int:
     setup_telemetry(settings.appinsights_connection_string)
     app = create_app(settings)
     config = uvicorn.Config(
-        app, host="0.0.0.0", port=settings.port, ws="websockets-sansio", ws_max_size=settings.max_frame_bytes,
+        app, host="0.0.0.0", port=settings.port, ws="websockets-sansio",
+        # uvicorn's own limit drops messages still queued ahead of an oversized one; ours (MAX_FRAME_BYTES) is
+        # enforced in order by the handler, so uvicorn only gets a hard backstop well above it.
+        ws_max_size=max(4 * settings.max_frame_bytes, 1 << 20),
         ws_ping_interval=20.0, ws_ping_timeout=20.0, log_config=None, access_log=False, lifespan="on",
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )

@@ -98,7 +98,12 @@ class Session:
                 tl = self.timeline
                 if tl is None:
                     raise p.FrameError("audio_before_metadata", "AudioData before AudioMetadata")
-                t = self._parse_ts(ts) if ts is not None else None
+                t = None
+                if ts is not None:
+                    try:
+                        t = self._parse_ts(ts)
+                    except p.FrameError as exc:  # keep the audio: it is placed right after the previous frame
+                        self._bad_frame(exc)
                 if self.channel == "mixed":
                     participant = None
                 tl.add(participant, pcm, t, silent)
@@ -222,11 +227,12 @@ class Session:
             self._manifest_dirty.clear()
             if self.call_id is None:
                 continue
+            final = self.complete  # read before building the part: finish() may flip it during the write
             try:
                 await self.ctx.store.merge_manifest(self.call_id, self.part())
                 self.ctx.metrics.manifest_writes += 1
                 delay = 0.2
-                if self.complete:
+                if final:
                     return
             except asyncio.CancelledError:
                 raise

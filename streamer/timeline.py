@@ -75,7 +75,7 @@ class CallTimeline:
         self.frames_per_chunk = max(1, round(chunk_seconds / self.frame_seconds))
         self.chunk_seconds = self.frames_per_chunk * self.frame_seconds
         self.origin = origin
-        self._tol = jitter_seconds / self.frame_seconds + 1e-9
+        self._tol = jitter_seconds / self.frame_seconds + 1e-3  # epoch floats carry ~0.2 µs of error
         self._max_jump = max_jump_seconds / self.frame_seconds
         self._on_chunk = on_chunk
         self._streams: dict[str | None, _Stream] = {}
@@ -88,13 +88,16 @@ class CallTimeline:
             st = self._streams[participant] = _Stream(stream_id(participant), participant)
         st.last_arrival = time.monotonic()
         self.stats.frames += 1
-        if ts is None:
-            ts = time.time()
+        nxt = st.next_slot
+        if ts is None:  # no usable timestamp: continue the stream (or start it at "now" on the call clock)
+            if nxt is not None:
+                ts = self.origin + nxt * self.frame_seconds  # type: ignore[operator]
+            else:
+                ts = time.time() if self.origin is not None else 0.0
         if self.origin is None:
             self.origin = ts
         fs = self.frame_seconds
         pos = (ts - self.origin) / fs
-        nxt = st.next_slot
         if nxt is None:
             slot = round(pos)
         else:

@@ -37,3 +37,79 @@ def jwks_url(token_issuer: TokenIssuer) -> Iterator[str]:
 
     with ServerThread(Starlette(routes=[Route("/calling/keys", keys)])) as server:
         yield f"{server.url}/calling/keys"
+
+
+# -- streamer under test ------------------------------------------------------------------------------------------
+import uuid  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from azure.storage.blob import BlobServiceClient, ContainerClient  # noqa: E402
+
+from devstack.ports import free_port  # noqa: E402
+from devstack.processes import ChildProcess  # noqa: E402
+
+
+class StreamerUnderTest:
+    """`python -m streamer` as a child process with its own container and spool directory."""
+
+    def __init__(self, env: dict[str, str], container: str, connection_string: str):
+        self.port = int(env["PORT"])
+        self.env = env
+        self.container_name = container
+        self.process = ChildProcess("streamer", env)
+        self.container: ContainerClient = BlobServiceClient.from_connection_string(
+            connection_string).get_container_client(container)
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def start(self) -> StreamerUnderTest:
+        self.process = ChildProcess("streamer", self.env)
+        self.process.start(f"{self.http}/healthz")
+        return self
+
+    def metrics(self) -> dict[str, float]:
+        import httpx
+
+        out = {}
+        for line in httpx.get(f"{self.http}/metrics", timeout=5).text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                out[name] = float(value)
+        return out
+
+
+@pytest.fixture
+def streamer_factory(azurite: Azurite, jwks_url: str, tmp_path: Path
+                     ) -> Iterator[Callable[..., StreamerUnderTest]]:
+    started: list[StreamerUnderTest] = []
+
+    def make(storage: Azurite | None = None, **overrides: str) -> StreamerUnderTest:
+        store = storage or azurite
+        container = overrides.pop("RECORDINGS_CONTAINER", f"rec-{uuid.uuid4().hex[:12]}")
+        env = {
+            "PORT": str(free_port()),
+            "AZURE_STORAGE_CONNECTION_STRING": store.connection_string,
+            "ACS_RESOURCE_ID": ACS_RESOURCE_ID,
+            "ACS_JWKS_URL": jwks_url,
+            "ACS_JWT_ISSUER": TEST_ISSUER,
+            "RECORDINGS_CONTAINER": container,
+            "CHUNK_SECONDS": "1",
+            "SPOOL_DIR": str(tmp_path / f"spool-{len(started)}"),
+            "SHUTDOWN_GRACE_SECONDS": "10",
+            "LOG_LEVEL": "INFO",
+            **overrides,
+        }
+        s = StreamerUnderTest(env, container, store.connection_string).start()
+        started.append(s)
+        return s
+
+    yield make
+    for s in started:
+        s.process.kill()
