@@ -43,6 +43,7 @@ class Azurite:
         )
 
     def start(self, timeout: float = 60.0) -> Azurite:
+        self.location.mkdir(parents=True, exist_ok=True)
         log = open(self.location / "azurite.log", "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
             [str(AZURITE_BIN), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),

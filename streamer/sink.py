@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -52,11 +52,10 @@ class ChunkJob:
         return len(self.wav) if self.wav is not None else 0
 
     def sidecar(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k in ("wav", "owner", "spool_path"):
-            d.pop(k)
-        d["mask"] = self.mask.hex()
-        return d
+        """What the spool keeps beside the WAV, enough to land it and list it after a restart."""
+        return {"call_id": self.call_id, "blob": self.blob, "stream": self.stream, "participant": self.participant,
+                "seq": self.seq, "start_iso": self.start_iso, "frame_bytes": self.frame_bytes,
+                "mask": self.mask.hex(), "session_id": self.session_id}
 
 
 class Spool:
@@ -76,22 +75,22 @@ class Spool:
 
     def put_chunk(self, job: ChunkJob) -> None:
         assert job.wav is not None
-        base = self.root / job.call_id / f"{job.stream}.{job.seq:06d}.{uuid.uuid4().hex[:8]}"
-        self._write_atomic(base.with_suffix(".wav"), job.wav)
-        self._write_atomic(base.with_suffix(".json"), orjson.dumps(job.sidecar()))
-        job.spool_path = str(base)
+        base = str(self.root / job.call_id / f"{job.stream}.{job.seq:06d}.{uuid.uuid4().hex[:8]}")
+        self._write_atomic(Path(base + ".wav"), job.wav)
+        self._write_atomic(Path(base + ".json"), orjson.dumps(job.sidecar()))
+        job.spool_path = base
         job.wav = None
 
     @staticmethod
     def read_chunk(job: ChunkJob) -> bytes:
         assert job.spool_path
-        return Path(job.spool_path).with_suffix(".wav").read_bytes()
+        return Path(job.spool_path + ".wav").read_bytes()
 
     @staticmethod
     def remove_chunk(job: ChunkJob) -> None:
         assert job.spool_path
         for suffix in (".json", ".wav"):
-            Path(job.spool_path).with_suffix(suffix).unlink(missing_ok=True)
+            Path(job.spool_path + suffix).unlink(missing_ok=True)
 
     def put_part(self, call_id: str, session_id: str, part: dict[str, Any]) -> None:
         self._write_atomic(self.root / call_id / f"part.{session_id}.json", orjson.dumps(part))
@@ -107,12 +106,13 @@ class Spool:
                 if side.name.startswith("part."):
                     parts.append(side)
                     continue
-                if not side.with_suffix(".wav").exists():
+                base = str(side)[: -len(".json")]
+                if not Path(base + ".wav").exists():
                     side.unlink(missing_ok=True)  # wav never completed: nothing to upload
                     continue
                 d = orjson.loads(side.read_bytes())
                 d["mask"] = bytes.fromhex(d["mask"])
-                jobs.append(ChunkJob(**d, spool_path=str(side.with_suffix(""))))
+                jobs.append(ChunkJob(**d, spool_path=base))
             out[call_dir.name] = (jobs, parts)
         return out
 
@@ -149,7 +149,7 @@ class UploadSink:
             return True
         try:
             self.spool.put_chunk(job)
-        except OSError as exc:
+        except Exception as exc:
             self.metrics.spool_failures += 1
             log.critical("cannot spool chunk; keeping it in memory — audio at risk if the process dies",
                          extra={"callConnectionId": job.call_id, "blob": job.blob, "error": str(exc)})

@@ -100,9 +100,9 @@ class AzureBlobBackend:
                  client_id: str | None = None):
         from azure.storage.blob.aio import BlobServiceClient
 
-        # Our own retry loop (with metrics and the spool) owns retries; the SDK only retries once, quickly.
-        opts: dict[str, Any] = {"retry_total": 1, "retry_backoff_factor": 0.2, "connection_timeout": 5,
-                                "read_timeout": 30}
+        # Our own retry loop (with metrics, backoff ≤ 5 s and the spool) owns retries. The storage SDK's policy
+        # would sleep 15 s before its first retry, hiding outages and delaying chunks past their deadline.
+        opts: dict[str, Any] = {"retry_total": 0, "connection_timeout": 5, "read_timeout": 30}
         self._credential = None
         if connection_string:
             self._svc = BlobServiceClient.from_connection_string(connection_string, **opts)

@@ -1,0 +1,118 @@
+"""Faults that must not lose audio: storage outage mid-call, SIGTERM mid-chunk, spool and recovery on restart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+from websockets.asyncio.client import connect
+
+from devstack.azurite import Azurite
+from tests import recording as rec
+from tests.acs_frames import at, audio, metadata, tone_pcm
+from tests.test_streamer_ws import headers
+
+
+async def paced(url: str, hdrs: dict[str, str], frames: list[bytes], *, frame_seconds: float = 0.02,
+                during: dict[int, object] | None = None) -> None:
+    """Send frames at ACS's real cadence; at frame i, start `during[i]` (a blocking callable) in a thread."""
+    background = []
+    async with connect(url, additional_headers=hdrs) as ws:
+        await ws.send(metadata())
+        t0 = time.monotonic()
+        for i, f in enumerate(frames):
+            if during and i in during:
+                background.append(asyncio.create_task(asyncio.to_thread(during[i])))  # type: ignore[arg-type]
+            await ws.send(audio(f, at(i), participant=None))
+            delay = t0 + (i + 1) * frame_seconds - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+    await asyncio.gather(*background)
+
+
+def test_storage_down_10s_mid_call_loses_nothing(streamer_factory, token_issuer, tmp_path):
+    az = Azurite(location=tmp_path / "azurite").start()
+    try:
+        s = streamer_factory(storage=az)
+        frames = tone_pcm(15 * 50)  # 15 s at real time; storage is down from 3 s to ~14 s
+        seen: dict[str, int] = {}
+
+        def outage() -> None:
+            az.stop()
+            time.sleep(1.0)
+            seen["readyz_during_outage"] = httpx.get(f"{s.http}/readyz", timeout=10).status_code
+            time.sleep(9.0)
+            az.start()
+
+        asyncio.run(paced(s.ws, headers(token_issuer.token(), "call-outage"), frames, during={150: outage}))
+        m = rec.wait_complete(s.container, "call-outage", timeout=60)
+        assert rec.sha(rec.stitched(s.container, m, "mixed")) == rec.sha(b"".join(frames))
+        assert [c["seq"] for c in m["streams"][0]["chunks"]] == list(range(15))
+        metrics = s.metrics()
+        assert metrics["acs_streamer_upload_retries_total"] > 0
+        assert seen["readyz_during_outage"] == 503
+        assert httpx.get(f"{s.http}/readyz").status_code == 200
+    finally:
+        az.close()
+
+
+def test_sigterm_mid_chunk_flushes_every_stream_and_exits_zero(streamer_factory, token_issuer):
+    s = streamer_factory(CHUNK_SECONDS="10")
+    calls = {f"call-term-{n}": tone_pcm(150, seed=n) for n in range(20)}  # 3 s each: mid-chunk
+
+    async def run() -> None:
+        sockets = []
+        for call_id, frames in calls.items():
+            ws = await connect(s.ws, additional_headers=headers(token_issuer.token(), call_id))
+            await ws.send(metadata())
+            for i, f in enumerate(frames):
+                await ws.send(audio(f, at(i), participant=None))
+            sockets.append(ws)
+        await asyncio.sleep(0.5)  # every frame received; chunks still open
+        t0 = time.monotonic()
+        code = await asyncio.to_thread(s.process.terminate, 30)
+        assert code == 0, s.process.log()[-3000:]
+        assert time.monotonic() - t0 < float(s.env["SHUTDOWN_GRACE_SECONDS"]) + 5
+        for ws in sockets:
+            await ws.wait_closed()
+            assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code in (1001, 1012)
+
+    asyncio.run(run())
+    for call_id, frames in calls.items():
+        m = rec.manifest(s.container, call_id)
+        assert m["complete"] is True, call_id
+        assert rec.stitched(s.container, m, "mixed") == b"".join(frames)
+
+
+def test_storage_down_longer_than_memory_spools_and_recovers_on_next_start(streamer_factory, token_issuer,
+                                                                             tmp_path):
+    az = Azurite(location=tmp_path / "azurite").start()
+    spool = tmp_path / "spool-shared"
+    try:
+        s = streamer_factory(storage=az, UPLOAD_MEMORY_BYTES="40000", SPOOL_DIR=str(spool),
+                             SHUTDOWN_GRACE_SECONDS="3")
+        az.stop()
+        frames = tone_pcm(5 * 50)
+        from tests.test_streamer_ws import send_all
+
+        asyncio.run(send_all(s.ws, [metadata()] + [audio(f, at(i), participant=None) for i, f in enumerate(frames)],
+                             headers(token_issuer.token(), "call-spool")))
+        time.sleep(1.0)
+        assert s.metrics()["acs_streamer_chunks_spooled_total"] >= 3
+        assert s.process.terminate(30) == 0
+        spooled = sorted(p.name for p in (spool / "call-spool").iterdir())
+        assert sum(n.endswith(".wav") for n in spooled) == 5 and any(n.startswith("part.") for n in spooled)
+
+        az.start()
+        s2 = streamer_factory(storage=az, RECORDINGS_CONTAINER=s.container_name, SPOOL_DIR=str(spool))
+        m = rec.wait_complete(s2.container, "call-spool", timeout=30)
+        assert rec.stitched(s2.container, m, "mixed") == b"".join(frames)
+        assert m["sessions"][0]["cleanClose"] is True
+        deadline = time.monotonic() + 10
+        while (spool / "call-spool").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not (spool / "call-spool").exists(), list(Path(spool).rglob("*"))
+    finally:
+        az.close()
