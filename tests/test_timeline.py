@@ -1,0 +1,180 @@
+"""Placing frames on the call clock: jitter, gaps, drift, duplicates, late frames, idle seals, unmixed alignment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.layout import stream_id
+from streamer import wav
+from streamer.protocol import AudioFormat
+from streamer.timeline import CallTimeline, SealedChunk
+
+T0 = 1_790_000_000.0  # an epoch near today's, so float precision is what production sees
+
+
+def fmt(rate: int = 16000) -> AudioFormat:
+    return AudioFormat("sub", "PCM", rate, 1, rate // 50 * 2)
+
+
+def frame(i: int, rate: int = 16000) -> bytes:
+    return np.full(rate // 50, i + 1, dtype=np.int16).tobytes()
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.chunks: list[SealedChunk] = []
+
+    def __call__(self, c: SealedChunk) -> None:
+        self.chunks.append(c)
+
+    def pcm(self, stream: str = "mixed", chunk_bytes: int = 32000) -> bytes:
+        """Stitch all parts of a stream on the grid, overlaying parts of the same chunk by their masks."""
+        out = bytearray()
+        for c in (c for c in self.chunks if c.stream == stream):
+            _, pcm = wav.decode(c.wav)
+            start = c.seq * chunk_bytes
+            cur = bytes(out[start:start + chunk_bytes])
+            merged = wav.overlay(cur, pcm, c.mask, 640) if cur else pcm
+            if len(out) < start + len(merged):
+                out.extend(bytes(start + len(merged) - len(out)))
+            out[start:start + len(merged)] = merged
+        return bytes(out)
+
+
+def test_contiguous_frames_make_chunks_on_the_grid():
+    got = Collect()
+    tl = CallTimeline(fmt(), 1.0, got)
+    for i in range(120):
+        tl.add(None, frame(i), T0 + i * 0.02, False)
+    tl.flush()
+    assert [(c.seq, c.duration, c.final) for c in got.chunks] == [(0, 1.0, False), (1, 1.0, False), (2, 0.4, True)]
+    assert [c.start for c in got.chunks] == [T0, T0 + 1, T0 + 2]
+    assert got.pcm() == b"".join(frame(i) for i in range(120))
+
+
+@pytest.mark.parametrize("jitter_ms", [10, -10, 9.9])
+def test_jitter_up_to_10ms_keeps_frames_contiguous(jitter_ms):
+    got = Collect()
+    tl = CallTimeline(fmt(), 1.0, got)
+    for i in range(60):
+        tl.add(None, frame(i), T0 + i * 0.02 + (jitter_ms / 1000 if i % 2 else 0), False)
+    tl.flush()
+    assert tl.stats.gap_slots == 0 and tl.stats.duplicates == 0
+    assert got.pcm() == b"".join(frame(i) for i in range(60))
+
+
+def test_a_frame_more_than_half_a_frame_late_in_time_opens_a_one_frame_gap():
+    got = Collect()
+    tl = CallTimeline(fmt(), 1.0, got)
+    tl.add(None, frame(0), T0, False)
+    tl.add(None, frame(1), T0 + 0.02 + 0.011, False)  # 31 ms after the first: nearest slot is 2
+    tl.flush()
+    assert tl.gaps() == [("mixed", pytest.approx(T0 + 0.02), pytest.approx(0.02))]
+    assert got.pcm() == frame(0) + bytes(640) + frame(1)
+
+
+def test_slow_sender_clock_drift_does_not_drop_audio():
+    got = Collect()
+    tl = CallTimeline(fmt(), 1.0, got)
+    for i in range(200):
+        tl.add(None, frame(i), T0 + i * 0.0199, False)  # 0.5 % slow: 1 frame behind after 4 s... never dropped
+    tl.flush()
+    assert tl.stats.duplicates == 0 and tl.stats.late_dropped == 0 and tl.stats.drift_corrections > 0
+    assert got.pcm() == b"".join(frame(i) for i in range(200))
+
+
+def test_duplicates_dropped_and_late_frames_fill_only_their_own_gap():
+    got = Collect()
+    tl = CallTimeline(fmt(), 1.0, got)
+    for i in [0, 1, 2, 5, 6, 2, 3]:  # 3 and 4 missing, then a duplicate of 2, then 3 arrives late
+        tl.add(None, frame(i), T0 + i * 0.02, False)
+    tl.flush()
+    assert tl.stats.duplicates == 1 and tl.stats.late_placed == 1
+    assert tl.gaps() == [("mixed", pytest.approx(T0 + 0.08), pytest.approx(0.02))]  # only slot 4 stays a gap
+    assert got.pcm() == b"".join(frame(i) for i in [0, 1, 2, 3]) + bytes(640) + frame(5) + frame(6)
+
+
+def test_a_frame_for_an_already_sealed_chunk_is_dropped_not_shifted():
+    got = Collect()
+    tl = CallTimeline(fmt(), 1.0, got)
+    for i in range(55):
+        tl.add(None, frame(i), T0 + i * 0.02, False)
+    tl.add(None, frame(999), T0 + 0.1, False)  # chunk 0 was sealed when frame 50 arrived
+    tl.flush()
+    assert tl.stats.late_dropped + tl.stats.duplicates == 1
+    assert got.pcm() == b"".join(frame(i) for i in range(55))
+
+
+def test_wild_timestamp_is_placed_at_the_cursor_and_does_not_strand_the_stream():
+    got = Collect()
+    tl = CallTimeline(fmt(), 1.0, got)
+    tl.add(None, frame(0), T0, False)
+    tl.add(None, frame(1), T0 + 86400 * 365, False)  # a year ahead
+    tl.add(None, frame(2), T0 + 0.04, False)
+    tl.flush()
+    assert tl.stats.bad_timestamps == 1 and tl.stats.gap_slots == 0
+    assert got.pcm() == frame(0) + frame(1) + frame(2)
+
+
+def test_silent_frames_are_written_as_zeros_and_keep_time():
+    got = Collect()
+    tl = CallTimeline(fmt(), 1.0, got)
+    tl.add(None, frame(0), T0, False)
+    tl.add(None, frame(1), T0 + 0.02, True)  # flagged silent: whatever data says, zeros
+    tl.add(None, frame(2), T0 + 0.04, False)
+    tl.flush()
+    assert got.pcm() == frame(0) + bytes(640) + frame(2)
+
+
+def test_oversized_and_short_frames_are_split_and_padded_on_the_grid():
+    got = Collect()
+    tl = CallTimeline(fmt(), 1.0, got)
+    tl.add(None, frame(0) + frame(1), T0, False)  # two frames' worth in one message
+    tl.add(None, frame(2)[:300], T0 + 0.04, False)  # a short one
+    tl.add(None, frame(3), T0 + 0.06, False)
+    tl.flush()
+    assert got.pcm() == frame(0) + frame(1) + frame(2)[:300] + bytes(340) + frame(3)
+
+
+def test_unmixed_streams_share_chunk_spans_and_a_late_speaker_starts_with_silence():
+    got = Collect()
+    tl = CallTimeline(fmt(24000), 1.0, got)
+    for i in range(100):
+        tl.add("8:acs:a", frame(i, 24000), T0 + i * 0.02, False)
+        if i >= 70:
+            tl.add("4:+1555", frame(i, 24000), T0 + i * 0.02, False)
+    tl.flush()
+    a = [c for c in got.chunks if c.participant == "8:acs:a"]
+    b = [c for c in got.chunks if c.participant == "4:+1555"]
+    assert [c.seq for c in a] == [0, 1] and [c.seq for c in b] == [1]
+    assert a[1].start == b[0].start == T0 + 1
+    _, pcm_b = wav.decode(b[0].wav)
+    assert pcm_b[: 20 * 960] == bytes(20 * 960)
+    assert pcm_b[20 * 960:] == b"".join(frame(i, 24000) for i in range(70, 100))
+    assert b[0].stream == stream_id("4:+1555")
+
+
+def test_idle_stream_is_sealed_early_and_a_resume_writes_a_second_part_with_its_mask():
+    got = Collect()
+    tl = CallTimeline(fmt(), 1.0, got)
+    for i in range(10):
+        tl.add(None, frame(i), T0 + i * 0.02, False)
+    assert tl.seal_idle(1.0, now=1e12) == 1  # idle: part 1 of chunk 0 leaves now
+    for i in range(30, 40):
+        tl.add(None, frame(i), T0 + i * 0.02, False)
+    tl.flush()
+    assert [(c.seq, c.final) for c in got.chunks] == [(0, False), (0, True)]
+    assert got.chunks[1].mask[:30] == bytes(30) and got.chunks[1].mask[30:40] == b"\x01" * 10
+    expected = b"".join(frame(i) for i in range(10)) + bytes(20 * 640) + b"".join(frame(i) for i in range(30, 40))
+    assert got.pcm() == expected
+
+
+def test_origin_from_an_earlier_session_continues_the_call_clock():
+    got = Collect()
+    tl = CallTimeline(fmt(), 1.0, got, origin=T0)
+    for i in range(150, 160):  # this session starts 3 s into the call
+        tl.add(None, frame(i), T0 + i * 0.02, False)
+    tl.flush()
+    (c,) = got.chunks
+    assert c.seq == 3 and c.start == T0 + 3

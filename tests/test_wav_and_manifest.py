@@ -1,0 +1,90 @@
+"""The shared contract's pieces: WAV chunks any reader can open, and a manifest merge that loses nothing."""
+
+from __future__ import annotations
+
+import io
+import wave
+
+import pytest
+
+from common import manifest as mf
+from common.layout import chunk_blob, is_valid_call_id, participant_of, stream_id
+from streamer import wav
+
+
+@pytest.mark.parametrize("rate", [16000, 24000])
+def test_chunk_is_a_standard_wav(rate):
+    pcm = bytes(range(256)) * 10
+    data = wav.encode(pcm, rate)
+    with wave.open(io.BytesIO(data)) as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, rate)
+        assert w.readframes(w.getnframes()) == pcm
+    assert wav.decode(data) == (rate, pcm)
+    assert int.from_bytes(data[4:8], "little") == len(data) - 8
+
+
+def test_overlay_takes_only_masked_frames_from_the_new_part():
+    a = b"A" * 640 * 3
+    b = b"B" * 640 * 5
+    expected = b"A" * 640 + b"B" * 640 + b"A" * 640 + bytes(640) + b"B" * 640
+    assert wav.overlay(a, b, bytes([0, 1, 0, 0, 1]), 640) == expected
+
+
+def test_stream_ids_are_path_safe_and_reversible():
+    for raw in ["8:acs:3d20e1de-0f28-41c5_0000000b-faeb", "4:+15550100", "28:orgid:ü/?&"]:
+        sid = stream_id(raw)
+        assert sid.startswith("p-") and all(c.isalnum() or c in "-_" for c in sid)
+        assert participant_of(sid) == raw
+    assert stream_id(None) == stream_id("") == "mixed" and participant_of("mixed") is None
+    assert chunk_blob("c1", "mixed", 7) == "c1/mixed/000007.wav"
+    assert is_valid_call_id("18dea47f-b081-4107-9a5c-4300819d2c6c")
+    assert not is_valid_call_id("../etc") and not is_valid_call_id("a/b") and not is_valid_call_id("")
+
+
+def part(session: str, seqs: list[int], *, complete: bool = False, revision: int = 1) -> dict:
+    return {"callConnectionId": "c1", "correlationId": "corr", "sampleRate": 16000, "chunkSeconds": 10.0,
+            "clockOrigin": "2026-01-01T00:00:00.000Z", "audioChannel": "mixed",
+            "sessions": [{"id": session, "startedAt": f"2026-01-01T00:00:0{len(session)}.000Z", "complete": complete}],
+            "streams": [{"stream": "mixed", "participantRawId": None, "chunks": [
+                {"blob": f"c1/mixed/{k:06d}.wav", "seq": k, "sha256": f"{session}{k}", "revision": revision}
+                for k in seqs]}],
+            "gaps": [{"stream": "mixed", "startTime": f"2026-01-01T00:00:{seqs[0]:02d}.000Z", "durationMs": 40}],
+            "dtmf": [{"tone": "1", "timestamp": f"t{session}", "participantRawId": None}]}
+
+
+def test_merge_is_idempotent_and_order_independent():
+    a, b = part("s1", [0, 1], complete=True), part("s22", [2, 3])
+    ab = mf.merge(mf.merge(None, a), b)
+    ba = mf.merge(mf.merge(None, b), a)
+    again = mf.merge(mf.merge(ab, a), b)
+    for m in (ba, again):
+        assert {k: v for k, v in m.items() if k != "updatedAt"} == {k: v for k, v in ab.items() if k != "updatedAt"}
+    assert [c["seq"] for c in ab["streams"][0]["chunks"]] == [0, 1, 2, 3]
+    assert len(ab["gaps"]) == 2 and len(ab["dtmf"]) == 2
+    assert ab["complete"] is False  # s22 has not finished
+    done = mf.merge(ab, part("s22", [2, 3], complete=True))
+    assert done["complete"] is True
+
+
+def test_a_merged_chunk_revision_supersedes_the_first_write_whatever_the_order():
+    first, merged = part("s1", [1]), part("s22", [1], revision=2)
+    for m in (mf.merge(mf.merge(None, first), merged), mf.merge(mf.merge(None, merged), first)):
+        (c,) = m["streams"][0]["chunks"]
+        assert c["revision"] == 2 and c["sha256"] == "s221"
+
+
+def test_manifest_loads_rejects_what_is_not_a_manifest():
+    with pytest.raises(ValueError):
+        mf.loads(b"not json")
+    with pytest.raises(ValueError):
+        mf.loads(b'{"streams": []}')
+    with pytest.raises(ValueError):
+        mf.merge(mf.empty("other"), part("s1", [0]))
+    assert mf.loads(mf.dumps(mf.empty("c9")))["callConnectionId"] == "c9"
+
+
+def test_iso_times_round_trip_at_millisecond_precision():
+    t = 1_790_000_000.925
+    assert mf.utc_iso(t).endswith(".925Z")
+    assert mf.parse_iso(mf.utc_iso(t)) == pytest.approx(t, abs=1e-6)
+    assert mf.utc_iso(1_790_000_000.9999) .endswith(":21.000Z")
