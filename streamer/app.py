@@ -215,6 +215,8 @@ def create_app(settings: Settings, backend: BlobBackend | None = None) -> Starle
         ctx = ctx_ref.get("ctx")
         if ctx is None or ctx.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
+        if len(ctx.sessions) >= ctx.settings.max_active_calls:  # steer new sockets to replicas with room
+            return JSONResponse({"status": "at capacity", "activeCalls": len(ctx.sessions)}, status_code=503)
         checked_at, ok = ctx.ready_checked
         if time.monotonic() - checked_at > 2.0:
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from dataclasses import dataclass, field, fields
 
@@ -30,6 +31,32 @@ _HELP = {
 }
 
 
+class Histogram:
+    """Cumulative-bucket histogram in Prometheus' shape."""
+
+    BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(self.BUCKETS) + 1)
+        self.total = 0.0
+        self.n = 0
+        self.max = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.BUCKETS, value)] += 1
+        self.total += value
+        self.n += 1
+        self.max = max(self.max, value)
+
+    def render(self, name: str, text: str) -> list[str]:
+        lines = [f"# HELP {name} {text}", f"# TYPE {name} histogram"]
+        acc = 0
+        for le, c in zip((*map(str, self.BUCKETS), "+Inf"), self.counts, strict=True):
+            acc += c
+            lines.append(f'{name}_bucket{{le="{le}"}} {acc}')
+        return [*lines, f"{name}_sum {self.total}", f"{name}_count {self.n}"]
+
+
 @dataclass
 class Metrics:
     frames: int = 0
@@ -54,6 +81,7 @@ class Metrics:
     gap_frames: int = 0
     bad_frames: Counter[str] = field(default_factory=Counter)
     refusals: Counter[str] = field(default_factory=Counter)
+    chunk_latency: Histogram = field(default_factory=Histogram)
 
     def render(self) -> str:
         lines = []
@@ -67,4 +95,9 @@ class Metrics:
         lines += ["# HELP acs_streamer_refusals_total Refused upgrades, by reason",
                   "# TYPE acs_streamer_refusals_total counter"]
         lines += [f'acs_streamer_refusals_total{{reason="{k}"}} {v}' for k, v in sorted(self.refusals.items())]
+        lines += self.chunk_latency.render("acs_streamer_chunk_latency_seconds",
+                                           "Seconds from a chunk's last frame arriving to the chunk landing")
+        lines += ["# HELP acs_streamer_chunk_latency_max_seconds Worst chunk latency since start",
+                  "# TYPE acs_streamer_chunk_latency_max_seconds gauge",
+                  f"acs_streamer_chunk_latency_max_seconds {self.chunk_latency.max}"]
         return "\n".join(lines) + "\n"

@@ -181,7 +181,8 @@ class Session:
         self.ctx.sink.submit(ChunkJob(
             call_id=self.call_id, blob=chunk_blob(self.call_id, chunk.stream, chunk.seq), stream=chunk.stream,
             participant=chunk.participant, seq=chunk.seq, start_iso=mf.utc_iso(chunk.start),
-            frame_bytes=self.fmt.frame_bytes, mask=chunk.mask, session_id=self.id, wav=chunk.wav, owner=self,
+            frame_bytes=self.fmt.frame_bytes, mask=chunk.mask, session_id=self.id, last_arrival=chunk.last_arrival,
+            wav=chunk.wav, owner=self,
         ))
 
     def chunk_landed(self, job: ChunkJob, landed: LandedChunk) -> None:

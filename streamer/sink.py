@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ class ChunkJob:
     frame_bytes: int
     mask: bytes
     session_id: str
+    last_arrival: float = 0.0  # monotonic; 0 for chunks recovered from the spool of an earlier process
     wav: bytes | None = None
     spool_path: str | None = None
     owner: ChunkOwner | None = field(default=None, repr=False)
@@ -189,6 +191,8 @@ class UploadSink:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_backoff)
         self.healthy = True
+        if job.last_arrival:
+            self.metrics.chunk_latency.observe(time.monotonic() - job.last_arrival)
         self.metrics.chunks_uploaded += 1
         if landed.revision > 1:
             self.metrics.chunks_merged += 1

@@ -38,6 +38,7 @@ class SealedChunk:
     start: float  # epoch seconds of the chunk's first sample (grid start)
     duration: float  # seconds of audio in this WAV
     final: bool
+    last_arrival: float  # monotonic time the newest frame of this part arrived (chunk latency is measured from it)
 
 
 @dataclass(slots=True)
@@ -189,6 +190,7 @@ class CallTimeline:
             start=self.origin + st.chunk * self.chunk_seconds,
             duration=slots * self.frame_seconds,
             final=final,
+            last_arrival=st.last_arrival,
         )
         st.buf = None
         st.mask = None

@@ -1,0 +1,290 @@
+// Container Apps environment + the streamer (WebSocket data plane).
+//
+// Scaling. ACS holds one WebSocket per call for the whole call. The HTTP scale rule counts requests per 15 s
+// window and the TCP rule counts new connections the same way, so a socket is counted once, at upgrade, and a
+// replica full of hour-long calls looks idle to both. The work a call costs is CPU (50 JSON frames/s per audio
+// stream, up to 4 streams per call when unmixed), so the rule is KEDA's CPU utilization scaler. MAX_ACTIVE_CALLS
+// is the per-replica safety cap the streamer enforces while the scaler reacts (estimates and calibration:
+// docs/deploy.md, "Scaling the streamer"). minReplicas >= 1: ACS will not wait for a cold start, and the CPU
+// scaler cannot scale from zero. Scale-in sends SIGTERM; the streamer then flushes every open
+// stream within SHUTDOWN_GRACE_SECONDS, which terminationGracePeriodSeconds must exceed.
+param location string
+param tags object
+param environmentName string
+param appName string
+param logAnalyticsName string
+param applicationInsightsName string
+param identityId string
+param identityClientId string
+param registryServer string
+
+@description('Streamer image; empty on the very first provision (azd builds and pushes it during deploy).')
+param image string = ''
+
+param port int = 8080
+
+@minValue(1)
+param minReplicas int = 1
+
+@minValue(1)
+param maxReplicas int = 10
+
+@description('vCPU per replica (string, Container Apps accepts 0.25 steps).')
+param cpu string = '1.0'
+
+param memory string = '2Gi'
+
+@description('Average CPU utilization (%) across replicas above which a replica is added.')
+@minValue(10)
+@maxValue(90)
+param cpuScaleThreshold int = 40
+
+@description('Per-replica cap on concurrent WebSocket sessions (one session per call).')
+@minValue(1)
+param maxActiveCalls int = 400
+
+@minValue(1)
+param shutdownGraceSeconds int = 25
+
+@description('Must exceed shutdownGraceSeconds: time between SIGTERM and SIGKILL.')
+@minValue(1)
+@maxValue(600)
+param terminationGracePeriodSeconds int = 60
+
+@description('Optional CIDR allow-list for the ingress (e.g. the ACS media ranges); empty = open, JWT still required.')
+param allowedIngressCidrs array = []
+
+param storageAccountUrl string
+param recordingsContainer string
+param acsResourceId string
+param jwtIssuer string
+param jwksUrl string
+param chunkSeconds string = '10'
+param uploadMemoryBytes string = '67108864'
+param maxFrameBytes string = '65536'
+param logLevel string = 'INFO'
+
+// Where chunks go when storage is unreachable: an EmptyDir volume survives container restarts within a replica.
+var spoolDir = '/spool'
+// Public quickstart image, used only until the first `azd deploy` (or `az containerapp update`) sets the real one.
+var placeholderImage = 'mcr.microsoft.com/k8se/quickstart:latest'
+
+resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' existing = {
+  name: logAnalyticsName
+}
+
+resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: applicationInsightsName
+}
+
+resource environment 'Microsoft.App/managedEnvironments@2024-03-01' = {
+  name: environmentName
+  location: location
+  tags: tags
+  properties: {
+    appLogsConfiguration: {
+      destination: 'log-analytics'
+      logAnalyticsConfiguration: {
+        customerId: workspace.properties.customerId
+        sharedKey: workspace.listKeys().primarySharedKey
+      }
+    }
+    workloadProfiles: [
+      {
+        name: 'Consumption'
+        workloadProfileType: 'Consumption'
+      }
+    ]
+  }
+}
+
+resource streamer 'Microsoft.App/containerApps@2024-03-01' = {
+  name: appName
+  location: location
+  tags: union(tags, {
+    'azd-service-name': 'streamer'
+  })
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identityId}': {}
+    }
+  }
+  properties: {
+    managedEnvironmentId: environment.id
+    workloadProfileName: 'Consumption'
+    configuration: {
+      activeRevisionsMode: 'Single'
+      ingress: {
+        external: true
+        targetPort: port
+        transport: 'http'
+        allowInsecure: false
+        traffic: [
+          {
+            latestRevision: true
+            weight: 100
+          }
+        ]
+        ipSecurityRestrictions: [for (cidr, i) in allowedIngressCidrs: {
+          name: 'allow-${i}'
+          action: 'Allow'
+          ipAddressRange: cidr
+        }]
+      }
+      registries: [
+        {
+          server: registryServer
+          identity: identityId
+        }
+      ]
+      secrets: [
+        {
+          name: 'appinsights-connection-string'
+          value: appInsights.properties.ConnectionString
+        }
+      ]
+    }
+    template: {
+      terminationGracePeriodSeconds: terminationGracePeriodSeconds
+      containers: [
+        {
+          name: 'streamer'
+          image: empty(image) ? placeholderImage : image
+          resources: {
+            cpu: json(cpu)
+            memory: memory
+          }
+          env: [
+            {
+              name: 'PORT'
+              value: string(port)
+            }
+            {
+              name: 'ACS_RESOURCE_ID'
+              value: acsResourceId
+            }
+            {
+              name: 'ACS_JWT_ISSUER'
+              value: jwtIssuer
+            }
+            {
+              name: 'ACS_JWKS_URL'
+              value: jwksUrl
+            }
+            {
+              name: 'AZURE_STORAGE_ACCOUNT_URL'
+              value: storageAccountUrl
+            }
+            {
+              name: 'AZURE_CLIENT_ID'
+              value: identityClientId
+            }
+            {
+              name: 'RECORDINGS_CONTAINER'
+              value: recordingsContainer
+            }
+            {
+              name: 'CHUNK_SECONDS'
+              value: chunkSeconds
+            }
+            {
+              name: 'SPOOL_DIR'
+              value: spoolDir
+            }
+            {
+              name: 'UPLOAD_MEMORY_BYTES'
+              value: uploadMemoryBytes
+            }
+            {
+              name: 'MAX_FRAME_BYTES'
+              value: maxFrameBytes
+            }
+            {
+              name: 'MAX_ACTIVE_CALLS'
+              value: string(maxActiveCalls)
+            }
+            {
+              name: 'SHUTDOWN_GRACE_SECONDS'
+              value: string(shutdownGraceSeconds)
+            }
+            {
+              name: 'LOG_LEVEL'
+              value: logLevel
+            }
+            {
+              name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'
+              secretRef: 'appinsights-connection-string'
+            }
+          ]
+          probes: [
+            {
+              type: 'Startup'
+              httpGet: {
+                path: '/healthz'
+                port: port
+              }
+              // Container Apps caps failureThreshold at 10: up to ~30 s to start.
+              initialDelaySeconds: 1
+              periodSeconds: 3
+              failureThreshold: 10
+              timeoutSeconds: 2
+            }
+            {
+              type: 'Liveness'
+              httpGet: {
+                path: '/healthz'
+                port: port
+              }
+              periodSeconds: 10
+              failureThreshold: 3
+              timeoutSeconds: 3
+            }
+            {
+              type: 'Readiness'
+              httpGet: {
+                path: '/readyz'
+                port: port
+              }
+              periodSeconds: 5
+              failureThreshold: 2
+              successThreshold: 1
+              timeoutSeconds: 3
+            }
+          ]
+          volumeMounts: [
+            {
+              volumeName: 'spool'
+              mountPath: spoolDir
+            }
+          ]
+        }
+      ]
+      volumes: [
+        {
+          name: 'spool'
+          storageType: 'EmptyDir'
+        }
+      ]
+      scale: {
+        minReplicas: minReplicas
+        maxReplicas: maxReplicas
+        rules: [
+          {
+            name: 'cpu-utilization'
+            custom: {
+              type: 'cpu'
+              metadata: {
+                type: 'Utilization'
+                value: string(cpuScaleThreshold)
+              }
+            }
+          }
+        ]
+      }
+    }
+  }
+}
+
+output name string = streamer.name
+output fqdn string = streamer.properties.configuration.ingress.fqdn

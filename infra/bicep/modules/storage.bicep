@@ -1,0 +1,132 @@
+// A locked-down StorageV2 account: Entra ID only (no shared keys, so no SAS signed with account keys), TLS 1.2,
+// HTTPS only, no anonymous blob access, private containers, soft delete. Used twice by main.bicep: for the
+// recordings (with a lifecycle rule) and for the Functions host (AzureWebJobsStorage + deployment package).
+param location string
+param tags object
+param name string
+param containerNames array
+
+@allowed([
+  'Standard_LRS'
+  'Standard_ZRS'
+  'Standard_GRS'
+  'Standard_GZRS'
+])
+@description('Geo-redundant by default (recordings are the product); main.bicep passes Standard_LRS for the Functions host account.')
+param skuName string = 'Standard_GRS'
+
+@description('Container whose blobs the lifecycle rule manages; empty = no lifecycle rule.')
+param lifecycleContainer string = ''
+
+@minValue(1)
+param coolAfterDays int = 30
+
+@minValue(1)
+param deleteAfterDays int = 365
+
+@minValue(1)
+param softDeleteDays int = 7
+
+resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  // checkov:skip=CKV_AZURE_35:Apps reach storage over its public endpoint (no VNet in this template); auth is Entra ID only, shared keys off
+  // checkov:skip=CKV_AZURE_59:Same as CKV_AZURE_35: public endpoint on, but no anonymous access and no shared-key/SAS-by-key access
+  name: name
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: {
+    name: skuName
+  }
+  properties: {
+    accessTier: 'Hot'
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: false
+    allowCrossTenantReplication: false
+    defaultToOAuthAuthentication: true
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    isLocalUserEnabled: false
+    isSftpEnabled: false
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      defaultAction: 'Allow'
+      bypass: 'AzureServices'
+    }
+    encryption: {
+      keySource: 'Microsoft.Storage'
+      requireInfrastructureEncryption: true
+      services: {
+        blob: {
+          enabled: true
+          keyType: 'Account'
+        }
+      }
+    }
+  }
+}
+
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: account
+  name: 'default'
+  properties: {
+    deleteRetentionPolicy: {
+      enabled: true
+      days: softDeleteDays
+    }
+    containerDeleteRetentionPolicy: {
+      enabled: true
+      days: softDeleteDays
+    }
+  }
+}
+
+resource containers 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = [for containerName in containerNames: {
+  parent: blobService
+  name: containerName
+  properties: {
+    publicAccess: 'None'
+  }
+}]
+
+resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = if (!empty(lifecycleContainer)) {
+  parent: account
+  name: 'default'
+  properties: {
+    policy: {
+      rules: [
+        {
+          name: 'recordings-cool-then-delete'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [
+                'blockBlob'
+              ]
+              prefixMatch: [
+                '${lifecycleContainer}/'
+              ]
+            }
+            actions: {
+              baseBlob: {
+                tierToCool: {
+                  daysAfterModificationGreaterThan: coolAfterDays
+                }
+                delete: {
+                  daysAfterModificationGreaterThan: deleteAfterDays
+                }
+              }
+            }
+          }
+        }
+      ]
+    }
+  }
+  dependsOn: [
+    containers
+  ]
+}
+
+output name string = account.name
+output id string = account.id
+output blobEndpoint string = account.properties.primaryEndpoints.blob
