@@ -1,0 +1,84 @@
+"""ACS call events (a JSON array of CloudEvents) folded into the per-call state blob.
+
+Authentication happens before this (the entry verifies the ACS JWT with common.acs_jwt, the same code the
+streamer uses); here we only check the shape, log what an operator needs, and store.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import Any
+
+import orjson
+
+from common.layout import is_valid_call_id
+from common.logs import call_fields
+from function_app import state as state_model
+from function_app.errors import bad_request
+from function_app.store import RecordingStore
+
+UNREACHABLE_STREAMER = 8603
+
+log = logging.getLogger(__name__)
+
+
+def parse_events(raw: bytes) -> list[dict[str, Any]]:
+    try:
+        events = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise bad_request("body", "is not valid JSON") from None
+    if not isinstance(events, list) or not events:
+        raise bad_request("body", "must be a non-empty JSON array of CloudEvents")
+    for i, event in enumerate(events):
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            raise bad_request(f"[{i}].type", "every event must be an object with a string type")
+        data = event.get("data")
+        if not isinstance(data, dict):
+            raise bad_request(f"[{i}].data", "must be an object")
+        name = state_model.event_name(event)
+        if name in state_model.HANDLED and not is_valid_call_id(data.get("callConnectionId")):
+            raise bad_request(f"[{i}].data.callConnectionId", "is missing or not a valid call connection id")
+    return events
+
+
+def _log_event(name: str, data: dict[str, Any]) -> None:
+    call_id = data.get("callConnectionId")
+    extra = call_fields(call_id, data.get("correlationId"), event=name)
+    info = data.get("resultInformation") or {}
+    update = data.get("mediaStreamingUpdate") or {}
+    if name == "MediaStreamingFailed":
+        hint = (" — ACS could not reach the streamer WebSocket (check STREAMER_WSS_URL, TLS and ingress)"
+                if info.get("subCode") == UNREACHABLE_STREAMER else "")
+        log.error("media streaming failed for %s: code %s/%s %r, status %s/%s%s", call_id, info.get("code"),
+                  info.get("subCode"), info.get("message"), update.get("mediaStreamingStatus"),
+                  update.get("mediaStreamingStatusDetails"), hint, extra=extra)
+    elif name in ("CreateCallFailed", "AnswerFailed"):
+        log.error("%s for %s: code %s/%s %r", name, call_id, info.get("code"), info.get("subCode"),
+                  info.get("message"), extra=extra)
+    elif name in state_model.HANDLED:
+        log.info("%s for %s (%s/%s)", name, call_id, update.get("mediaStreamingStatus") or info.get("code"),
+                 update.get("mediaStreamingStatusDetails") or info.get("subCode"), extra=extra)
+    else:
+        log.info("ignoring callback %s for %s", name, call_id, extra=extra)
+
+
+def handle_events(store: RecordingStore, events: list[dict[str, Any]]) -> int:
+    """Store every tracked event; returns how many changed a call state (duplicates change nothing)."""
+    by_call: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for event in events:
+        name = state_model.event_name(event)
+        _log_event(name, event["data"])
+        if name in state_model.HANDLED:
+            by_call[event["data"]["callConnectionId"]].append(event)
+    changed = 0
+    for call_id, evs in by_call.items():
+        applied: list[int] = []
+
+        def fold(doc: dict[str, Any], evs: list[dict[str, Any]] = evs, applied: list[int] = applied) -> bool:
+            applied[:] = [1 for e in evs if state_model.apply_event(doc, e)]
+            return bool(applied)
+
+        store.update_state(call_id, fold)
+        changed += len(applied)
+    return changed

@@ -1,0 +1,115 @@
+"""Retrieval: recent calls, one recording (manifest + call state + short-lived chunk URLs), and one stream
+stitched into a WAV."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+from urllib.parse import quote
+
+from azure.core.exceptions import HttpResponseError
+
+from common.layout import MIXED_STREAM, stream_id
+from function_app import state as state_model
+from function_app.errors import ApiError, bad_request
+from function_app.stitch import StitchedWav, StitchError, stitch
+from function_app.store import RecordingStore
+
+MAX_PAGE_TOKEN = 2048
+
+log = logging.getLogger(__name__)
+
+
+def not_found(call_id: str) -> ApiError:
+    return ApiError(404, "RecordingNotFound", f"no call or recording with id {call_id}", field="callConnectionId")
+
+
+def encode_token(marker: str | None) -> str | None:
+    """Our page token wraps the service's continuation marker, so a made-up token is recognisably ours or not."""
+    return base64.urlsafe_b64encode(b"v1:" + marker.encode()).decode() if marker else None
+
+
+def decode_token(token: str | None) -> str | None:
+    if token is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token.encode("ascii") + b"=" * (-len(token) % 4))
+    except (ValueError, UnicodeEncodeError):
+        raw = b""
+    if len(token) > MAX_PAGE_TOKEN or not raw.startswith(b"v1:") or len(raw) == 3:
+        raise bad_request("pageToken", "is not a token this API handed out")
+    return raw[3:].decode("utf-8", "replace")
+
+
+def list_recordings(store: RecordingStore, limit: int, page_token: str | None) -> dict[str, Any]:
+    marker = decode_token(page_token)
+    try:
+        calls, next_marker = store.list_calls(limit, marker)
+    except HttpResponseError as exc:
+        if marker and exc.status_code == 400:
+            raise bad_request("pageToken", "is not a token this API handed out") from None
+        raise
+    items = []
+    for call_id, created in calls:
+        doc = store.read_state(call_id)
+        item = state_model.summary(doc) if doc else {"callConnectionId": call_id}
+        item["createdAt"] = item.get("createdAt") or created
+        items.append(item)
+    return {"items": items, "nextPageToken": encode_token(next_marker)}
+
+
+def audio_url(api_base: str, call_id: str, participant: str | None) -> str:
+    return f"{api_base}/recordings/{call_id}/audio?participant={quote(participant or MIXED_STREAM, safe='')}"
+
+
+def get_recording(store: RecordingStore, call_id: str, api_base: str, ttl_seconds: int) -> dict[str, Any]:
+    doc = store.read_state(call_id)
+    manifest = store.read_manifest(call_id)
+    if doc is None and manifest is None:
+        raise not_found(call_id)
+    streams, expires = [], None
+    for s in (manifest or {}).get("streams", []):
+        chunks = []
+        for c in s.get("chunks", []):
+            url, expires = store.read_url(c["blob"], ttl_seconds)
+            chunks.append({"seq": c.get("seq"), "startTime": c.get("startTime"), "durationMs": c.get("durationMs"),
+                           "bytes": c.get("bytes"), "url": url})
+        streams.append({"stream": s["stream"], "participantRawId": s.get("participantRawId"),
+                        "audioUrl": audio_url(api_base, call_id, s.get("participantRawId")), "chunks": chunks})
+    return {"callConnectionId": call_id, "callState": doc, "manifest": manifest, "streams": streams,
+            "urlsExpireAt": expires}
+
+
+def choose_stream(manifest: dict[str, Any], participant: str | None) -> str:
+    """`participant` is a participant raw id, `mixed`, or absent (fine when there is one obvious stream)."""
+    names = [s["stream"] for s in manifest.get("streams", [])]
+    if not participant:
+        if MIXED_STREAM in names:
+            return MIXED_STREAM
+        if len(names) == 1:
+            return names[0]
+        raw_ids = [s.get("participantRawId") for s in manifest.get("streams", [])]
+        raise bad_request("participant", f"is required for this unmixed recording; one of {raw_ids}")
+    wanted = MIXED_STREAM if participant == MIXED_STREAM else stream_id(participant)
+    if wanted not in names and participant in names:
+        wanted = participant  # a stream id from the manifest works too
+    if wanted not in names:
+        raise ApiError(404, "StreamNotFound", f"participant: no stream for {participant!r} in this recording",
+                       field="participant")
+    return wanted
+
+
+def open_audio(store: RecordingStore, call_id: str, participant: str | None) -> tuple[StitchedWav, str]:
+    manifest = store.read_manifest(call_id)
+    if manifest is None:
+        if store.read_state(call_id) is not None:
+            raise ApiError(404, "NoAudioYet", "the call exists but no audio has been recorded yet",
+                           field="callConnectionId")
+        raise not_found(call_id)
+    stream = choose_stream(manifest, participant)
+    try:
+        wav = stitch(manifest, stream, store.read_blob)
+    except StitchError as exc:
+        raise ApiError(409, "NotStitchable", str(exc)) from None
+    return wav, f"{call_id}-{stream}.wav"

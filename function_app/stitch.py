@@ -1,0 +1,140 @@
+"""One stream of a recording as one WAV, produced chunk by chunk so it can be streamed with an exact
+Content-Length before any audio is read.
+
+Chunk seq k covers [k*chunkSeconds, (k+1)*chunkSeconds) on the call clock for every stream (common.layout), so
+seq k is written at byte offset k*chunk_bytes: a missing seq is silence, a short chunk (a session that ended
+mid-chunk) is padded with silence, and only the stream's last chunk may be shorter. The output therefore starts
+at the call's clock origin, which keeps the participants' files of one call aligned sample for sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_DATA_BYTES = 0xFFFFFFFF - 36  # RIFF sizes are 32-bit
+_SILENCE_BLOCK = bytes(64 * 1024)
+
+
+class StitchError(ValueError):
+    """The manifest cannot be stitched (unknown stream, inconsistent numbers)."""
+
+
+def wav_header(data_bytes: int, sample_rate: int) -> bytes:
+    """Canonical 44-byte header: PCM, mono, 16-bit."""
+    return (b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVE"
+            + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
+            + b"data" + struct.pack("<I", data_bytes))
+
+
+def wav_pcm(blob: bytes) -> tuple[int, bytes]:
+    """(sample rate, PCM bytes) of a mono 16-bit PCM WAV, walking the RIFF chunks rather than assuming 44 bytes."""
+    if len(blob) < 12 or blob[:4] != b"RIFF" or blob[8:12] != b"WAVE":
+        raise StitchError("not a RIFF/WAVE file")
+    pos, rate = 12, None
+    while pos + 8 <= len(blob):
+        cid, size = blob[pos:pos + 4], struct.unpack_from("<I", blob, pos + 4)[0]
+        body = blob[pos + 8:pos + 8 + size]
+        if cid == b"fmt ":
+            fmt, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", body)
+            if fmt != 1 or channels != 1 or bits != 16:
+                raise StitchError(f"unsupported WAV format {fmt}/{channels}ch/{bits}bit")
+        elif cid == b"data":
+            if rate is None:
+                raise StitchError("WAV data before fmt")
+            return rate, body[: len(body) - len(body) % 2]
+        pos += 8 + size + (size & 1)
+    raise StitchError("WAV has no data chunk")
+
+
+def _silence(n: int) -> Iterator[bytes]:
+    while n > 0:
+        step = min(n, len(_SILENCE_BLOCK))
+        yield _SILENCE_BLOCK[:step]
+        n -= step
+
+
+@dataclass(frozen=True)
+class StitchedWav:
+    """`content_length` is exact; iterate `body()` to get the bytes (reads one chunk blob at a time)."""
+
+    sample_rate: int
+    chunk_bytes: int
+    blobs: dict[int, str]
+    last_seq: int
+    last_pcm: bytes
+    read_blob: Callable[[str], bytes | None]
+
+    @property
+    def data_bytes(self) -> int:
+        return self.last_seq * self.chunk_bytes + len(self.last_pcm)
+
+    @property
+    def content_length(self) -> int:
+        return 44 + self.data_bytes
+
+    def _pcm(self, seq: int) -> bytes:
+        name = self.blobs.get(seq)
+        raw = self.read_blob(name) if name else None
+        if raw is None:
+            if name:
+                log.warning("chunk %s listed in the manifest is missing; writing silence", name)
+            return b""
+        try:
+            rate, pcm = wav_pcm(raw)
+        except StitchError as exc:
+            log.error("chunk %s is unreadable (%s); writing silence", name, exc)
+            return b""
+        if rate != self.sample_rate:
+            log.error("chunk %s is %d Hz, the manifest says %d; writing silence", name, rate, self.sample_rate)
+            return b""
+        return pcm
+
+    def body(self) -> Iterator[bytes]:
+        yield wav_header(self.data_bytes, self.sample_rate)
+        for seq in range(self.last_seq):
+            pcm = self._pcm(seq)[: self.chunk_bytes]
+            if pcm:
+                yield pcm
+            yield from _silence(self.chunk_bytes - len(pcm))
+        yield self.last_pcm
+
+
+def stream_chunks(manifest: dict[str, Any], stream: str) -> dict[int, str]:
+    entry = next((s for s in manifest.get("streams", []) if s.get("stream") == stream), None)
+    if entry is None:
+        raise StitchError(f"no stream {stream!r} in this recording")
+    prefix = f"{manifest['callConnectionId']}/"
+    chunks: dict[int, str] = {}
+    for c in entry.get("chunks", []):
+        seq, blob = c.get("seq"), c.get("blob")
+        if isinstance(seq, int) and seq >= 0 and isinstance(blob, str) and blob.startswith(prefix):
+            chunks[seq] = blob
+    return chunks
+
+
+def stitch(manifest: dict[str, Any], stream: str, read_blob: Callable[[str], bytes | None]) -> StitchedWav:
+    """Plan the stitched WAV of `stream`. Reads only the last chunk now (its length fixes Content-Length)."""
+    rate, seconds = manifest.get("sampleRate"), manifest.get("chunkSeconds")
+    if not isinstance(rate, int) or rate <= 0 or not isinstance(seconds, (int, float)) or seconds <= 0:
+        raise StitchError("manifest has no sampleRate/chunkSeconds yet")
+    chunk_bytes = round(seconds * rate) * 2
+    blobs = stream_chunks(manifest, stream)
+    seqs = sorted(blobs)
+    last_pcm = b""
+    while seqs:  # the last chunk that can actually be read defines the end
+        plan = StitchedWav(rate, chunk_bytes, blobs, seqs[-1], b"", read_blob)
+        last_pcm = plan._pcm(seqs[-1])[:chunk_bytes]
+        if last_pcm:
+            break
+        seqs.pop()
+    last_seq = seqs[-1] if seqs else 0
+    result = StitchedWav(rate, chunk_bytes, blobs, last_seq, last_pcm, read_blob)
+    if result.data_bytes > MAX_DATA_BYTES:
+        raise StitchError("recording is too long for one WAV file")
+    return result

@@ -1,0 +1,123 @@
+"""Input validation for the HTTP API. Every rejection is a 400 that names the offending field, because placing
+calls costs money and a silently-ignored typo ("audiochannel") would record the wrong thing."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from common.layout import is_valid_call_id
+from function_app.errors import ApiError, bad_request
+from function_app.settings import AUDIO_CHANNELS, E164_RE, SAMPLE_RATES, Settings
+
+ACS_USER_RE = re.compile(r"^8:acs:[A-Za-z0-9_-]{1,200}$")
+MAX_CONTEXT = 512
+_CREATE_FIELDS = ("target", "sourceCallerId", "audioChannel", "sampleRate", "dtmf", "operationContext")
+
+
+@dataclass(frozen=True)
+class CreateCall:
+    target: str
+    source_caller_id: str | None
+    audio_channel: str
+    sample_rate: int
+    dtmf: bool
+    operation_context: str | None
+
+    @property
+    def is_phone(self) -> bool:
+        return self.target.startswith("+")
+
+
+def json_object(raw: bytes, *, required: bool = True) -> dict[str, Any]:
+    if not raw.strip():
+        if required:
+            raise bad_request("body", "a JSON object is required")
+        return {}
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise bad_request("body", "is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise bad_request("body", "must be a JSON object")
+    return value
+
+
+def _optional_str(body: dict[str, Any], field: str, max_len: int) -> str | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > max_len:
+        raise bad_request(field, f"must be a non-empty string of at most {max_len} characters")
+    return value
+
+
+def parse_target(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise bad_request("target", "is required: an E.164 number (+15551234567) or an ACS user id (8:acs:…)")
+    value = value.strip()
+    if value.startswith("4:+"):
+        value = value[2:]
+    if E164_RE.match(value) or ACS_USER_RE.match(value):
+        return value
+    raise bad_request("target", "must be an E.164 number (+15551234567) or an ACS user id (8:acs:…)")
+
+
+def parse_create_call(body: dict[str, Any], settings: Settings) -> CreateCall:
+    unknown = sorted(set(body) - set(_CREATE_FIELDS))
+    if unknown:
+        raise bad_request(unknown[0], f"unknown field (allowed: {', '.join(_CREATE_FIELDS)})")
+    target = parse_target(body.get("target"))
+
+    source = body.get("sourceCallerId")
+    if source is not None and (not isinstance(source, str) or not E164_RE.match(source)):
+        raise bad_request("sourceCallerId", "must be an E.164 number like +15551234567")
+    source = source or settings.source_caller_id
+    if target.startswith("+") and not source:
+        raise bad_request("sourceCallerId", "is required to call a phone number (no ACS_SOURCE_CALLER_ID default)")
+
+    channel = body.get("audioChannel", settings.default_audio_channel)
+    if channel not in AUDIO_CHANNELS:
+        raise bad_request("audioChannel", "must be 'mixed' or 'unmixed'")
+    rate = body.get("sampleRate", settings.default_sample_rate)
+    if isinstance(rate, bool) or rate not in SAMPLE_RATES:
+        raise bad_request("sampleRate", "must be 16000 or 24000")
+    dtmf = body.get("dtmf", False)
+    if not isinstance(dtmf, bool):
+        raise bad_request("dtmf", "must be true or false")
+    context = _optional_str(body, "operationContext", MAX_CONTEXT)
+    return CreateCall(target, source, channel, int(rate), dtmf, context)
+
+
+def check_allowed(target: str, settings: Settings) -> None:
+    """ALLOWED_TARGETS: `+…` entries are prefixes of phone numbers, anything else must match exactly."""
+    if not settings.allowed_targets:
+        return
+    for entry in settings.allowed_targets:
+        if (entry.startswith("+") and target.startswith(entry)) or entry == target:
+            return
+    raise ApiError(403, "TargetNotAllowed", "target: not in the allowed list (ALLOWED_TARGETS)", field="target")
+
+
+def parse_call_id(value: str | None) -> str:
+    if not value or not is_valid_call_id(value):
+        raise bad_request("callConnectionId", "is not a valid call connection id")
+    return value
+
+
+def parse_limit(value: str | None, default: int = 20, maximum: int = 100) -> int:
+    if value is None or value == "":
+        return default
+    if not value.isdigit() or not 1 <= int(value) <= maximum:
+        raise bad_request("limit", f"must be an integer in 1..{maximum}")
+    return int(value)
+
+
+def parse_operation_context(body: dict[str, Any]) -> str | None:
+    unknown = sorted(set(body) - {"operationContext"})
+    if unknown:
+        raise bad_request(unknown[0], "unknown field (allowed: operationContext)")
+    return _optional_str(body, "operationContext", MAX_CONTEXT)
