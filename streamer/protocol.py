@@ -19,6 +19,7 @@ DTMF_DATA = "DtmfData"
 IGNORED_KINDS = frozenset({"TranscriptionMetadata", "TranscriptionData", "MarkData"})
 
 MIN_RATE, MAX_RATE = 8000, 48000
+_a2b = binascii.a2b_base64
 
 
 class FrameError(ValueError):
@@ -55,21 +56,18 @@ class AudioFormat:
             other.encoding, other.sample_rate, other.channels, other.frame_bytes)
 
 
-def parse_message(raw: str | bytes) -> dict[str, Any]:
+def parse(raw: str | bytes) -> tuple[str, dict[str, Any]]:
+    """-> (kind, message). One orjson parse; raises FrameError for non-JSON, non-objects and a missing kind."""
     try:
         msg = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise FrameError("malformed_json", f"not JSON: {exc}") from None
-    if not isinstance(msg, dict):
+    if type(msg) is not dict:
         raise FrameError("wrong_type", "frame is not a JSON object")
-    return msg
-
-
-def kind_of(msg: dict[str, Any]) -> str:
     kind = msg.get("kind")
-    if not isinstance(kind, str):
+    if type(kind) is not str:
         raise FrameError("wrong_type", "frame has no string 'kind'")
-    return kind
+    return kind, msg
 
 
 def audio_metadata(msg: dict[str, Any], max_frame_bytes: int) -> AudioFormat:
@@ -101,13 +99,13 @@ def audio_metadata(msg: dict[str, Any], max_frame_bytes: int) -> AudioFormat:
 def audio_data(msg: dict[str, Any]) -> tuple[bytes, str | None, str | None, bool]:
     """-> (pcm, timestamp, participantRawID, silent). Raises FrameError for anything malformed."""
     ad = msg.get("audioData")
-    if not isinstance(ad, dict):
+    if type(ad) is not dict:
         raise FrameError("wrong_type", "AudioData without an 'audioData' object")
     data = ad.get("data")
-    if not isinstance(data, str):
+    if type(data) is not str:
         raise FrameError("wrong_type", "audioData.data is not a string")
     try:
-        pcm = binascii.a2b_base64(data, strict_mode=True)
+        pcm = _a2b(data, strict_mode=True)
     except (binascii.Error, ValueError):
         raise FrameError("bad_base64", "audioData.data is not valid base64") from None
     if len(pcm) & 1:
@@ -115,12 +113,9 @@ def audio_data(msg: dict[str, Any]) -> tuple[bytes, str | None, str | None, bool
     ts = ad.get("timestamp")
     participant = ad.get("participantRawID")
     silent = ad.get("silent", False)
-    if ts is not None and not isinstance(ts, str):
-        raise FrameError("wrong_type", "audioData.timestamp is not a string")
-    if participant is not None and not isinstance(participant, str):
-        raise FrameError("wrong_type", "audioData.participantRawID is not a string")
-    if not isinstance(silent, bool):
-        raise FrameError("wrong_type", "audioData.silent is not a boolean")
+    if not ((ts is None or type(ts) is str) and (participant is None or type(participant) is str)
+            and type(silent) is bool):
+        raise FrameError("wrong_type", "audioData.timestamp/participantRawID must be strings, silent a boolean")
     return pcm, ts, participant or None, silent
 
 

@@ -18,7 +18,7 @@ from common import manifest as mf
 from common.layout import chunk_blob
 from streamer import protocol as p
 from streamer.sink import ChunkJob, chunk_entry
-from streamer.store import LandedChunk
+from streamer.store import CachedManifest, LandedChunk
 from streamer.timeline import CallTimeline, SealedChunk
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 REPLICA = socket.gethostname()
 MAX_CONSECUTIVE_BAD = 100
+MANIFEST_MIN_INTERVAL = 1.0  # seconds between manifest writes of one session while it streams
 _LOG_FIRST = 5  # per session and reason; then every 1000th
 
 
@@ -67,6 +68,7 @@ class Session:
         self._all_landed = asyncio.Event()
         self._all_landed.set()
         self._writer: asyncio.Task[None] | None = None
+        self._cached: CachedManifest | None = None
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -91,8 +93,7 @@ class Session:
         metrics = self.ctx.metrics
         metrics.messages += 1
         try:
-            msg = p.parse_message(raw)
-            kind = p.kind_of(msg)
+            kind, msg = p.parse(raw)
             if kind == p.AUDIO_DATA:
                 pcm, ts, participant, silent = p.audio_data(msg)
                 tl = self.timeline
@@ -222,6 +223,8 @@ class Session:
         }
 
     async def _manifest_loop(self) -> None:
+        """One writer per session. Writes coalesce: at most one per MANIFEST_MIN_INTERVAL while streaming (the
+        chunks of four participants sealed together cost one write), immediately once the socket closed."""
         delay = 0.2
         while True:
             await self._manifest_dirty.wait()
@@ -230,11 +233,13 @@ class Session:
                 continue
             final = self.complete  # read before building the part: finish() may flip it during the write
             try:
-                await self.ctx.store.merge_manifest(self.call_id, self.part())
+                self._cached = await self.ctx.store.merge_manifest(self.call_id, self.part(), cached=self._cached)
                 self.ctx.metrics.manifest_writes += 1
                 delay = 0.2
                 if final:
                     return
+                if not self.closed:
+                    await asyncio.sleep(MANIFEST_MIN_INTERVAL)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -102,7 +102,9 @@ class AzureBlobBackend:
 
         # Our own retry loop (with metrics, backoff ≤ 5 s and the spool) owns retries. The storage SDK's policy
         # would sleep 15 s before its first retry, hiding outages and delaying chunks past their deadline.
-        opts: dict[str, Any] = {"retry_total": 0, "connection_timeout": 5, "read_timeout": 30}
+        # use_env_settings=False: aiohttp would otherwise look up proxy and netrc settings in a thread per request.
+        opts: dict[str, Any] = {"retry_total": 0, "connection_timeout": 5, "read_timeout": 30,
+                                "use_env_settings": False}
         self._credential = None
         if connection_string:
             self._svc = BlobServiceClient.from_connection_string(connection_string, **opts)
@@ -189,6 +191,12 @@ class AzureBlobBackend:
 
 
 @dataclass(frozen=True)
+class CachedManifest:
+    manifest: dict[str, Any]
+    etag: str
+
+
+@dataclass(frozen=True)
 class LandedChunk:
     revision: int
     sha256: str
@@ -239,25 +247,33 @@ class RecordingStore:
         rate, pcm = wav.decode(wav_bytes)
         return round(len(pcm) / 2 / rate * 1000)
 
-    async def merge_manifest(self, call_id: str, part: dict[str, Any], *, attempts: int = 20) -> dict[str, Any]:
-        """Merge `part` into the stored manifest; retried on ETag conflicts (another session or the drainer)."""
+    async def merge_manifest(self, call_id: str, part: dict[str, Any], *, attempts: int = 20,
+                             cached: CachedManifest | None = None) -> CachedManifest:
+        """Merge `part` into the stored manifest with an ETag-conditional write, retried on conflicts (another
+        session or the spool drainer). With `cached` (what this writer last wrote) the first try skips the read;
+        a conflict means someone else wrote since, and the stored manifest is read and merged again."""
         name = manifest_blob(call_id)
         for _ in range(attempts):
-            cur = await self.backend.get(name)
-            base = None
-            if cur is not None:
-                try:
-                    base = mf.loads(cur.data)
-                except ValueError:
-                    log.error("stored manifest unreadable; rebuilding from this part",
-                              extra={"callConnectionId": call_id})
+            if cached is not None:
+                base, etag = cached.manifest, cached.etag
+                cached = None
+            else:
+                cur = await self.backend.get(name)
+                base, etag = None, None
+                if cur is not None:
+                    etag = cur.etag
+                    try:
+                        base = mf.loads(cur.data)
+                    except ValueError:
+                        log.error("stored manifest unreadable; rebuilding from this part",
+                                  extra={"callConnectionId": call_id})
             merged = mf.merge(base, part)
             try:
-                if cur is None:
-                    await self.backend.create(name, mf.dumps(merged), {}, "application/json")
+                if etag is None:
+                    new_etag = await self.backend.create(name, mf.dumps(merged), {}, "application/json")
                 else:
-                    await self.backend.replace(name, mf.dumps(merged), cur.etag, {}, "application/json")
-                return merged
+                    new_etag = await self.backend.replace(name, mf.dumps(merged), etag, {}, "application/json")
+                return CachedManifest(merged, new_etag)
             except (AlreadyExists, PreconditionFailed):
                 await asyncio.sleep(0.01)
         raise StorageUnavailable(f"manifest of {call_id}: too many concurrent updates")

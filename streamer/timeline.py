@@ -27,6 +27,8 @@ from common.layout import stream_id
 from streamer import wav
 from streamer.protocol import AudioFormat
 
+_monotonic = time.monotonic
+
 
 @dataclass(slots=True)
 class SealedChunk:
@@ -57,8 +59,9 @@ class _Stream:
     name: str
     participant: str | None
     chunk: int = -1
-    buf: np.ndarray | None = None
-    mask: np.ndarray | None = None
+    buf: np.ndarray | None = None  # the open chunk's PCM, preallocated (calloc: pages appear as they are written)
+    view: memoryview | None = None  # byte view of `buf`: slice assignment is ~10x cheaper than numpy's
+    mask: bytearray | None = None  # one byte per slot of the open chunk: 1 = written
     dirty: bool = False
     last_idx: int = -1  # highest slot index written in the open chunk part
     next_slot: int | None = None
@@ -87,7 +90,7 @@ class CallTimeline:
         st = self._streams.get(participant)
         if st is None:
             st = self._streams[participant] = _Stream(stream_id(participant), participant)
-        st.last_arrival = time.monotonic()
+        st.last_arrival = _monotonic()
         self.stats.frames += 1
         nxt = st.next_slot
         if ts is None:  # no usable timestamp: continue the stream (or start it at "now" on the call clock)
@@ -97,13 +100,13 @@ class CallTimeline:
                 ts = time.time() if self.origin is not None else 0.0
         if self.origin is None:
             self.origin = ts
-        fs = self.frame_seconds
-        pos = (ts - self.origin) / fs
+        pos = (ts - self.origin) / self.frame_seconds
         if nxt is None:
             slot = round(pos)
         else:
             d = pos - nxt
-            if -self._tol <= d <= self._tol:
+            tol = self._tol
+            if -tol <= d <= tol:
                 slot = nxt
             elif d > 0:
                 if d > self._max_jump:
@@ -121,13 +124,18 @@ class CallTimeline:
         if slot < 0:
             self.stats.late_dropped += 1
             return
-        n_slots = max(1, -(-len(pcm) // self.frame_bytes))
+        fb = self.frame_bytes
         if nxt is not None and slot > nxt:
             st.gaps.append([nxt, slot])
             self.stats.gap_slots += slot - nxt
-        for i in range(n_slots):
-            part = pcm if n_slots == 1 else pcm[i * self.frame_bytes:(i + 1) * self.frame_bytes]
-            self._write(st, slot + i, part, silent, late=nxt is not None and slot < nxt)
+        late = nxt is not None and slot < nxt
+        if len(pcm) <= fb:
+            self._write(st, slot, pcm, silent, late)
+            n_slots = 1
+        else:
+            n_slots = -(-len(pcm) // fb)
+            for i in range(n_slots):
+                self._write(st, slot + i, pcm[i * fb:(i + 1) * fb], silent, late)
         end = slot + n_slots
         if nxt is None or end > nxt:
             st.next_slot = end
@@ -145,11 +153,12 @@ class CallTimeline:
             st.buf = None
         if st.buf is None:
             st.buf = np.zeros(fpc * self.frame_bytes, dtype=np.uint8)
-            st.mask = np.zeros(fpc, dtype=np.uint8)
+            st.view = memoryview(st.buf).cast("B")
+            st.mask = bytearray(fpc)
             st.last_idx = -1
         idx = slot - k * fpc
         mask = st.mask
-        assert mask is not None
+        assert mask is not None and st.view is not None
         if mask[idx]:
             self.stats.duplicates += 1
             return
@@ -161,7 +170,7 @@ class CallTimeline:
         mask[idx] = 1
         if not silent:
             off = idx * self.frame_bytes
-            st.buf[off:off + len(pcm)] = np.frombuffer(pcm, dtype=np.uint8)
+            st.view[off:off + len(pcm)] = pcm
         st.dirty = True
         if idx > st.last_idx:
             st.last_idx = idx
@@ -186,13 +195,14 @@ class CallTimeline:
             participant=st.participant,
             seq=st.chunk,
             wav=wav.encode(st.buf.data[:nbytes], self.fmt.sample_rate),
-            mask=st.mask.tobytes(),
+            mask=bytes(st.mask),
             start=self.origin + st.chunk * self.chunk_seconds,
             duration=slots * self.frame_seconds,
             final=final,
             last_arrival=st.last_arrival,
         )
         st.buf = None
+        st.view = None
         st.mask = None
         st.dirty = False
         self._on_chunk(chunk)

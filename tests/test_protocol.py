@@ -16,8 +16,8 @@ EXAMPLE = Path(__file__).parent / "data" / "example-audio-frame.json"  # the ACS
 
 def test_documentation_example_frame_decodes_to_exactly_its_base64_bytes():
     raw = EXAMPLE.read_bytes()
-    msg = p.parse_message(raw)
-    assert p.kind_of(msg) == p.AUDIO_DATA
+    kind, msg = p.parse(raw)
+    assert kind == p.AUDIO_DATA
     pcm, ts, participant, silent = p.audio_data(msg)
     doc = json.loads(raw)["audioData"]
     assert pcm == base64.b64decode(doc["data"], validate=True)
@@ -29,7 +29,7 @@ def test_documentation_example_frame_decodes_to_exactly_its_base64_bytes():
 
 def test_text_and_binary_messages_parse_the_same():
     raw = EXAMPLE.read_bytes()
-    assert p.parse_message(raw) == p.parse_message(raw.decode())
+    assert p.parse(raw) == p.parse(raw.decode())
 
 
 @pytest.mark.parametrize("rate,length", [(16000, 640), (24000, 960)])
@@ -65,8 +65,7 @@ def test_unsupported_metadata_is_fatal_1003(field, value):
 ])
 def test_malformed_frames_are_classified(payload, kind):
     with pytest.raises(p.FrameError) as err:
-        msg = p.parse_message(payload)
-        k = p.kind_of(msg)
+        k, msg = p.parse(payload)
         p.audio_data(msg) if k == "AudioData" else p.dtmf_data(msg)
     assert err.value.kind == kind and not err.value.fatal
 

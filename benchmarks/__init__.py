@@ -1,0 +1,1 @@
+"""Capacity benchmark and soak for the streamer (see README "Performance")."""

@@ -1,0 +1,51 @@
+"""Micro-benchmark of the streamer's per-frame path (`Session.on_message`), in process, without sockets.
+
+    .venv/bin/python -m benchmarks.frame_path
+
+Prints µs per frame for the path and for its floor (orjson.loads + base64 decode alone), so a regression in our
+own Python shows up apart from the server's socket and framework costs.
+"""
+
+from __future__ import annotations
+
+import binascii
+import time
+from types import SimpleNamespace
+
+import orjson
+
+from devstack.simulator.frames import audio_data, audio_metadata, format_timestamp
+from streamer.metrics import Metrics
+from streamer.session import Session
+from streamer.settings import Settings
+
+N = 100_000
+
+
+class _NullSink:
+    def submit(self, job: object) -> None:
+        pass
+
+
+def main() -> None:
+    settings = Settings.from_env({"STREAMER_AUTH": "disabled", "AZURE_STORAGE_CONNECTION_STRING": "x"})
+    ctx = SimpleNamespace(settings=settings, metrics=Metrics(), sink=_NullSink())
+    session = Session(ctx, "bench-call", "corr", "mixed")  # type: ignore[arg-type]
+    data = binascii.b2a_base64(bytes(range(256)) * 2 + bytes(128), newline=False).decode()
+    t0 = 1_790_000_000_000
+    frames = [audio_data(format_timestamp(t0 + 20 * i), data, False, '"participantRawID":"8:acs:x",')
+              for i in range(N)]
+    session.on_message(audio_metadata("sub", 16000))
+    start = time.perf_counter()
+    for f in frames:
+        session.on_message(f)
+    path = (time.perf_counter() - start) / N * 1e6
+    start = time.perf_counter()
+    for f in frames:
+        binascii.a2b_base64(orjson.loads(f)["audioData"]["data"])
+    floor = (time.perf_counter() - start) / N * 1e6
+    print(f"on_message: {path:.2f} us/frame; floor (orjson + base64): {floor:.2f} us/frame")
+
+
+if __name__ == "__main__":
+    main()

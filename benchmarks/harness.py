@@ -1,0 +1,295 @@
+"""What every benchmark needs: Azurite, a JWKS, the streamer (or the bare baseline) as a measured child process,
+its CPU time and RSS from /proc, its Prometheus counters, and a load generator of ACS-shaped calls.
+
+The load generator ticks every 5 ms and sends, for a quarter of the calls each tick, one 20 ms frame per
+participant, so N calls cost N x 50 writes per second and only 200 wake-ups, with the frames staggered the way
+independent calls would be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from benchmarks.rawws import HandshakeError, RawWebSocket
+from devstack.acs_tokens import TokenIssuer
+from devstack.azurite import Azurite
+from devstack.ports import free_port
+from devstack.processes import ChildProcess
+from devstack.serve import ServerThread
+from devstack.simulator.frames import EncodedTrack, audio_data, audio_metadata, format_timestamp, now_ms
+
+ISSUER = "https://acscallautomation.communication.azure.com"
+AUDIENCE = "5b8f5ac1-0000-4000-8000-benchmark000"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def cpu_seconds(pid: int) -> float:
+    fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields_[11]) + int(fields_[12])) / CLK_TCK
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def latency_p99(before: dict[str, float], after: dict[str, float]) -> tuple[float | None, int]:
+    """Upper bound of the histogram bucket holding the 99th percentile of chunks landed between two scrapes."""
+    prefix = 'acs_streamer_chunk_latency_seconds_bucket{le="'
+    buckets = sorted(
+        ((float("inf") if k[len(prefix):-2] == "+Inf" else float(k[len(prefix):-2]), v - before.get(k, 0.0))
+         for k, v in after.items() if k.startswith(prefix)))
+    total = buckets[-1][1] if buckets else 0
+    if not total:
+        return None, 0
+    for le, cum in buckets:
+        if cum >= 0.99 * total:
+            return le, int(total)
+    return float("inf"), int(total)
+
+
+class Stack:
+    """Azurite + JWKS + token issuer, shared by the runs of one benchmark invocation."""
+
+    def __init__(self, workdir: Path):
+        raise_fd_limit()
+        self.workdir = workdir
+        self.azurite = Azurite(location=workdir / "azurite").start()
+        self.issuer = TokenIssuer(ISSUER, AUDIENCE)
+
+        async def keys(_request: Any) -> JSONResponse:
+            return JSONResponse(self.issuer.jwks())
+
+        self.jwks = ServerThread(Starlette(routes=[Route("/calling/keys", keys)])).start()
+
+    def streamer(self, **env: str) -> Server:
+        port = free_port()
+        base = {"PORT": str(port), "AZURE_STORAGE_CONNECTION_STRING": self.azurite.connection_string,
+                "ACS_RESOURCE_ID": AUDIENCE, "ACS_JWT_ISSUER": ISSUER,
+                "ACS_JWKS_URL": f"{self.jwks.url}/calling/keys", "RECORDINGS_CONTAINER": f"bench{uuid.uuid4().hex[:8]}",
+                "SPOOL_DIR": str(self.workdir / f"spool-{port}"), "LOG_LEVEL": "WARNING",
+                "MAX_ACTIVE_CALLS": "100000"}
+        proc = ChildProcess("streamer", {**base, **env}, log_path=self.workdir / f"streamer-{port}.log")
+        proc.start(f"http://127.0.0.1:{port}/healthz")
+        return Server("streamer", port, proc)
+
+    def bare(self) -> Server:
+        port = free_port()
+        proc = ChildProcess("benchmarks.bare_server", {}, args=["--port", str(port)],
+                            log_path=self.workdir / f"bare-{port}.log")
+        proc.start(f"http://127.0.0.1:{port}/stats")
+        return Server("bare", port, proc)
+
+    def close(self) -> None:
+        self.jwks.stop()
+        self.azurite.close()
+
+
+@dataclass
+class Server:
+    kind: str
+    port: int
+    proc: ChildProcess
+
+    @property
+    def pid(self) -> int:
+        assert self.proc.proc is not None
+        return self.proc.proc.pid
+
+    def frames(self) -> int:
+        if self.kind == "bare":
+            return int(httpx.get(f"http://127.0.0.1:{self.port}/stats", timeout=10).json()["frames"])
+        return int(self.metrics()["acs_streamer_frames_total"])
+
+    def metrics(self) -> dict[str, float]:
+        if self.kind == "bare":
+            return {}
+        return parse_metrics(httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=30).text)
+
+    def wait_landed(self, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.kind == "bare" or self.metrics()["acs_streamer_pending_chunks"] == 0:
+                return True
+            time.sleep(0.2)
+        return False
+
+    def stop(self) -> int:
+        return self.proc.terminate(60)
+
+
+def make_tracks(participants: int, rate: int, seconds: float = 2.0, seed: int = 0) -> list[EncodedTrack]:
+    rng = np.random.default_rng(seed)
+    return [EncodedTrack.from_samples(rng.integers(-6000, 6000, int(rate * seconds), dtype=np.int16), rate,
+                                      f"8:acs:bench-speaker-{p}") for p in range(participants)]
+
+
+@dataclass
+class Call:
+    call_id: str
+    ws: RawWebSocket
+    tracks: list[EncodedTrack]
+    start_ms: int
+    mixed: bool
+    k: int = 0
+
+
+@dataclass
+class LoadResult:
+    calls: int
+    refused: int = 0
+    frames_sent: int = 0
+    window_frames_sent: int = 0
+    close_codes: dict[int, int] = field(default_factory=dict)
+
+
+async def realtime_load(server: Server, stack: Stack, *, calls: int, participants: int, rate: int, ramp: float,
+                        window: float, on_window: Any = None) -> LoadResult:
+    """Open `calls` calls spread over `ramp` seconds, stream in real time, call `on_window("start"|"end")`
+    around a `window`-second measuring period after the ramp, then close every call cleanly."""
+    mixed = participants == 1
+    path = "/ws/mixed" if mixed else "/ws/unmixed"
+    tracks = make_tracks(participants, rate)
+    res = LoadResult(calls)
+    live: list[Call] = []
+    groups: list[list[Call]] = [[], [], [], []]
+
+    async def opener() -> None:
+        for i in range(calls):
+            call_id = f"bench-{uuid.uuid4().hex[:12]}"
+            headers = {"x-ms-call-connection-id": call_id, "x-ms-call-correlation-id": call_id,
+                       "Authorization": f"Bearer {stack.issuer.token(lifetime=3600)}"}
+            try:
+                ws = await RawWebSocket.connect("127.0.0.1", server.port, path, headers)
+            except HandshakeError:
+                res.refused += 1
+                continue
+            ws.send_text(audio_metadata(call_id, rate))
+            c = Call(call_id, ws, tracks, now_ms(), mixed)
+            live.append(c)
+            groups[i % 4].append(c)
+            await asyncio.sleep(ramp / calls)
+
+    def send_frames(c: Call) -> int:
+        ts = format_timestamp(c.start_ms + 20 * c.k)
+        for t in c.tracks:
+            i = c.k % len(t)
+            c.ws.send_text(audio_data(ts, t.b64[i], t.silent[i], "" if c.mixed else t.participant_json))
+        c.k += 1
+        return len(c.tracks)
+
+    stop = asyncio.Event()
+    measuring = {"on": False}
+
+    async def ticker() -> None:
+        t0 = time.monotonic()
+        tick = 0
+        while not stop.is_set():
+            group = groups[tick % 4]
+            now = now_ms()
+            for c in group:
+                while c.start_ms + 20 * c.k <= now:  # catch up if a tick was late; never run ahead
+                    n = send_frames(c)
+                    res.frames_sent += n
+                    if measuring["on"]:
+                        res.window_frames_sent += n
+            tick += 1
+            delay = t0 + tick * 0.005 - time.monotonic()
+            await asyncio.sleep(max(0.0, delay))
+
+    tick_task = asyncio.create_task(ticker())
+    await opener()
+    await asyncio.sleep(max(0.0, 1.0))
+    if on_window:
+        await asyncio.to_thread(on_window, "start")
+    measuring["on"] = True
+    await asyncio.sleep(window)
+    measuring["on"] = False
+    if on_window:
+        await asyncio.to_thread(on_window, "end")
+    stop.set()
+    await tick_task
+    await asyncio.gather(*(c.ws.drain() for c in live), return_exceptions=True)
+    await asyncio.gather(*(c.ws.close() for c in live), return_exceptions=True)
+    for c in live:
+        res.close_codes[c.ws.close_code or 0] = res.close_codes.get(c.ws.close_code or 0, 0) + 1
+    return res
+
+
+async def maxrate_load(server: Server, stack: Stack, *, connections: int, seconds: float, rate: int = 16000,
+                       on_window: Any = None) -> int:
+    """Send pre-built frames as fast as the server takes them; returns frames sent."""
+    from benchmarks.rawws import _client_frame
+
+    track = make_tracks(1, rate)[0]
+    per_conn = 40000
+    blobs = []
+    start = now_ms()
+    for _ in range(connections):
+        frames = [_client_frame(0x1, audio_data(format_timestamp(start + 20 * k), track.b64[k % len(track)],
+                                                False).encode()) for k in range(per_conn)]
+        blobs.append(frames)
+    sent = 0
+    stop = asyncio.Event()
+
+    async def blast(frames: list[bytes], idx: int) -> None:
+        nonlocal sent
+        call_id = f"max-{idx}-{uuid.uuid4().hex[:8]}"
+        ws = await RawWebSocket.connect("127.0.0.1", server.port, "/ws/mixed", {
+            "x-ms-call-connection-id": call_id, "Authorization": f"Bearer {stack.issuer.token()}"})
+        ws.send_text(audio_metadata(call_id, rate))
+        for i in range(0, len(frames), 64):
+            if stop.is_set():
+                break
+            ws.writer.write(b"".join(frames[i:i + 64]))
+            sent += min(64, len(frames) - i)
+            await ws.drain()
+        stop.set()  # the first connection to run out ends the run for all
+        ws.abort()
+
+    tasks = [asyncio.create_task(blast(b, i)) for i, b in enumerate(blobs)]
+    await asyncio.sleep(1.0)
+    if on_window:
+        await asyncio.to_thread(on_window, "start")
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
+    if on_window:
+        await asyncio.to_thread(on_window, "end")
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return sent
