@@ -9,6 +9,7 @@ independent calls would be.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
 import time
@@ -37,7 +38,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
@@ -284,10 +285,8 @@ async def maxrate_load(server: Server, stack: Stack, *, connections: int, second
     await asyncio.sleep(1.0)
     if on_window:
         await asyncio.to_thread(on_window, "start")
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass
     if on_window:
         await asyncio.to_thread(on_window, "end")
     stop.set()

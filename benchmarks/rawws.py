@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import struct
 
@@ -87,10 +88,8 @@ class RawWebSocket:
     async def close(self, code: int = 1000, timeout: float = 10.0) -> None:
         if self.close_code is None and not self.writer.is_closing():
             self.writer.write(_client_frame(0x8, struct.pack("!H", code)))
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._reader_task), timeout)
-            except TimeoutError:
-                pass
         self._reader_task.cancel()
         self.writer.close()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 import uuid
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,7 @@ class Session:
         self.complete = False
         self._stored: dict[str, Any] | None = None  # manifest at connect (clock origin of earlier sessions)
         self._parse_ts = p.TimestampParser()
+        self._last_ts: float | None = None  # newest AudioData timestamp: the call-clock time of DTMF tones
         self._bad: Counter[str] = Counter()
         self._consecutive_bad = 0
         self._chunks: dict[str, list[dict[str, Any]]] = {}
@@ -102,7 +104,7 @@ class Session:
                 t = None
                 if ts is not None:
                     try:
-                        t = self._parse_ts(ts)
+                        t = self._last_ts = self._parse_ts(ts)
                     except p.FrameError as exc:  # keep the audio: it is placed right after the previous frame
                         self._bad_frame(exc)
                 if self.channel == "mixed":
@@ -115,7 +117,10 @@ class Session:
                 self._on_metadata(p.audio_metadata(msg, self.ctx.settings.max_frame_bytes))
             elif kind == p.DTMF_DATA:
                 tone, ts, participant = p.dtmf_data(msg)
-                self._dtmf.append({"tone": tone, "timestamp": ts, "participantRawId": participant})
+                if ts is None:  # ACS's DtmfData may carry only the tone: stamp it on the call clock
+                    ts = mf.utc_iso(self._last_ts if self._last_ts is not None else time.time())
+                self._dtmf.append({"tone": tone, "timestamp": ts, "participantRawId": participant,
+                                   "receivedAt": mf.now_iso()})
                 metrics.dtmf += 1
                 self._manifest_dirty.set()
             else:

@@ -58,7 +58,8 @@ def test_mixed_16k_call_lands_time_faithful_with_manifest(streamer_factory, toke
     assert [c["startTime"] for c in stream["chunks"]] == [
         "2026-11-24T12:00:00.000Z", "2026-11-24T12:00:01.000Z", "2026-11-24T12:00:02.000Z"]
     assert rec.sha(rec.stitched(s.container, m, "mixed")) == rec.sha(b"".join(frames))
-    assert m["dtmf"] == [{"tone": "5", "timestamp": None, "participantRawId": None}]
+    (tone,) = m["dtmf"]  # sent after frame 58: stamped with that frame's call-clock time
+    assert (tone["tone"], tone["timestamp"], tone["participantRawId"]) == ("5", "2026-11-24T12:00:01.160Z", None)
     assert m["gaps"] == []
     metrics = s.metrics()
     assert metrics["acs_streamer_frames_total"] == 130

@@ -1,0 +1,110 @@
+"""The whole loop, as the demo runs it: real function code + real SDK -> simulator -> signed WebSocket -> streamer
+-> Azurite, and back out through the retrieval API. Audio compared by sha256 with what the simulator sent."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import wave
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from devstack.acs_tokens import TokenIssuer
+from devstack.demo import wait_complete
+from devstack.simulator import CallScript
+from devstack.stack import LocalStack
+from recorder_cli.client import RecorderClient
+
+SECONDS, CHUNK = 10.0, 2.0
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory):
+    with LocalStack(workdir=tmp_path_factory.mktemp("stack"), pace=4.0, chunk_seconds=CHUNK,
+                    default_script=CallScript(duration_s=SECONDS, speakers=2)) as stack:
+        assert stack.simulator is not None
+        client = RecorderClient(stack.functions_url, stack.function_key)
+        stack.simulator.set_script(CallScript(duration_s=SECONDS, speakers=2, dtmf=((1.0, "7"), (2.0, "#"))),
+                                   target="4:+15557654321")
+        out = client.place_call({"target": "+15557654321", "audioChannel": "unmixed", "sampleRate": 24000,
+                                 "dtmf": True})
+        rang = stack.simulator.place_incoming_call(stack.event_grid_url, from_="+15551230000", to="+15559870000",
+                                                   script={"durationS": SECONDS, "speakers": 2})
+        incoming = stack.simulator.wait_for_answer(rang["incomingCallContext"])
+        calls = {"outbound": out["callConnectionId"], "incoming": incoming}
+        for cid in calls.values():
+            stack.simulator.wait_until_ended(cid, timeout=60)
+            wait_complete(client, cid)
+        yield stack, client, calls
+
+
+def stitched_pcm(client: RecorderClient, call_id: str, participant: str | None) -> tuple[int, bytes]:
+    with client.audio(call_id, participant) as (_n, _name, chunks):
+        data = b"".join(chunks)
+    with wave.open(io.BytesIO(data)) as w:
+        return w.getframerate(), w.readframes(w.getnframes())
+
+
+@pytest.mark.parametrize(("direction", "rate", "channel"),
+                         [("outbound", 24000, "unmixed"), ("incoming", 16000, "mixed")])
+def test_recorded_audio_is_exactly_what_acs_sent(loop, direction, rate, channel):
+    stack, client, calls = loop
+    call_id = calls[direction]
+    sent = stack.simulator.call(call_id)["streams"]
+    rec = client.recording(call_id)
+    m = rec["manifest"]
+    assert m["complete"] is True and m["sampleRate"] == rate and m["audioChannel"] == channel
+    assert len(m["streams"]) == len(sent) == (2 if channel == "unmixed" else 1)
+    for stream in m["streams"]:
+        key = stream["participantRawId"] or "mixed"
+        got_rate, pcm = stitched_pcm(client, call_id, stream["participantRawId"])
+        assert got_rate == rate
+        assert hashlib.sha256(pcm).hexdigest() == sent[key]["sha256"], key
+        chunks = stream["chunks"]
+        assert [c["seq"] for c in chunks] == list(range(round(SECONDS / CHUNK)))
+        assert all(c["durationMs"] == CHUNK * 1000 for c in chunks)
+        assert chunks[0]["startTime"] == sent[key]["firstTimestamp"]
+    assert m["gaps"] == []
+    if direction == "outbound":
+        assert [d["tone"] for d in m["dtmf"]] == ["7", "#"]
+
+
+def test_call_state_goes_connected_streaming_disconnected(loop):
+    stack, client, calls = loop
+    for call_id in calls.values():
+        state = client.recording(call_id)["callState"]
+        assert state["status"] == "disconnected" and state["streaming"] == "stopped"
+        assert state["connectedAt"] <= state["streamingStartedAt"] <= state["streamingStoppedAt"] \
+            <= state["disconnectedAt"]
+        types = [e["type"] for e in state["events"]]
+        assert types.index("CallConnected") < types.index("MediaStreamingStarted") \
+            < types.index("MediaStreamingStopped") < types.index("CallDisconnected")
+        delivered = stack.simulator.call(call_id)["callbacks"]
+        assert delivered and all(c["status"] == 200 for c in delivered)  # JWT verified and accepted
+
+
+def test_wrong_tokens_are_refused_on_the_websocket_and_the_callbacks(loop):
+    stack, _client, calls = loop
+    sim = stack.simulator
+    forger = TokenIssuer(sim.issuer, sim.audience)  # right claims, wrong key
+
+    async def upgrade() -> None:
+        async with connect(f"ws://127.0.0.1:{stack.streamer_port}/ws", additional_headers={
+                "x-ms-call-connection-id": calls["incoming"], "Authorization": f"Bearer {forger.token()}"}):
+            pass
+
+    with pytest.raises(InvalidStatus) as err:
+        asyncio.run(upgrade())
+    assert err.value.response.status_code == 403
+    resp = httpx.post(f"{stack.functions_url}/api/callbacks", headers={"Authorization": f"Bearer {forger.token()}"},
+                      json=[{"id": "x", "source": f"calling/callConnections/{calls['incoming']}",
+                             "type": "Microsoft.Communication.CallDisconnected", "specversion": "1.0",
+                             "data": {"callConnectionId": calls["incoming"]}}])
+    assert resp.status_code == 401
+    metrics = httpx.get(f"{stack.streamer_url}/metrics").text
+    assert 'acs_streamer_refusals_total{reason="unauthorized"} 1' in metrics
+    assert "acs_streamer_sessions_total 2" in metrics  # the two real calls, each authenticated
