@@ -31,13 +31,16 @@ RESULTS = Path(__file__).parent / "results"
 
 
 class Window:
-    """Server CPU seconds and frames received between `start` and `end` (called from the load generator)."""
+    """Server CPU seconds, frames received and counters between `start` and `end` (called by the load
+    generator), so steady-state figures exclude the ramp and the burst of final chunks when every call ends."""
 
     def __init__(self, server: Server):
         self.server = server
         self.marks: dict[str, tuple[float, float, int, int]] = {}
+        self.metrics: dict[str, dict[str, float]] = {}
 
     def __call__(self, which: str) -> None:
+        self.metrics[which] = self.server.metrics()
         self.marks[which] = (time.monotonic(), cpu_seconds(self.server.pid), self.server.frames(),
                              rss_bytes(self.server.pid))
 
@@ -77,14 +80,16 @@ def realtime_step(stack: Stack, server: Server, calls: int, participants: int, r
     after = server.metrics()
     received = int(after.get("acs_streamer_frames_total", 0) - before.get("acs_streamer_frames_total", 0)) \
         if server.kind == "streamer" else None
-    p99, chunks = latency_p99(before, after) if server.kind == "streamer" else (None, 0)
+    p99, chunks = latency_p99(w.metrics["start"], w.metrics["end"]) if server.kind == "streamer" else (None, 0)
+    p99_close, _ = latency_p99(w.metrics["end"], after) if server.kind == "streamer" else (None, 0)
     step = {
         "calls": calls, "streams": calls * participants, "refused": res.refused,
         "frames_sent": res.frames_sent, "frames_received": received,
         "window_frames_sent": res.window_frames_sent, "window_frames_received": w.frames,
         "server_cpu_utilisation": round(w.cpu / w.wall, 3),
         "server_cpu_us_per_frame": round(w.cpu / max(1, w.frames) * 1e6, 1),
-        "chunk_latency_p99_le_seconds": p99, "chunks_landed": chunks,
+        "chunk_latency_p99_le_seconds": p99, "chunks_landed_in_window": chunks,
+        "close_burst_latency_p99_le_seconds": p99_close,
         "chunk_latency_max_seconds": after.get("acs_streamer_chunk_latency_max_seconds"),
         "all_chunks_landed": landed,
         "rss_mb": round(w.marks["end"][3] / 2**20, 1),

@@ -52,7 +52,8 @@ def main() -> int:
         # uvicorn's own limit drops messages still queued ahead of an oversized one; ours (MAX_FRAME_BYTES) is
         # enforced in order by the handler, so uvicorn only gets a hard backstop well above it.
         ws_max_size=max(4 * settings.max_frame_bytes, 1 << 20),
-        ws_ping_interval=20.0, ws_ping_timeout=20.0, log_config=None, access_log=False, lifespan="on",
+        ws_ping_interval=settings.ws_ping_seconds, ws_ping_timeout=settings.ws_ping_seconds,
+        log_config=None, access_log=False, lifespan="on",
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
     _Server(config, app.state).run()

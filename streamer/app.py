@@ -121,25 +121,36 @@ class MediaStreamEndpoint:
                     session.on_message(raw)
                 elif mtype == "websocket.disconnect":
                     code = message.get("code", 1005)
-                    clean = code != 1006
+                    # A lost connection (no close frame) arrives as 1006, or from uvicorn as 1005 without a
+                    # "reason"; a real close handshake carries the peer's code and a reason (possibly empty).
+                    clean = code != 1006 and not (code == 1005 and "reason" not in message)
+                    if not clean:
+                        code = 1006
                     break
         except ProtocolClose as exc:
             log.warning("closing stream: %s", exc.reason, extra={**session.fields, "closeCode": exc.code})
-            code, clean = exc.code, True
-            with contextlib.suppress(Exception):
-                await send({"type": "websocket.close", "code": exc.code, "reason": exc.reason[:120]})
+            self._end(ctx, session, exc.code, True)  # flush first: a peer that stops reading can block the close
+            await self._close(send, exc.code, exc.reason)
         except Exception:
             log.exception("stream handler failed; flushing what was received", extra=session.fields)
-            with contextlib.suppress(Exception):
-                await send({"type": "websocket.close", "code": 1011})
+            self._end(ctx, session, 1011, False)
+            await self._close(send, 1011, "internal error")
         finally:
             self._end(ctx, session, code, clean)
+
+    @staticmethod
+    async def _close(send: Send, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(send({"type": "websocket.close", "code": code, "reason": reason[:120]}), 5.0)
 
     @staticmethod
     def _end(ctx: Context, session: Session, code: int, clean: bool) -> None:
         if session.closed:
             return
-        session.close(code, clean)
+        try:
+            session.close(code, clean)
+        except Exception:  # never leave a session half-ended: it would hold its slot and its audio forever
+            log.exception("flushing the stream failed", extra=session.fields)
         ctx.sessions.discard(session)
         ctx.metrics.active_calls -= 1
         if session.timeline is not None:

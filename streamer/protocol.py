@@ -130,6 +130,10 @@ def dtmf_data(msg: dict[str, Any]) -> tuple[str, str | None, str | None]:
             participant if isinstance(participant, str) and participant else None)
 
 
+# Timestamps outside [2000, 2100) are not a live call's: treated as unparseable, so no clock can overflow.
+_EARLIEST, _LATEST = 946684800.0, 4102444800.0
+
+
 class TimestampParser:
     """ISO-8601 → epoch seconds, fast for ACS's `YYYY-MM-DDTHH:MM:SS.fffZ` shape, correct for any ISO form."""
 
@@ -140,15 +144,21 @@ class TimestampParser:
         self._base = 0.0
 
     def __call__(self, ts: str) -> float:
+        t = self._parse(ts)
+        if not _EARLIEST <= t < _LATEST:
+            raise FrameError("bad_timestamp", f"timestamp out of range {ts[:40]!r}")
+        return t
+
+    def _parse(self, ts: str) -> float:
         if len(ts) >= 20 and ts[-1] == "Z" and ts[16] == ":" and ts[10] == "T":
             prefix = ts[:16]
-            if prefix != self._prefix:
-                self._base = datetime.fromisoformat(prefix + ":00+00:00").timestamp()
-                self._prefix = prefix
             try:
+                if prefix != self._prefix:
+                    self._base = datetime.fromisoformat(prefix + ":00+00:00").timestamp()
+                    self._prefix = prefix
                 return self._base + float(ts[17:-1])
             except ValueError:
-                pass
+                pass  # not the common shape after all (or not a date): the general path decides
         try:
             dt = datetime.fromisoformat(ts)
         except ValueError:

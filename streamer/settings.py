@@ -28,6 +28,7 @@ ENV_VARS: dict[str, str] = {
     "MAX_FRAME_BYTES": "Largest WebSocket message accepted (default 65536); larger closes with 1009",
     "MAX_ACTIVE_CALLS": "Per-replica cap on concurrent WebSocket sessions (default 500); beyond it, refused",
     "SHUTDOWN_GRACE_SECONDS": "Time allowed on SIGTERM to flush and upload before spooling the rest (default 25)",
+    "WS_PING_SECONDS": "WebSocket ping interval and pong timeout: a silent dead peer is dropped after 2x (default 20)",
     "LOG_LEVEL": "Log level (default INFO)",
     "APPLICATIONINSIGHTS_CONNECTION_STRING": "Sends traces/metrics/logs to Application Insights when set",
 }
@@ -58,6 +59,7 @@ class Settings:
     max_frame_bytes: int = 65536
     max_active_calls: int = 500
     shutdown_grace_seconds: float = 25.0
+    ws_ping_seconds: float = 20.0
     log_level: str = "INFO"
     appinsights_connection_string: str | None = None
 
@@ -96,6 +98,7 @@ class Settings:
             max_frame_bytes=int(num("MAX_FRAME_BYTES", 65536, int, 1023)),
             max_active_calls=int(num("MAX_ACTIVE_CALLS", 500, int)),
             shutdown_grace_seconds=num("SHUTDOWN_GRACE_SECONDS", 25.0, float, 0.0),
+            ws_ping_seconds=num("WS_PING_SECONDS", 20.0, float, 0.0),
             log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
             appinsights_connection_string=env.get("APPLICATIONINSIGHTS_CONNECTION_STRING") or None,
         )

@@ -25,9 +25,11 @@ import numpy as np
 
 from common.layout import stream_id
 from streamer import wav
-from streamer.protocol import AudioFormat
+from streamer.protocol import AudioFormat, FrameError
 
 _monotonic = time.monotonic
+# ACS streams at most 4 unmixed participants; a peer inventing ids must not multiply buffers and uploads.
+MAX_STREAMS = 8
 
 
 @dataclass(slots=True)
@@ -83,12 +85,16 @@ class CallTimeline:
         self._max_jump = max_jump_seconds / self.frame_seconds
         self._on_chunk = on_chunk
         self._streams: dict[str | None, _Stream] = {}
+        self._clock_slot: int | None = None  # the newest slot any stream of the call has reached
         self.stats = TimelineStats()
 
     # -- per frame ------------------------------------------------------------------------------------------
     def add(self, participant: str | None, pcm: bytes, ts: float | None, silent: bool) -> None:
         st = self._streams.get(participant)
         if st is None:
+            if len(self._streams) >= MAX_STREAMS:
+                raise FrameError("too_many_participants",
+                                 f"more than {MAX_STREAMS} participants in one call; frame dropped")
             st = self._streams[participant] = _Stream(stream_id(participant), participant)
         st.last_arrival = _monotonic()
         self.stats.frames += 1
@@ -101,8 +107,11 @@ class CallTimeline:
         if self.origin is None:
             self.origin = ts
         pos = (ts - self.origin) / self.frame_seconds
-        if nxt is None:
+        if nxt is None:  # a stream's first frame: on the call clock, unless it is wildly off the other streams
             slot = round(pos)
+            if self._clock_slot is not None and abs(slot - self._clock_slot) > self._max_jump:
+                self.stats.bad_timestamps += 1
+                slot = self._clock_slot
         else:
             d = pos - nxt
             tol = self._tol
@@ -139,6 +148,8 @@ class CallTimeline:
         end = slot + n_slots
         if nxt is None or end > nxt:
             st.next_slot = end
+            if self._clock_slot is None or end > self._clock_slot:
+                self._clock_slot = end
 
     def _write(self, st: _Stream, slot: int, pcm: bytes, silent: bool, late: bool) -> None:
         fpc = self.frames_per_chunk

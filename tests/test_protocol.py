@@ -84,5 +84,7 @@ def test_timestamp_parser_is_exact_across_minutes_and_forms():
     assert parse("2024-11-15T19:16:12.925+00:00") == pytest.approx(parse("2024-11-15T19:16:12.925Z"), abs=1e-6)
     assert parse("2024-11-15T20:16:12.925+01:00") == pytest.approx(parse("2024-11-15T19:16:12.925Z"), abs=1e-6)
     assert parse("2024-11-15T19:16:12Z") == pytest.approx(parse("2024-11-15T19:16:12.000Z"), abs=1e-6)
-    with pytest.raises(p.FrameError):
-        parse("yesterday")
+    for bad in ("yesterday", "2026-13-45T99:99:99.999Z", "2026-02-30T10:00:00.000Z", "2026-1◂-24T12:00:00.000Z",
+                "2026-11-24T12:00:xx.000Z", "9999-12-31T23:59:59.999Z", "0001-01-01T00:00:00.000Z"):
+        with pytest.raises(p.FrameError):
+            parse(bad)

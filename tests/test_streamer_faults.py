@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from websockets.asyncio.client import connect
 
 from devstack.azurite import Azurite
@@ -32,24 +33,26 @@ async def paced(url: str, hdrs: dict[str, str], frames: list[bytes], *, frame_se
     await asyncio.gather(*background)
 
 
-def test_storage_down_10s_mid_call_loses_nothing(streamer_factory, token_issuer, tmp_path):
+@pytest.mark.parametrize("outage_seconds", [10, 30])
+def test_storage_down_mid_call_loses_nothing(streamer_factory, token_issuer, tmp_path, outage_seconds):
     az = Azurite(location=tmp_path / "azurite").start()
     try:
         s = streamer_factory(storage=az)
-        frames = tone_pcm(15 * 50)  # 15 s at real time; storage is down from 3 s to ~14 s
+        seconds = outage_seconds + 5
+        frames = tone_pcm(seconds * 50)  # real time; storage is down from 3 s for `outage_seconds`
         seen: dict[str, int] = {}
 
         def outage() -> None:
             az.stop()
             time.sleep(1.0)
             seen["readyz_during_outage"] = httpx.get(f"{s.http}/readyz", timeout=10).status_code
-            time.sleep(9.0)
+            time.sleep(outage_seconds - 1.0)
             az.start()
 
         asyncio.run(paced(s.ws, headers(token_issuer.token(), "call-outage"), frames, during={150: outage}))
         m = rec.wait_complete(s.container, "call-outage", timeout=60)
         assert rec.sha(rec.stitched(s.container, m, "mixed")) == rec.sha(b"".join(frames))
-        assert [c["seq"] for c in m["streams"][0]["chunks"]] == list(range(15))
+        assert [c["seq"] for c in m["streams"][0]["chunks"]] == list(range(seconds))
         metrics = s.metrics()
         assert metrics["acs_streamer_upload_retries_total"] > 0
         assert seen["readyz_during_outage"] == 503
@@ -60,7 +63,7 @@ def test_storage_down_10s_mid_call_loses_nothing(streamer_factory, token_issuer,
 
 def test_sigterm_mid_chunk_flushes_every_stream_and_exits_zero(streamer_factory, token_issuer):
     s = streamer_factory(CHUNK_SECONDS="10")
-    calls = {f"call-term-{n}": tone_pcm(150, seed=n) for n in range(20)}  # 3 s each: mid-chunk
+    calls = {f"call-term-{n}": tone_pcm(150, seed=n) for n in range(100)}  # 3 s each: mid-chunk
 
     async def run() -> None:
         sockets = []

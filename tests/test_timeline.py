@@ -117,6 +117,18 @@ def test_wild_timestamp_is_placed_at_the_cursor_and_does_not_strand_the_stream()
     assert got.pcm() == frame(0) + frame(1) + frame(2)
 
 
+def test_a_new_participant_with_a_wild_first_timestamp_joins_at_the_call_clock():
+    got = Collect()
+    tl = CallTimeline(fmt(), 1.0, got)
+    for i in range(30):
+        tl.add("8:acs:a", frame(i), T0 + i * 0.02, False)
+    tl.add("8:acs:b", frame(99), T0 + 86400 * 30, False)  # a month ahead of everyone else
+    tl.flush()
+    assert tl.stats.bad_timestamps == 1
+    (b,) = [c for c in got.chunks if c.participant == "8:acs:b"]
+    assert b.seq == 0 and wav.decode(b.wav)[1][30 * 640:] == frame(99)
+
+
 def test_silent_frames_are_written_as_zeros_and_keep_time():
     got = Collect()
     tl = CallTimeline(fmt(), 1.0, got)
@@ -168,6 +180,18 @@ def test_idle_stream_is_sealed_early_and_a_resume_writes_a_second_part_with_its_
     assert got.chunks[1].mask[:30] == bytes(30) and got.chunks[1].mask[30:40] == b"\x01" * 10
     expected = b"".join(frame(i) for i in range(10)) + bytes(20 * 640) + b"".join(frame(i) for i in range(30, 40))
     assert got.pcm() == expected
+
+
+def test_a_call_cannot_open_more_than_eight_streams():
+    from streamer.protocol import FrameError
+    from streamer.timeline import MAX_STREAMS
+
+    tl = CallTimeline(fmt(), 1.0, Collect())
+    for p in range(MAX_STREAMS):
+        tl.add(f"8:acs:{p}", frame(0), T0, False)
+    with pytest.raises(FrameError, match="participants"):
+        tl.add("8:acs:one-too-many", frame(0), T0, False)
+    tl.add("8:acs:0", frame(1), T0 + 0.02, False)  # the known ones go on
 
 
 def test_origin_from_an_earlier_session_continues_the_call_clock():

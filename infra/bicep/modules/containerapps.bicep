@@ -61,6 +61,9 @@ param jwtIssuer string
 param jwksUrl string
 param chunkSeconds string = '10'
 param uploadMemoryBytes string = '67108864'
+@description('WebSocket ping interval and pong timeout (s): a vanished peer is dropped, and flushed, within 2x this.')
+param wsPingSeconds string = '20'
+
 param maxFrameBytes string = '65536'
 param logLevel string = 'INFO'
 
@@ -207,6 +210,10 @@ resource streamer 'Microsoft.App/containerApps@2024-03-01' = {
             {
               name: 'SHUTDOWN_GRACE_SECONDS'
               value: string(shutdownGraceSeconds)
+            }
+            {
+              name: 'WS_PING_SECONDS'
+              value: wsPingSeconds
             }
             {
               name: 'LOG_LEVEL'
