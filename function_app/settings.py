@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import logging
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from common.acs_jwt import DEFAULT_ISSUER, DEFAULT_JWKS_URL
 from common.layout import DEFAULT_CONTAINER
+from common.settings import SettingsError, require_storage, url_setting
 
 # The root script the Functions Python worker must import (see docs/control-plane.md, "Layout").
 ENTRY_SCRIPT = "function_entry.py"
@@ -58,34 +57,6 @@ SAMPLE_RATES = (16000, 24000)
 E164_RE = re.compile(r"^\+[1-9][0-9]{6,14}$")
 
 log = logging.getLogger(__name__)
-
-
-class SettingsError(ValueError):
-    """A setting is missing or malformed; the message names it (and never echoes a secret)."""
-
-
-def is_loopback_host(host: str | None) -> bool:
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _url(env: Mapping[str, str], name: str, secure: str, insecure: str, required: bool = True) -> str:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        if required:
-            raise SettingsError(f"{name} is required")
-        return ""
-    parts = urlsplit(raw)
-    scheme_ok = parts.scheme == secure or (parts.scheme == insecure and is_loopback_host(parts.hostname))
-    if scheme_ok and parts.hostname:
-        return raw
-    raise SettingsError(f"{name} must be a {secure}:// URL ({insecure}:// only for loopback), got {raw!r}")
 
 
 def _csv(env: Mapping[str, str], name: str) -> tuple[str, ...]:
@@ -141,15 +112,15 @@ class Settings:
             if not (re.fullmatch(r"\+[0-9]{1,15}", target) or ":" in target):
                 raise SettingsError(f"ALLOWED_TARGETS entry {target!r} is neither a +prefix nor a raw id")
         s = cls(
-            acs_endpoint=_url(env, "ACS_ENDPOINT", "https", "http"),
-            streamer_wss_url=_url(env, "STREAMER_WSS_URL", "wss", "ws").rstrip("/"),
-            callback_url=_url(env, "CALLBACK_URL", "https", "http"),
+            acs_endpoint=url_setting(env, "ACS_ENDPOINT", "https", "http"),
+            streamer_wss_url=url_setting(env, "STREAMER_WSS_URL", "wss", "ws").rstrip("/"),
+            callback_url=url_setting(env, "CALLBACK_URL", "https", "http"),
             acs_access_key=key,
             source_caller_id=caller,
             acs_resource_id=(env.get("ACS_RESOURCE_ID") or "").strip(),
-            jwks_url=_url(env, "ACS_JWKS_URL", "https", "http", required=False) or DEFAULT_JWKS_URL,
+            jwks_url=url_setting(env, "ACS_JWKS_URL", "https", "http", required=False) or DEFAULT_JWKS_URL,
             jwt_issuer=(env.get("ACS_JWT_ISSUER") or "").strip() or DEFAULT_ISSUER,
-            storage_account_url=_url(env, "AZURE_STORAGE_ACCOUNT_URL", "https", "http", required=False) or None,
+            storage_account_url=url_setting(env, "AZURE_STORAGE_ACCOUNT_URL", "https", "http", required=False) or None,
             storage_connection_string=(env.get("AZURE_STORAGE_CONNECTION_STRING") or "").strip() or None,
             container=(env.get("RECORDINGS_CONTAINER") or "").strip() or DEFAULT_CONTAINER,
             azure_client_id=(env.get("AZURE_CLIENT_ID") or "").strip() or None,
@@ -163,9 +134,7 @@ class Settings:
         if s.callback_auth and not s.acs_resource_id:
             raise SettingsError("ACS_RESOURCE_ID is required (the callback JWT audience); set CALLBACK_AUTH=disabled "
                                 "only for local development")
-        if not (s.storage_account_url or s.storage_connection_string):
-            raise SettingsError("set AZURE_STORAGE_ACCOUNT_URL (managed identity) or "
-                                "AZURE_STORAGE_CONNECTION_STRING (local)")
+        require_storage(s.storage_account_url, s.storage_connection_string)
         return s
 
     def warn_about_risks(self) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from common.acs_jwt import DEFAULT_ISSUER, DEFAULT_JWKS_URL
 from common.layout import DEFAULT_CONTAINER
+from common.settings import SettingsError, require_storage, url_setting
 
 # name -> meaning. The infra cross-check test compares this with the app settings the Bicep sets.
 ENV_VARS: dict[str, str] = {
@@ -36,10 +37,6 @@ ENV_VARS: dict[str, str] = {
 LOCAL_ONLY: frozenset[str] = frozenset({"AZURE_STORAGE_CONNECTION_STRING", "STREAMER_AUTH"})
 
 log = logging.getLogger(__name__)
-
-
-class SettingsError(ValueError):
-    """A setting is missing or malformed; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -86,9 +83,9 @@ class Settings:
             port=int(num("PORT", 8080, int)),
             acs_resource_id=(env.get("ACS_RESOURCE_ID") or "").strip(),
             jwt_issuer=env.get("ACS_JWT_ISSUER") or DEFAULT_ISSUER,
-            jwks_url=env.get("ACS_JWKS_URL") or DEFAULT_JWKS_URL,
+            jwks_url=url_setting(env, "ACS_JWKS_URL", "https", "http", required=False) or DEFAULT_JWKS_URL,
             auth_enabled=auth == "enabled",
-            storage_account_url=env.get("AZURE_STORAGE_ACCOUNT_URL") or None,
+            storage_account_url=url_setting(env, "AZURE_STORAGE_ACCOUNT_URL", "https", "http", required=False) or None,
             storage_connection_string=env.get("AZURE_STORAGE_CONNECTION_STRING") or None,
             azure_client_id=env.get("AZURE_CLIENT_ID") or None,
             container=env.get("RECORDINGS_CONTAINER") or DEFAULT_CONTAINER,
@@ -105,7 +102,5 @@ class Settings:
         if s.auth_enabled and not s.acs_resource_id:
             raise SettingsError("ACS_RESOURCE_ID is required (the JWT audience); set STREAMER_AUTH=disabled "
                                 "only for local development")
-        if not (s.storage_account_url or s.storage_connection_string):
-            raise SettingsError("set AZURE_STORAGE_ACCOUNT_URL (managed identity) or "
-                                "AZURE_STORAGE_CONNECTION_STRING (local)")
+        require_storage(s.storage_account_url, s.storage_connection_string)
         return s

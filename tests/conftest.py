@@ -113,3 +113,15 @@ def streamer_factory(azurite: Azurite, jwks_url: str, tmp_path: Path
     yield make
     for s in started:
         s.process.kill()
+
+
+# -- ACS-facing capture server for the simulator's fidelity tests ---------------------------------------------------
+from tests._simulator_fixtures import Capture  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def capture() -> Iterator[Capture]:
+    """A tiny app standing where ours would: records raw WebSocket messages, callbacks and Event Grid posts."""
+    cap = Capture()
+    with cap.server:
+        yield cap

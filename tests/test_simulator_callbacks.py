@@ -56,13 +56,6 @@ GRID_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{7}Z$")
 
 
 @pytest.fixture(scope="module")
-def capture() -> Iterator[Capture]:
-    cap = Capture()
-    with cap.server:
-        yield cap
-
-
-@pytest.fixture(scope="module")
 def sim() -> Iterator[SimulatorServer]:
     script = CallScript(duration_s=1.0, audio=AudioSpec(source="synth"), connect_delay_s=0.05)
     config = SimulatorConfig(pace=0, issuer=ISSUER, audience=RESOURCE_ID, default_script=script)

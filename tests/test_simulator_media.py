@@ -35,13 +35,6 @@ ISSUER = "https://acscallautomation.communication.azure.com"
 
 
 @pytest.fixture(scope="module")
-def capture() -> Iterator[Capture]:
-    cap = Capture()
-    with cap.server:
-        yield cap
-
-
-@pytest.fixture(scope="module")
 def sim() -> Iterator[SimulatorServer]:
     script = CallScript(duration_s=1.0, audio=AudioSpec(source="synth"), connect_delay_s=0.02)
     config = SimulatorConfig(pace=0, issuer=ISSUER, audience=RESOURCE_ID, default_script=script)

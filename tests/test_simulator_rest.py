@@ -34,13 +34,6 @@ GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 
 
 @pytest.fixture(scope="module")
-def capture() -> Iterator[Capture]:
-    cap = Capture()
-    with cap.server:
-        yield cap
-
-
-@pytest.fixture(scope="module")
 def sim() -> Iterator[SimulatorServer]:
     script = CallScript(duration_s=30.0, audio=AudioSpec(source="synth"), connect_delay_s=0.05)
     with SimulatorServer(SimulatorConfig(pace=1.0, default_script=script)) as server:  # calls last until hung up

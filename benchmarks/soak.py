@@ -1,0 +1,103 @@
+"""Soak: hold calls at a steady real-time load and check that the streamer's RSS and open files stay flat.
+
+    scripts/soak.sh                       # 10 minutes at 150 calls (half the measured 16 kHz capacity)
+    .venv/bin/python -m benchmarks.soak --minutes 2 --calls 50
+
+Calls are not kept for the whole run: they come in rounds of `--call-seconds` and are replaced by new ones, so
+sessions, chunks, manifests and sockets churn the way they do in production. RSS and open file descriptors are
+sampled every `--every` seconds after a warm-up; the report gives their least-squares slope per minute. Exits 1
+if RSS grows more than `--max-rss-mb-per-min` or file descriptors more than `--max-fds-per-min`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import Stack, open_fds, realtime_load, rss_bytes
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def slope_per_minute(points: list[tuple[float, float]]) -> float:
+    n = len(points)
+    if n < 2:
+        return 0.0
+    mx = sum(t for t, _ in points) / n
+    my = sum(v for _, v in points) / n
+    var = sum((t - mx) ** 2 for t, _ in points)
+    return 60.0 * sum((t - mx) * (v - my) for t, v in points) / var if var else 0.0
+
+
+async def churn(stack: Stack, server: Any, *, calls: int, call_seconds: float, until: float) -> int:
+    """Rounds of `calls` calls (opened over 10 s, held `call_seconds`, closed) until `until` (monotonic)."""
+    done = 0
+    while time.monotonic() + call_seconds + 12 < until:
+        await realtime_load(server, stack, calls=calls, participants=1, rate=16000, ramp=10.0, window=call_seconds)
+        done += calls
+    return done
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--calls", type=int, default=150)
+    p.add_argument("--call-seconds", type=float, default=60.0)
+    p.add_argument("--every", type=float, default=10.0)
+    p.add_argument("--warmup", type=float, default=60.0)
+    p.add_argument("--max-rss-mb-per-min", type=float, default=1.0)
+    p.add_argument("--max-fds-per-min", type=float, default=1.0)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
+        stack = Stack(Path(tmp))
+        server = stack.streamer()  # production defaults: 10-s chunks
+        samples: list[dict[str, float]] = []
+        t0 = time.monotonic()
+        until = t0 + args.minutes * 60
+
+        async def sampler() -> None:
+            while time.monotonic() < until:
+                await asyncio.sleep(args.every)
+                s = {"t": time.monotonic() - t0, "rss_mb": rss_bytes(server.pid) / 2**20,
+                     "fds": float(open_fds(server.pid))}
+                samples.append(s)
+                print(f"  t={s['t']:6.0f}s  rss={s['rss_mb']:7.1f} MB  fds={s['fds']:.0f}", flush=True)
+
+        async def run() -> int:
+            sampling = asyncio.create_task(sampler())
+            n = await churn(stack, server, calls=args.calls, call_seconds=args.call_seconds, until=until)
+            await sampling
+            return n
+
+        print(f"soak: {args.calls} concurrent calls of {args.call_seconds:.0f} s for {args.minutes:.0f} min",
+              flush=True)
+        completed = asyncio.run(run())
+        landed = server.wait_landed()
+        metrics = server.metrics()
+        server.stop()
+        stack.close()
+    steady = [s for s in samples if s["t"] >= args.warmup]
+    rss_slope = slope_per_minute([(s["t"], s["rss_mb"]) for s in steady])
+    fd_slope = slope_per_minute([(s["t"], s["fds"]) for s in steady])
+    result = {"calls": args.calls, "minutes": args.minutes, "calls_completed": completed, "all_landed": landed,
+              "rss_mb_per_min": round(rss_slope, 3), "fds_per_min": round(fd_slope, 3),
+              "rss_mb_first_last": [round(steady[0]["rss_mb"], 1), round(steady[-1]["rss_mb"], 1)] if steady else [],
+              "spool_failures": metrics.get("acs_streamer_spool_failures_total"),
+              "bad_frames": sum(v for k, v in metrics.items() if k.startswith("acs_streamer_bad_frames_total")),
+              "samples": samples}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nsoak: {completed} calls completed; RSS slope {rss_slope:+.3f} MB/min, fds slope {fd_slope:+.3f}/min "
+          f"(after {args.warmup:.0f}s warm-up); all chunks landed: {landed}")
+    ok = landed and rss_slope <= args.max_rss_mb_per_min and fd_slope <= args.max_fds_per_min
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
