@@ -5,7 +5,8 @@
 
 Calls are not kept for the whole run: they come in rounds of `--call-seconds` and are replaced by new ones, so
 sessions, chunks, manifests and sockets churn the way they do in production. RSS and open file descriptors are
-sampled every `--every` seconds after a warm-up; the report gives their least-squares slope per minute. Exits 1
+sampled every `--every` seconds; the report gives their least-squares slope per minute over the samples taken
+after the warm-up while a round's calls were all up (round changes and ramps would only add noise). Exits 1
 if RSS grows more than `--max-rss-mb-per-min` or file descriptors more than `--max-fds-per-min`.
 """
 
@@ -35,11 +36,19 @@ def slope_per_minute(points: list[tuple[float, float]]) -> float:
     return 60.0 * sum((t - mx) * (v - my) for t, v in points) / var if var else 0.0
 
 
+LOADED = {"on": False}  # true while every call of the current round is up: only then are samples comparable
+
+
+def _mark(which: str) -> None:
+    LOADED["on"] = which == "start"
+
+
 async def churn(stack: Stack, server: Any, *, calls: int, call_seconds: float, until: float) -> int:
     """Rounds of `calls` calls (opened over 10 s, held `call_seconds`, closed) until `until` (monotonic)."""
     done = 0
     while time.monotonic() + call_seconds + 12 < until:
-        await realtime_load(server, stack, calls=calls, participants=1, rate=16000, ramp=10.0, window=call_seconds)
+        await realtime_load(server, stack, calls=calls, participants=1, rate=16000, ramp=10.0, window=call_seconds,
+                            on_window=_mark)
         done += calls
     return done
 
@@ -53,10 +62,14 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=60.0)
     p.add_argument("--max-rss-mb-per-min", type=float, default=1.0)
     p.add_argument("--max-fds-per-min", type=float, default=1.0)
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra environment for the streamer (e.g. allocator settings)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         stack = Stack(Path(tmp))
-        server = stack.streamer()  # production defaults: 10-s chunks
+        # Production defaults (10-s chunks) and the allocator setting the container image uses.
+        env = {"MALLOC_MMAP_THRESHOLD_": "131072", **dict(e.split("=", 1) for e in args.env)}
+        server = stack.streamer(**env)
         samples: list[dict[str, float]] = []
         t0 = time.monotonic()
         until = t0 + args.minutes * 60
@@ -65,7 +78,7 @@ def main() -> int:
             while time.monotonic() < until:
                 await asyncio.sleep(args.every)
                 s = {"t": time.monotonic() - t0, "rss_mb": rss_bytes(server.pid) / 2**20,
-                     "fds": float(open_fds(server.pid))}
+                     "fds": float(open_fds(server.pid)), "loaded": LOADED["on"]}
                 samples.append(s)
                 print(f"  t={s['t']:6.0f}s  rss={s['rss_mb']:7.1f} MB  fds={s['fds']:.0f}", flush=True)
 
@@ -82,7 +95,7 @@ def main() -> int:
         metrics = server.metrics()
         server.stop()
         stack.close()
-    steady = [s for s in samples if s["t"] >= args.warmup]
+    steady = [s for s in samples if s["t"] >= args.warmup and s["loaded"]]
     rss_slope = slope_per_minute([(s["t"], s["rss_mb"]) for s in steady])
     fd_slope = slope_per_minute([(s["t"], s["fds"]) for s in steady])
     result = {"calls": args.calls, "minutes": args.minutes, "calls_completed": completed, "all_landed": landed,

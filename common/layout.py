@@ -3,6 +3,8 @@
     {container}/{callConnectionId}/manifest.json
     {container}/{callConnectionId}/call-state.json          (control plane: call lifecycle)
     {container}/{callConnectionId}/{stream}/{seq:06d}.wav   (self-contained WAV chunks)
+    {container}/_calls/…                                     (control plane: empty index blobs, newest first,
+                                                              for GET /api/recordings; `_` is not a call-id start)
 
 `stream` is `mixed`, or `p-` + base64url(participantRawId) without padding, which is URL- and path-safe and
 reversible. Chunk `seq` k covers [clockOrigin + k*chunkSeconds, clockOrigin + (k+1)*chunkSeconds) on the call clock
