@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         files = []
         for cid, label in calls.items():
             files += summary(client, cid, label, out)
-        say(f"\n{len(files)} stitched WAVs in {out}. Try: acsrec --url {stack.functions_url} --key … list")
+        say(f"\n{len(files)} stitched WAVs in {out} (play them with any audio player); process logs in {out / 'stack'}")
     return 0
 
 
