@@ -1,4 +1,4 @@
-"""The baseline: a bare Starlette WebSocket receive loop under the same uvicorn settings as the streamer.
+"""The baseline: a bare Starlette WebSocket receive loop under the same uvicorn settings as the streamer (uvloop).
 
 `python -m benchmarks.bare_server --port P`. GET /stats -> {"frames": n}.
 """
@@ -38,5 +38,5 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    uvicorn.run(app, host="127.0.0.1", port=args.port, ws="websockets-sansio", log_level="warning",
+    uvicorn.run(app, host="127.0.0.1", port=args.port, ws="websockets-sansio", loop="uvloop", log_level="warning",
                 ws_ping_interval=20.0, ws_ping_timeout=20.0)

@@ -1,6 +1,6 @@
 """Capacity benchmark: how many calls one streamer core holds, next to a bare receive loop on the same machine.
 
-    .venv/bin/python -m benchmarks.capacity            # everything (~6 min), writes benchmarks/results/latest.json
+    .venv/bin/python -m benchmarks.capacity            # everything (~9 min), writes benchmarks/results/latest.json
     .venv/bin/python -m benchmarks.capacity --quick    # seconds; the test suite runs this to keep the harness alive
 
 Modes:
@@ -34,15 +34,27 @@ class Window:
     """Server CPU seconds, frames received and counters between `start` and `end` (called by the load
     generator), so steady-state figures exclude the ramp and the burst of final chunks when every call ends."""
 
-    def __init__(self, server: Server):
+    def __init__(self, server: Server, azurite_pid: int | None = None):
         self.server = server
+        self.azurite_pid = azurite_pid
         self.marks: dict[str, tuple[float, float, int, int]] = {}
         self.metrics: dict[str, dict[str, float]] = {}
+        self.rig: dict[str, tuple[float, float, float, float]] = {}
 
     def __call__(self, which: str) -> None:
         self.metrics[which] = self.server.metrics()
         self.marks[which] = (time.monotonic(), cpu_seconds(self.server.pid), self.server.frames(),
                              rss_bytes(self.server.pid))
+        self.rig[which] = (time.process_time(), cpu_seconds(self.azurite_pid) if self.azurite_pid else 0.0,
+                           *machine_busy_idle())
+
+    def rig_utilisation(self) -> dict[str, float]:
+        """Who else used the machine's cores in the window: the load generator (this process) and Azurite share
+        them with the server, so a step can fail because the rig ran out of CPU rather than the server."""
+        (c0, a0, b0, i0), (c1, a1, b1, i1) = self.rig["start"], self.rig["end"]
+        return {"load_generator_cpu_utilisation": round((c1 - c0) / self.wall, 2),
+                "azurite_cpu_utilisation": round((a1 - a0) / self.wall, 2),
+                "machine_busy_fraction": round((b1 - b0) / max(1e-9, (b1 - b0) + (i1 - i0)), 2)}
 
     @property
     def wall(self) -> float:
@@ -55,6 +67,13 @@ class Window:
     @property
     def frames(self) -> int:
         return self.marks["end"][2] - self.marks["start"][2]
+
+
+def machine_busy_idle() -> tuple[float, float]:
+    """(busy, idle) jiffies of all cores, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return float(sum(values[:8]) - idle), float(idle)
 
 
 def max_rate(stack: Stack, seconds: float) -> dict[str, Any]:
@@ -72,7 +91,7 @@ def max_rate(stack: Stack, seconds: float) -> dict[str, Any]:
 
 def realtime_step(stack: Stack, server: Server, calls: int, participants: int, rate: int, window: float,
                   ramp: float) -> dict[str, Any]:
-    w = Window(server)
+    w = Window(server, stack.azurite.proc.pid if stack.azurite.proc else None)
     before = server.metrics()
     res = asyncio.run(realtime_load(server, stack, calls=calls, participants=participants, rate=rate, ramp=ramp,
                                     window=window, on_window=w))
@@ -93,6 +112,7 @@ def realtime_step(stack: Stack, server: Server, calls: int, participants: int, r
         "chunk_latency_max_seconds": after.get("acs_streamer_chunk_latency_max_seconds"),
         "all_chunks_landed": landed,
         "rss_mb": round(w.marks["end"][3] / 2**20, 1),
+        **w.rig_utilisation(),
     }
     if server.kind == "streamer":
         lost = res.frames_sent - (received or 0)
@@ -115,7 +135,9 @@ def realtime(stack: Stack, *, participants: int, rate: int, ladder: list[int], w
         steps.append(step)
         print(f"  {calls:5d} calls x {participants}: cpu {step['server_cpu_utilisation']:.0%}, "
               f"{step['server_cpu_us_per_frame']} us/frame, p99 <= {step['chunk_latency_p99_le_seconds']} s, "
-              f"lost {step['frames_lost']}, held={step['held']}", flush=True)
+              f"lost {step['frames_lost']}, held={step['held']}  (rig: load generator "
+              f"{step['load_generator_cpu_utilisation']:.0%}, azurite {step['azurite_cpu_utilisation']:.0%}, "
+              f"machine {step['machine_busy_fraction']:.0%} busy)", flush=True)
         if not step["held"]:
             break
         best = calls
@@ -181,11 +203,11 @@ def main() -> None:
             print("real-time, 16 kHz mixed:", flush=True)
             results["realtime_16k_mixed"] = realtime(
                 stack, participants=1, rate=16000,
-                ladder=[5, 10] if quick else [100, 200, 300, 400, 450, 500, 550, 600],
+                ladder=[5, 10] if quick else [200, 300, 400, 500, 550, 600, 650, 700, 800],
                 window=window, ramp=ramp, chunk_seconds=chunk)
             print("real-time, 24 kHz unmixed, 4 speakers:", flush=True)
             results["realtime_24k_unmixed_4"] = realtime(
-                stack, participants=4, rate=24000, ladder=[2, 4] if quick else [25, 50, 75, 100, 125, 150],
+                stack, participants=4, rate=24000, ladder=[2, 4] if quick else [50, 75, 100, 125, 150, 175],
                 window=window, ramp=ramp, chunk_seconds=chunk)
             ref = max(results["realtime_16k_mixed"]["steps"],
                       key=lambda s: s["calls"] if s["held"] else 0)

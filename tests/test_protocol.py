@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamer import protocol as p
 
@@ -88,3 +91,31 @@ def test_timestamp_parser_is_exact_across_minutes_and_forms():
                 "2026-11-24T12:00:xx.000Z", "9999-12-31T23:59:59.999Z", "0001-01-01T00:00:00.000Z"):
         with pytest.raises(p.FrameError):
             parse(bad)
+
+
+_B64ISH = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_ \n!"
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(st.text(alphabet=_B64ISH, max_size=24),
+                 st.binary(max_size=18).map(lambda b: base64.b64encode(b).decode())))
+def test_base64_decoding_is_at_least_as_strict_as_binascii_and_agrees_on_canonical_input(data):
+    """The SIMD decoder on the frame path: canonical base64 (what ACS sends) decodes exactly as the standard
+    library does; anything strict binascii rejects is rejected; the one extra refusal is non-canonical input
+    such as excess padding ("0000="), which binascii's strict mode lets through."""
+    frame = json.dumps({"kind": "AudioData", "audioData": {"data": data}})
+    try:
+        expected = binascii.a2b_base64(data, strict_mode=True)
+    except binascii.Error:
+        expected = None
+    _, msg = p.parse(frame)
+    try:
+        got = p.audio_data(msg)[0]
+    except p.FrameError as exc:
+        got, kind = None, exc.kind
+    if got is not None:
+        assert got == expected
+    elif expected is None or base64.b64encode(expected).decode() != data:
+        assert kind == "bad_base64"
+    else:
+        assert len(expected) % 2 and kind == "odd_length"
