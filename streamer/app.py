@@ -190,7 +190,8 @@ def create_app(settings: Settings, backend: BlobBackend | None = None) -> Starle
         be = backend or build_backend(settings)
         store = RecordingStore(be)
         spool = Spool(settings.spool_dir)
-        sink = UploadSink(store, spool, metrics, memory_limit=settings.upload_memory_bytes)
+        sink = UploadSink(store, spool, metrics, memory_limit=settings.upload_memory_bytes,
+                          workers=settings.upload_concurrency)
         verifier = None
         if settings.auth_enabled:
             verifier = AcsJwtVerifier(AuthConfig(settings.jwt_issuer, settings.acs_resource_id,

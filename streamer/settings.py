@@ -26,6 +26,7 @@ ENV_VARS: dict[str, str] = {
     "CHUNK_SECONDS": "Seconds of audio per WAV chunk (default 10)",
     "SPOOL_DIR": "Directory for chunks that cannot be uploaded yet (default /tmp/acs-recorder-spool)",
     "UPLOAD_MEMORY_BYTES": "Bytes of chunks waiting in memory before spilling to SPOOL_DIR (default 64 MiB)",
+    "UPLOAD_CONCURRENCY": "Chunk uploads in flight at once (default 32): chunk throughput is this over upload latency",
     "MAX_FRAME_BYTES": "Largest WebSocket message accepted (default 65536); larger closes with 1009",
     "MAX_ACTIVE_CALLS": "Per-replica cap on concurrent WebSocket sessions (default 500); beyond it, refused",
     "SHUTDOWN_GRACE_SECONDS": "Time allowed on SIGTERM to flush and upload before spooling the rest (default 25)",
@@ -53,6 +54,7 @@ class Settings:
     chunk_seconds: float = 10.0
     spool_dir: Path = Path("/tmp/acs-recorder-spool")
     upload_memory_bytes: int = 64 * 1024 * 1024
+    upload_concurrency: int = 32
     max_frame_bytes: int = 65536
     max_active_calls: int = 500
     shutdown_grace_seconds: float = 25.0
@@ -92,6 +94,7 @@ class Settings:
             chunk_seconds=num("CHUNK_SECONDS", 10.0, float, 0.0),
             spool_dir=Path(env.get("SPOOL_DIR") or "/tmp/acs-recorder-spool"),
             upload_memory_bytes=int(num("UPLOAD_MEMORY_BYTES", 64 * 1024 * 1024, int)),
+            upload_concurrency=int(num("UPLOAD_CONCURRENCY", 32, int)),
             max_frame_bytes=int(num("MAX_FRAME_BYTES", 65536, int, 1023)),
             max_active_calls=int(num("MAX_ACTIVE_CALLS", 500, int)),
             shutdown_grace_seconds=num("SHUTDOWN_GRACE_SECONDS", 25.0, float, 0.0),

@@ -121,7 +121,7 @@ class Spool:
 
 class UploadSink:
     def __init__(self, store: RecordingStore, spool: Spool, metrics: Metrics, *, memory_limit: int,
-                 workers: int = 8, max_backoff: float = 5.0):
+                 workers: int = 32, max_backoff: float = 5.0):
         self.store = store
         self.spool = spool
         self.metrics = metrics

@@ -61,6 +61,8 @@ param jwtIssuer string
 param jwksUrl string
 param chunkSeconds string = '10'
 param uploadMemoryBytes string = '67108864'
+@description('Chunk uploads in flight at once per replica: chunk throughput = this / upload latency.')
+param uploadConcurrency string = '32'
 @description('WebSocket ping interval and pong timeout (s): a vanished peer is dropped, and flushed, within 2x this.')
 param wsPingSeconds string = '20'
 
@@ -198,6 +200,10 @@ resource streamer 'Microsoft.App/containerApps@2024-03-01' = {
             {
               name: 'UPLOAD_MEMORY_BYTES'
               value: uploadMemoryBytes
+            }
+            {
+              name: 'UPLOAD_CONCURRENCY'
+              value: uploadConcurrency
             }
             {
               name: 'MAX_FRAME_BYTES'
