@@ -1,6 +1,6 @@
 """Soak: hold calls at a steady real-time load and check that the streamer's RSS and open files stay flat.
 
-    scripts/soak.sh                       # 10 minutes at 150 calls (half the measured 16 kHz capacity)
+    scripts/soak.sh                       # 10 minutes at 300 calls (half the measured 16 kHz capacity)
     .venv/bin/python -m benchmarks.soak --minutes 2 --calls 50
 
 Calls are not kept for the whole run: they come in rounds of `--call-seconds` and are replaced by new ones, so
@@ -56,7 +56,7 @@ async def churn(stack: Stack, server: Any, *, calls: int, call_seconds: float, u
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=10.0)
-    p.add_argument("--calls", type=int, default=150)
+    p.add_argument("--calls", type=int, default=300)
     p.add_argument("--call-seconds", type=float, default=60.0)
     p.add_argument("--every", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=60.0)

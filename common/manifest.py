@@ -20,7 +20,6 @@ Shape (JSON, camelCase; see README "Blob layout and manifest"):
 
 from __future__ import annotations
 
-import copy
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
@@ -100,9 +99,13 @@ _FIRST_WINS = ("correlationId", "sampleRate", "chunkSeconds", "clockOrigin", "au
 def merge(base: dict[str, Any] | None, part: dict[str, Any]) -> dict[str, Any]:
     """Union of `part` into `base` (neither is modified). Identity keys: session id; (stream, seq) for chunks,
     where the higher `revision` wins (a chunk rewritten by an overlay merge supersedes the first write);
-    (stream, startTime) for gaps; (timestamp, tone, participant) for DTMF."""
+    (stream, startTime) for gaps; (timestamp, tone, participant) for DTMF.
+
+    Copy-on-write: every list and stream object is rebuilt, but the entries themselves (chunks, sessions, gaps,
+    tones) are shared with the inputs and treated as immutable. A streamer rewrites the manifest after every
+    chunk, so a deep copy would make each write of an hour-long call cost ~5x more."""
     call_id = part["callConnectionId"]
-    out = copy.deepcopy(base) if base else empty(call_id)
+    out = dict(base) if base else empty(call_id)
     if out["callConnectionId"] != call_id:
         raise ValueError(f"manifest of {out['callConnectionId']!r} cannot take a part of {call_id!r}")
     for key in _FIRST_WINS:
@@ -116,9 +119,9 @@ def merge(base: dict[str, Any] | None, part: dict[str, Any]) -> dict[str, Any]:
 
     streams: dict[str, dict[str, Any]] = {s["stream"]: s for s in out["streams"]}
     for ps in part.get("streams", []):
-        target = streams.setdefault(
-            ps["stream"], {"stream": ps["stream"], "participantRawId": ps.get("participantRawId"), "chunks": []}
-        )
+        cur = streams.get(ps["stream"])
+        target = streams[ps["stream"]] = dict(cur) if cur is not None else {
+            "stream": ps["stream"], "participantRawId": ps.get("participantRawId"), "chunks": []}
         by_seq = {c["seq"]: c for c in target["chunks"]}
         for c in ps.get("chunks", []):
             old = by_seq.get(c["seq"])

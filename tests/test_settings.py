@@ -24,6 +24,8 @@ def test_defaults():
     ({"PORT": "-1"}, "PORT"),
     ({"STREAMER_AUTH": "off"}, "STREAMER_AUTH"),
     ({"MAX_FRAME_BYTES": "100"}, "MAX_FRAME_BYTES"),
+    ({"UPLOAD_CONCURRENCY": "0"}, "UPLOAD_CONCURRENCY"),
+    ({"UPLOAD_CONCURRENCY": "many"}, "UPLOAD_CONCURRENCY"),
     ({"ACS_JWKS_URL": "http://keys.example/calling/keys"}, "ACS_JWKS_URL"),  # plain http only on loopback
     ({"AZURE_STORAGE_ACCOUNT_URL": "ftp://acct"}, "AZURE_STORAGE_ACCOUNT_URL"),
 ])

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import wave
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from common import manifest as mf
 from common.layout import chunk_blob, is_valid_call_id, participant_of, stream_id
@@ -71,6 +74,22 @@ def test_a_merged_chunk_revision_supersedes_the_first_write_whatever_the_order()
     for m in (mf.merge(mf.merge(None, first), merged), mf.merge(mf.merge(None, merged), first)):
         (c,) = m["streams"][0]["chunks"]
         assert c["revision"] == 2 and c["sha256"] == "s221"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["s1", "s22", "s333"]), st.lists(st.integers(0, 6), min_size=1, max_size=4),
+                          st.booleans(), st.integers(1, 3)), min_size=1, max_size=5))
+def test_merge_never_modifies_its_inputs(parts):
+    """merge shares entries with its inputs instead of deep-copying them; neither the stored manifest nor the
+    part may change, or a writer's cached manifest would drift from what is in the blob."""
+    base = None
+    for session, seqs, complete, revision in parts:
+        p = part(session, seqs, complete=complete, revision=revision)
+        before_p, before_base = copy.deepcopy(p), copy.deepcopy(base)
+        merged = mf.merge(base, p)
+        assert p == before_p and base == before_base
+        assert {c["seq"] for c in merged["streams"][0]["chunks"]} >= set(seqs)
+        base = merged
 
 
 def test_manifest_loads_rejects_what_is_not_a_manifest():
