@@ -321,6 +321,19 @@ def _closed_result(ws: Any, exc: ConnectionClosed, frame: int) -> ConnectionResu
                             error=None if rcvd is not None else f"connection lost: {exc}")
 
 
+def _peer_closed_result(ws: Any, frame: int) -> ConnectionResult | None:
+    """After our own close: did the server end the stream first? Frames are buffered, so a short or fast plan can
+    be fully written before the server's close frame (e.g. 1008 for a token it rejected after accept) is read."""
+    rcvd = ws.protocol.close_rcvd
+    if rcvd is None:
+        return None
+    if rcvd.code == POLICY_VIOLATION:
+        return ConnectionResult(Outcome.POLICY_CLOSED, frame, close_code=rcvd.code, close_reason=rcvd.reason)
+    if ws.protocol.close_rcvd_then_sent:
+        return ConnectionResult(Outcome.CLOSED, frame, close_code=rcvd.code, close_reason=rcvd.reason)
+    return None
+
+
 async def _send_frames(ws: Any, plan: MediaPlan, start_frame: int, stop: asyncio.Event | None,
                        record: ConnectionRecord | None, cursor: Cursor,
                        on_open: Callable[[], None] | None) -> ConnectionResult:
@@ -350,7 +363,7 @@ async def _send_frames(ws: Any, plan: MediaPlan, start_frame: int, stop: asyncio
         while total is None or k < total:
             if stop is not None and stop.is_set():
                 await ws.close(1000)
-                return ConnectionResult(Outcome.STOPPED, k)
+                return _peer_closed_result(ws, k) or ConnectionResult(Outcome.STOPPED, k)
             if drop is not None and k >= drop:
                 cursor.dropped = True
                 ws.transport.abort()
@@ -390,7 +403,7 @@ async def _send_frames(ws: Any, plan: MediaPlan, start_frame: int, stop: asyncio
                 sent_since_yield = 0
                 await asyncio.sleep(0)
         await ws.close(1000)
-        return ConnectionResult(Outcome.COMPLETED, k)
+        return _peer_closed_result(ws, k) or ConnectionResult(Outcome.COMPLETED, k)
     except ConnectionClosed as exc:
         return _closed_result(ws, exc, k)
     except asyncio.CancelledError:
