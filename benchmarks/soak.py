@@ -64,12 +64,14 @@ def main() -> int:
     p.add_argument("--max-fds-per-min", type=float, default=1.0)
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment for the streamer (e.g. allocator settings)")
+    p.add_argument("--out", type=Path, default=RESULTS / "soak.json", help="JSON results path")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         stack = Stack(Path(tmp))
         # Production defaults (10-s chunks) and the allocator setting the container image uses.
         env = {"MALLOC_MMAP_THRESHOLD_": "131072", **dict(e.split("=", 1) for e in args.env)}
         server = stack.streamer(**env)
+        idle_start = rss_bytes(server.pid) / 2**20
         samples: list[dict[str, float]] = []
         t0 = time.monotonic()
         until = t0 + args.minutes * 60
@@ -92,6 +94,7 @@ def main() -> int:
               flush=True)
         completed = asyncio.run(run())
         landed = server.wait_landed()
+        idle_end = rss_bytes(server.pid) / 2**20  # every call over and every chunk landed
         metrics = server.metrics()
         server.stop()
         stack.close()
@@ -101,13 +104,15 @@ def main() -> int:
     result = {"calls": args.calls, "minutes": args.minutes, "calls_completed": completed, "all_landed": landed,
               "rss_mb_per_min": round(rss_slope, 3), "fds_per_min": round(fd_slope, 3),
               "rss_mb_first_last": [round(steady[0]["rss_mb"], 1), round(steady[-1]["rss_mb"], 1)] if steady else [],
+              "idle_rss_mb_start_end": [round(idle_start, 1), round(idle_end, 1)],
               "spool_failures": metrics.get("acs_streamer_spool_failures_total"),
               "bad_frames": sum(v for k, v in metrics.items() if k.startswith("acs_streamer_bad_frames_total")),
               "samples": samples}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nsoak: {completed} calls completed; RSS slope {rss_slope:+.3f} MB/min, fds slope {fd_slope:+.3f}/min "
-          f"(after {args.warmup:.0f}s warm-up); all chunks landed: {landed}")
+          f"(after {args.warmup:.0f}s warm-up); idle RSS {idle_start:.0f} MB before, {idle_end:.0f} MB after; "
+          f"all chunks landed: {landed}")
     ok = landed and rss_slope <= args.max_rss_mb_per_min and fd_slope <= args.max_fds_per_min
     return 0 if ok else 1
 
