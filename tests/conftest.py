@@ -17,6 +17,15 @@ ACS_RESOURCE_ID = "2b1f7c1e-5a3d-4c7e-9d61-0c9f3a7e8b10"
 TEST_ISSUER = "https://acscallautomation.communication.azure.com"
 
 
+@pytest.fixture(autouse=True)
+def _function_runtime(request: pytest.FixtureRequest) -> None:
+    """Function tests share one app (module-level runtime): point it at the `host` of the test's module."""
+    if "host" in request.fixturenames:
+        from function_app.runtime import set_runtime
+
+        set_runtime(request.getfixturevalue("host").runtime)
+
+
 @pytest.fixture(scope="session")
 def azurite() -> Iterator[Azurite]:
     with Azurite() as server:

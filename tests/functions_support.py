@@ -4,10 +4,12 @@ server that speaks Call Automation REST (§2 of the protocol reference) and re-c
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import struct
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -165,8 +167,7 @@ class HostUnderTest:
         return httpx.Client(base_url=f"{self.url}/api", headers=headers, timeout=30)
 
 
-def start_host(settings: Settings, verifier: Any = None, eventgrid_key: str | None = None,
-               port: int | None = None) -> tuple[Any, Any]:
+def start_host(settings: Settings, verifier: Any = None, port: int | None = None) -> tuple[Any, Any]:
     """The real function entries behind devstack.functions_host on a loopback port, with our own runtime."""
     import function_entry
     from devstack.functions_host import Keys, build_app
@@ -177,5 +178,20 @@ def start_host(settings: Settings, verifier: Any = None, eventgrid_key: str | No
     settings.warn_about_risks()
     runtime = Runtime(settings, build_client(settings), RecordingStore.from_settings(settings), verifier)
     set_runtime(runtime)
-    app = build_app(function_entry.app, Keys(frozenset({FUNCTION_KEY}), MASTER_KEY, eventgrid_key))
+    app = build_app(function_entry.app, Keys(frozenset({FUNCTION_KEY}), MASTER_KEY))
     return ServerThread(app, port=port).start(), runtime
+
+
+@contextlib.contextmanager
+def hosted(settings: Settings, verifier: Any = None, *, port: int | None = None,
+           acs: AcsCapture | None = None) -> Iterator[HostUnderTest]:
+    """`start_host` for a module-scoped fixture: stops the server and clears the app's runtime afterwards.
+    (conftest points the runtime at the module's `host` before each test.)"""
+    from function_app.runtime import set_runtime
+
+    server, runtime = start_host(settings, verifier, port=port)
+    try:
+        yield HostUnderTest(server.url, runtime, acs)
+    finally:
+        server.stop()
+        set_runtime(None)

@@ -15,9 +15,8 @@ import pytest
 from common.acs_jwt import AcsJwtVerifier, AuthConfig
 from devstack.acs_tokens import TokenIssuer
 from devstack.azurite import Azurite
-from function_app.runtime import set_runtime
 from tests.conftest import ACS_RESOURCE_ID, TEST_ISSUER
-from tests.functions_support import HostUnderTest, make_settings, new_container, start_host, store_for
+from tests.functions_support import HostUnderTest, hosted, make_settings, new_container, store_for
 
 
 @pytest.fixture(scope="module")
@@ -28,15 +27,8 @@ def host(azurite: Azurite, jwks_url: str) -> Iterator[HostUnderTest]:
                              jwks_url=jwks_url, jwt_issuer=TEST_ISSUER)
     verifier = AcsJwtVerifier(AuthConfig(issuer=TEST_ISSUER, audience=ACS_RESOURCE_ID, jwks_url=jwks_url),
                               min_refetch_seconds=0)
-    server, runtime = start_host(settings, verifier)
-    yield HostUnderTest(server.url, runtime)
-    server.stop()
-    set_runtime(None)
-
-
-@pytest.fixture(autouse=True)
-def current(host: HostUnderTest) -> None:
-    set_runtime(host.runtime)
+    with hosted(settings, verifier) as host:
+        yield host
 
 
 def event(kind: str, call_id: str, at: str | None = None, event_id: str | None = None, **data: Any) -> dict:
@@ -204,13 +196,8 @@ def test_concurrent_deliveries_lose_nothing(host: HostUnderTest, token_issuer: T
 def test_callback_auth_disabled_is_local_only_and_loud(azurite: Azurite, caplog: pytest.LogCaptureFixture) -> None:
     container = new_container()
     store_for(azurite, container)
-    with caplog.at_level(logging.WARNING):
-        server, runtime = start_host(make_settings(azurite, container, callback_auth=False))
-    try:
-        host = HostUnderTest(server.url, runtime)
+    with caplog.at_level(logging.WARNING), hosted(make_settings(azurite, container, callback_auth=False)) as host:
         call = str(uuid.uuid4())
         assert post(host, [event("CallConnected", call)], None).status_code == 200
-        assert runtime.store.read_state(call)["status"] == "connected"
-    finally:
-        server.stop()
+        assert host.runtime.store.read_state(call)["status"] == "connected"
     assert any("CALLBACK_AUTH=disabled" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)

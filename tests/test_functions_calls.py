@@ -12,13 +12,12 @@ import pytest
 
 from devstack.azurite import Azurite
 from devstack.serve import ServerThread
-from function_app.runtime import set_runtime
 from tests.functions_support import (
     AcsCapture,
     HostUnderTest,
+    hosted,
     make_settings,
     new_container,
-    start_host,
     store_for,
 )
 
@@ -36,15 +35,12 @@ def host(azurite: Azurite, acs: tuple[AcsCapture, str]) -> Iterator[HostUnderTes
     container = new_container()
     store_for(azurite, container)
     settings = make_settings(azurite, container, acs_endpoint=url)
-    server, runtime = start_host(settings)
-    yield HostUnderTest(server.url, runtime, capture)
-    server.stop()
-    set_runtime(None)
+    with hosted(settings, acs=capture) as host:
+        yield host
 
 
 @pytest.fixture(autouse=True)
 def fresh(host: HostUnderTest) -> Iterator[None]:
-    set_runtime(host.runtime)
     assert host.acs is not None
     host.acs.requests.clear()
     host.acs.fail.clear()

@@ -19,8 +19,7 @@ from devstack.azurite import Azurite
 from devstack.ports import free_port
 from devstack.serve import ServerThread
 from devstack.simulator import CallScript, SimulatorConfig, SimulatorServer
-from function_app.runtime import set_runtime
-from tests.functions_support import AcsCapture, HostUnderTest, make_settings, new_container, start_host, store_for
+from tests.functions_support import AcsCapture, HostUnderTest, hosted, make_settings, new_container, store_for
 
 OUR_NUMBER = "+15559870000"
 
@@ -43,15 +42,12 @@ def host(azurite: Azurite, sim: SimulatorServer) -> Iterator[HostUnderTest]:
         streamer_wss_url=f"ws://127.0.0.1:{free_port()}/ws",  # nothing listens: ACS reports 8603
         callback_auth=True, acs_resource_id=sim.audience, jwks_url=sim.jwks_url, jwt_issuer=sim.issuer)
     verifier = AcsJwtVerifier(AuthConfig(issuer=sim.issuer, audience=sim.audience, jwks_url=sim.jwks_url))
-    server, runtime = start_host(settings, verifier, port=port)
-    yield HostUnderTest(server.url, runtime)
-    server.stop()
-    set_runtime(None)
+    with hosted(settings, verifier, port=port) as host:
+        yield host
 
 
 @pytest.fixture(autouse=True)
 def current(host: HostUnderTest) -> Iterator[None]:
-    set_runtime(host.runtime)
     saved = host.runtime.settings
     yield
     host.runtime.settings = saved

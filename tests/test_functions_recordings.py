@@ -15,8 +15,7 @@ import pytest
 from common.layout import chunk_blob, stream_id
 from devstack.azurite import Azurite
 from function_app import state as state_model
-from function_app.runtime import set_runtime
-from tests.functions_support import HostUnderTest, make_settings, new_container, put_recording, start_host, store_for
+from tests.functions_support import HostUnderTest, hosted, make_settings, new_container, put_recording, store_for
 
 RATE = 16000
 SECOND = RATE * 2  # bytes of one 1 s chunk
@@ -26,15 +25,8 @@ SECOND = RATE * 2  # bytes of one 1 s chunk
 def host(azurite: Azurite) -> Iterator[HostUnderTest]:
     container = new_container()
     store_for(azurite, container)
-    server, runtime = start_host(make_settings(azurite, container, sas_ttl_seconds=600))
-    yield HostUnderTest(server.url, runtime)
-    server.stop()
-    set_runtime(None)
-
-
-@pytest.fixture(autouse=True)
-def current(host: HostUnderTest) -> None:
-    set_runtime(host.runtime)
+    with hosted(make_settings(azurite, container, sas_ttl_seconds=600)) as host:
+        yield host
 
 
 def pcm(n_bytes: int) -> bytes:
