@@ -312,26 +312,25 @@ async def _read_inbound(ws: Any, record: ConnectionRecord | None) -> None:
         pass
 
 
-def _closed_result(ws: Any, exc: ConnectionClosed, frame: int) -> ConnectionResult:
-    rcvd = exc.rcvd
-    code = rcvd.code if rcvd is not None else None
-    reason = rcvd.reason if rcvd is not None else None
-    outcome = Outcome.POLICY_CLOSED if code == POLICY_VIOLATION else Outcome.CLOSED
-    return ConnectionResult(outcome, frame, close_code=code, close_reason=reason,
-                            error=None if rcvd is not None else f"connection lost: {exc}")
+def _closed_result(exc: ConnectionClosed, frame: int) -> ConnectionResult:
+    return _close_frame_result(exc.rcvd, frame, error=None if exc.rcvd is not None else f"connection lost: {exc}")
 
 
 def _peer_closed_result(ws: Any, frame: int) -> ConnectionResult | None:
     """After our own close: did the server end the stream first? Frames are buffered, so a short or fast plan can
     be fully written before the server's close frame (e.g. 1008 for a token it rejected after accept) is read."""
     rcvd = ws.protocol.close_rcvd
-    if rcvd is None:
+    if rcvd is None or not (rcvd.code == POLICY_VIOLATION or ws.protocol.close_rcvd_then_sent):
         return None
-    if rcvd.code == POLICY_VIOLATION:
-        return ConnectionResult(Outcome.POLICY_CLOSED, frame, close_code=rcvd.code, close_reason=rcvd.reason)
-    if ws.protocol.close_rcvd_then_sent:
-        return ConnectionResult(Outcome.CLOSED, frame, close_code=rcvd.code, close_reason=rcvd.reason)
-    return None
+    return _close_frame_result(rcvd, frame)
+
+
+def _close_frame_result(rcvd: Any, frame: int, error: str | None = None) -> ConnectionResult:
+    """The server's close frame (None: the connection was lost without one) as the stream's outcome."""
+    code = rcvd.code if rcvd is not None else None
+    outcome = Outcome.POLICY_CLOSED if code == POLICY_VIOLATION else Outcome.CLOSED
+    return ConnectionResult(outcome, frame, close_code=code, close_reason=rcvd.reason if rcvd is not None else None,
+                            error=error)
 
 
 async def _send_frames(ws: Any, plan: MediaPlan, start_frame: int, stop: asyncio.Event | None,
@@ -405,7 +404,7 @@ async def _send_frames(ws: Any, plan: MediaPlan, start_frame: int, stop: asyncio
         await ws.close(1000)
         return _peer_closed_result(ws, k) or ConnectionResult(Outcome.COMPLETED, k)
     except ConnectionClosed as exc:
-        return _closed_result(ws, exc, k)
+        return _closed_result(exc, k)
     except asyncio.CancelledError:
         ws.transport.abort()
         raise
