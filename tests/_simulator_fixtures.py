@@ -11,12 +11,14 @@ messages, then close 1011 like a crashing server), `talkback` (accept, send bidi
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
@@ -28,6 +30,26 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from devstack.serve import ServerThread
+from devstack.simulator import AudioSpec, CallScript, SimulatorConfig, SimulatorServer
+
+RESOURCE_ID = "0d7f4b8e-1c2a-4f3b-9e5d-6a7b8c9d0e1f"  # the simulated ACS resource's immutable id (JWT audience)
+ISSUER = "https://acscallautomation.communication.azure.com"
+
+
+@contextlib.contextmanager
+def synth_simulator(connect_delay_s: float) -> Iterator[SimulatorServer]:
+    """The simulator as the fidelity tests use it: 1-s calls of synthetic audio, sent as fast as possible."""
+    script = CallScript(duration_s=1.0, audio=AudioSpec(source="synth"), connect_delay_s=connect_delay_s)
+    with SimulatorServer(SimulatorConfig(pace=0, issuer=ISSUER, audience=RESOURCE_ID, default_script=script)) as sim:
+        yield sim
+
+
+def sdk_client(sim: SimulatorServer) -> Any:
+    """The real Call Automation SDK client, pointed at the simulator with its access key."""
+    from azure.communication.callautomation import CallAutomationClient
+    from azure.core.credentials import AzureKeyCredential
+
+    return CallAutomationClient(sim.url, AzureKeyCredential(sim.access_key))
 
 
 @dataclass

@@ -14,16 +14,12 @@ from typing import Any
 import jwt
 import pytest
 from azure.communication.callautomation import CallAutomationClient, PhoneNumberIdentifier
-from azure.core.credentials import AzureKeyCredential
 from azure.core.messaging import CloudEvent
 
 from common.acs_jwt import AcsJwtVerifier, AuthConfig, AuthError, bearer_token
 from devstack.ports import free_port
-from devstack.simulator import AudioSpec, CallScript, SimulatorConfig, SimulatorServer
-from tests._simulator_fixtures import Capture, media_options
-
-RESOURCE_ID = "0d7f4b8e-1c2a-4f3b-9e5d-6a7b8c9d0e1f"
-ISSUER = "https://acscallautomation.communication.azure.com"
+from devstack.simulator import AudioSpec, CallScript, SimulatorServer
+from tests._simulator_fixtures import ISSUER, RESOURCE_ID, Capture, media_options, sdk_client, synth_simulator
 
 # §3, MediaStreamingStarted (Java SDK fixture, verbatim values).
 STARTED_FIXTURE: dict[str, Any] = {
@@ -57,15 +53,13 @@ GRID_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{7}Z$")
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[SimulatorServer]:
-    script = CallScript(duration_s=1.0, audio=AudioSpec(source="synth"), connect_delay_s=0.05)
-    config = SimulatorConfig(pace=0, issuer=ISSUER, audience=RESOURCE_ID, default_script=script)
-    with SimulatorServer(config) as server:
+    with synth_simulator(connect_delay_s=0.05) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def client(sim: SimulatorServer) -> CallAutomationClient:
-    return CallAutomationClient(sim.url, AzureKeyCredential(sim.access_key))
+    return sdk_client(sim)
 
 
 @pytest.fixture(scope="module")

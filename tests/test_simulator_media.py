@@ -18,11 +18,18 @@ from typing import Any
 
 import pytest
 from azure.communication.callautomation import CallAutomationClient, PhoneNumberIdentifier
-from azure.core.credentials import AzureKeyCredential
 
 from common.acs_jwt import AcsJwtVerifier, AuthConfig, bearer_token
-from devstack.simulator import AudioSpec, CallScript, SimulatorConfig, SimulatorServer
-from tests._simulator_fixtures import Capture, WsConnection, media_options
+from devstack.simulator import SimulatorServer
+from tests._simulator_fixtures import (
+    ISSUER,
+    RESOURCE_ID,
+    Capture,
+    WsConnection,
+    media_options,
+    sdk_client,
+    synth_simulator,
+)
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "example-audio-frame.json"
 EXAMPLE_FRAME: dict[str, Any] = json.loads(REFERENCE.read_text()) if REFERENCE.exists() else {
@@ -30,21 +37,17 @@ EXAMPLE_FRAME: dict[str, Any] = json.loads(REFERENCE.read_text()) if REFERENCE.e
     "kind": "AudioData", "audioData": {"timestamp": "2022-10-03T19:16:12.925Z", "participantRawID": "8:acs:x",
                                        "data": "5ADwAOMA", "silent": False}}
 ISO_MS_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-RESOURCE_ID = "0d7f4b8e-1c2a-4f3b-9e5d-6a7b8c9d0e1f"
-ISSUER = "https://acscallautomation.communication.azure.com"
 
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[SimulatorServer]:
-    script = CallScript(duration_s=1.0, audio=AudioSpec(source="synth"), connect_delay_s=0.02)
-    config = SimulatorConfig(pace=0, issuer=ISSUER, audience=RESOURCE_ID, default_script=script)
-    with SimulatorServer(config) as server:
+    with synth_simulator(connect_delay_s=0.02) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def client(sim: SimulatorServer) -> CallAutomationClient:
-    return CallAutomationClient(sim.url, AzureKeyCredential(sim.access_key))
+    return sdk_client(sim)
 
 
 _target_counter = iter(range(10_000))
