@@ -81,7 +81,8 @@ class Session:
         """Read the call's manifest, so a restarted stream continues on the same call clock and seq numbers."""
         assert self.call_id
         try:
-            self._stored = await asyncio.wait_for(self.ctx.store.read_manifest(self.call_id), timeout)
+            self._cached = await asyncio.wait_for(self.ctx.store.load_manifest(self.call_id), timeout)
+            self._stored = self._cached.manifest
         except Exception as exc:
             log.warning("cannot read the manifest at connect; starting a fresh call clock",
                         extra={**self.fields, "error": str(exc)[:200]})

@@ -192,8 +192,10 @@ class AzureBlobBackend:
 
 @dataclass(frozen=True)
 class CachedManifest:
-    manifest: dict[str, Any]
-    etag: str
+    """A manifest as a writer last saw it; both None means there was none yet."""
+
+    manifest: dict[str, Any] | None
+    etag: str | None
 
 
 @dataclass(frozen=True)
@@ -250,8 +252,9 @@ class RecordingStore:
     async def merge_manifest(self, call_id: str, part: dict[str, Any], *, attempts: int = 20,
                              cached: CachedManifest | None = None) -> CachedManifest:
         """Merge `part` into the stored manifest with an ETag-conditional write, retried on conflicts (another
-        session or the spool drainer). With `cached` (what this writer last wrote) the first try skips the read;
-        a conflict means someone else wrote since, and the stored manifest is read and merged again."""
+        session or the spool drainer). With `cached` (what this writer last wrote, or read at connect) the first
+        try skips the read; a conflict means someone else wrote since, and the stored manifest is read and merged
+        again."""
         name = manifest_blob(call_id)
         for _ in range(attempts):
             if cached is not None:
@@ -278,6 +281,10 @@ class RecordingStore:
                 await asyncio.sleep(0.01)
         raise StorageUnavailable(f"manifest of {call_id}: too many concurrent updates")
 
-    async def read_manifest(self, call_id: str) -> dict[str, Any] | None:
+    async def load_manifest(self, call_id: str) -> CachedManifest:
+        """The stored manifest with its ETag, so a writer's first `merge_manifest` can skip reading it again."""
         cur = await self.backend.get(manifest_blob(call_id))
-        return mf.loads(cur.data) if cur is not None else None
+        return CachedManifest(mf.loads(cur.data), cur.etag) if cur is not None else CachedManifest(None, None)
+
+    async def read_manifest(self, call_id: str) -> dict[str, Any] | None:
+        return (await self.load_manifest(call_id)).manifest
