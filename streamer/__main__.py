@@ -55,7 +55,9 @@ def main() -> int:
         # enforced in order by the handler, so uvicorn only gets a hard backstop well above it.
         ws_max_size=max(4 * settings.max_frame_bytes, 1 << 20),
         ws_ping_interval=settings.ws_ping_seconds, ws_ping_timeout=settings.ws_ping_seconds,
-        log_config=None, access_log=False, lifespan="on",
+        # No X-Forwarded-* rewriting: nothing here reads the client address, and the middleware would sit between
+        # uvicorn and every frame's `await receive()` (see streamer.app).
+        log_config=None, access_log=False, lifespan="on", proxy_headers=False,
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
     _Server(config, app.state).run()

@@ -142,11 +142,17 @@ class TimestampParser:
     __slots__ = ("_base", "_prefix")
 
     def __init__(self) -> None:
-        self._prefix = ""
+        self._prefix = "\0"  # matches no timestamp the fast path could index out of range (not even "")
         self._base = 0.0
 
     def __call__(self, ts: str) -> float:
-        t = self._parse(ts)
+        if ts[:16] == self._prefix and ts[-1] == "Z" and ts[16] == ":":  # the minute of the previous frame
+            try:
+                t = self._base + float(ts[17:-1])
+            except ValueError:
+                t = self._parse(ts)
+        else:
+            t = self._parse(ts)
         if not _EARLIEST <= t < _LATEST:
             raise FrameError("bad_timestamp", f"timestamp out of range {ts[:40]!r}")
         return t
@@ -155,10 +161,10 @@ class TimestampParser:
         if len(ts) >= 20 and ts[-1] == "Z" and ts[16] == ":" and ts[10] == "T":
             prefix = ts[:16]
             try:
-                if prefix != self._prefix:
-                    self._base = datetime.fromisoformat(prefix + ":00+00:00").timestamp()
-                    self._prefix = prefix
-                return self._base + float(ts[17:-1])
+                base = datetime.fromisoformat(prefix + ":00+00:00").timestamp()
+                t = base + float(ts[17:-1])
+                self._prefix, self._base = prefix, base
+                return t
             except ValueError:
                 pass  # not the common shape after all (or not a date): the general path decides
         try:

@@ -65,7 +65,6 @@ class Session:
         self._dtmf: list[dict[str, Any]] = []
         self._pending = 0
         self._ignored = 0
-        self._frames = 0
         self._manifest_dirty = asyncio.Event()
         self._all_landed = asyncio.Event()
         self._all_landed.set()
@@ -111,7 +110,6 @@ class Session:
                 if self.channel == "mixed":
                     participant = None
                 tl.add(participant, pcm, t, silent)
-                self._frames += 1
                 metrics.frames += 1
                 metrics.audio_bytes += len(pcm)
             elif kind == p.AUDIO_METADATA:
@@ -209,7 +207,7 @@ class Session:
             "complete": self.complete, "cleanClose": self.clean_close, "closeCode": self.close_code,
             "subscriptionId": self.fmt.subscription_id if self.fmt else None,
             "sampleRate": self.fmt.sample_rate if self.fmt else None,
-            "frames": self._frames, "badFrames": sum(self._bad.values()), "ignoredMessages": self._ignored,
+            "frames": st.frames if st else 0, "badFrames": sum(self._bad.values()), "ignoredMessages": self._ignored,
             "lateFramesPlaced": st.late_placed if st else 0, "lateFramesDropped": st.late_dropped if st else 0,
             "duplicateFrames": st.duplicates if st else 0, "gapFrames": st.gap_slots if st else 0,
         }

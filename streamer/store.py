@@ -246,8 +246,8 @@ class RecordingStore:
 
     @staticmethod
     def _duration_ms(wav_bytes: bytes) -> int:
-        rate, pcm = wav.decode(wav_bytes)
-        return round(len(pcm) / 2 / rate * 1000)
+        rate, pcm_bytes = wav.info(wav_bytes)  # from the header: decoding would copy the chunk's PCM
+        return round(pcm_bytes / 2 / rate * 1000)
 
     async def merge_manifest(self, call_id: str, part: dict[str, Any], *, attempts: int = 20,
                              cached: CachedManifest | None = None) -> CachedManifest:

@@ -24,14 +24,20 @@ def encode(pcm: bytes | memoryview, sample_rate: int) -> bytes:
     return b"".join((header(len(pcm), sample_rate), pcm))
 
 
-def decode(wav: bytes) -> tuple[int, bytes]:
-    """-> (sample_rate, pcm) of a canonical 44-byte-header mono s16 WAV (what `encode` writes)."""
+def info(wav: bytes) -> tuple[int, int]:
+    """-> (sample_rate, PCM bytes) from the header of a canonical 44-byte-header mono s16 WAV (what `encode` writes)."""
     if len(wav) < HEADER_BYTES or wav[:4] != b"RIFF" or wav[8:12] != b"WAVE":
         raise ValueError("not a RIFF/WAVE file")
     fmt, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", wav, 20)
     if fmt != 1 or channels != 1 or bits != 16 or wav[36:40] != b"data":
         raise ValueError("not 16-bit mono PCM with a canonical header")
     (size,) = struct.unpack_from("<I", wav, 40)
+    return rate, min(size, len(wav) - HEADER_BYTES)
+
+
+def decode(wav: bytes) -> tuple[int, bytes]:
+    """-> (sample_rate, pcm) of a canonical WAV (see `info`)."""
+    rate, size = info(wav)
     return rate, wav[HEADER_BYTES:HEADER_BYTES + size]
 
 
