@@ -78,14 +78,16 @@ def machine_busy_idle() -> tuple[float, float]:
 
 def max_rate(stack: Stack, seconds: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for kind in ("bare", "streamer"):
-        server = stack.bare() if kind == "bare" else stack.streamer()
+    for kind in ("bare", "bare_uvicorn_defaults", "streamer"):
+        server = stack.streamer() if kind == "streamer" else stack.bare(uvicorn_defaults=kind != "bare")
         w = Window(server)
         asyncio.run(maxrate_load(server, stack, connections=10, seconds=seconds, on_window=w))
         out[kind] = {"frames_per_cpu_second": round(w.frames / w.cpu), "frames": w.frames,
                      "cpu_seconds": round(w.cpu, 2), "cpu_utilisation": round(w.cpu / w.wall, 2)}
         server.stop()
     out["ratio"] = round(out["streamer"]["frames_per_cpu_second"] / out["bare"]["frames_per_cpu_second"], 2)
+    out["ratio_to_uvicorn_defaults"] = round(
+        out["streamer"]["frames_per_cpu_second"] / out["bare_uvicorn_defaults"]["frames_per_cpu_second"], 2)
     return out
 
 
@@ -146,8 +148,9 @@ def realtime(stack: Stack, *, participants: int, rate: int, ladder: list[int], w
             "max_calls_held": best, "steps": steps}
 
 
-def bare_realtime(stack: Stack, calls: int, window: float, ramp: float) -> dict[str, Any]:
-    server = stack.bare()
+def bare_realtime(stack: Stack, calls: int, window: float, ramp: float, *,
+                  uvicorn_defaults: bool = False) -> dict[str, Any]:
+    server = stack.bare(uvicorn_defaults=uvicorn_defaults)
     step = realtime_step(stack, server, calls, 1, 16000, window, ramp)
     server.stop()
     return {"calls": calls, "server_cpu_us_per_frame": step["server_cpu_us_per_frame"],
@@ -212,6 +215,8 @@ def main() -> None:
             ref = max(results["realtime_16k_mixed"]["steps"],
                       key=lambda s: s["calls"] if s["held"] else 0)
             results["bare_realtime"] = bare_realtime(stack, ref["calls"], window, ramp)
+            results["bare_realtime_uvicorn_defaults"] = bare_realtime(stack, ref["calls"], window, ramp,
+                                                                      uvicorn_defaults=True)
             results["realtime_cost_ratio_at_calls"] = ref["calls"]
             results["realtime_cost_ratio"] = round(
                 results["bare_realtime"]["server_cpu_us_per_frame"] / ref["server_cpu_us_per_frame"], 2)
@@ -231,6 +236,8 @@ def print_table(r: dict[str, Any]) -> None:
     print(f"\nmachine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, {m['date']}")
     print(f"max-rate frames per server CPU-second: streamer {mr['streamer']['frames_per_cpu_second']:,}"
           f"  bare loop {mr['bare']['frames_per_cpu_second']:,}  ratio {mr['ratio']}")
+    print(f"  (bare loop on uvicorn's defaults: {mr['bare_uvicorn_defaults']['frames_per_cpu_second']:,}; "
+          f"streamer/that {mr['ratio_to_uvicorn_defaults']})")
     for key, label in (("realtime_16k_mixed", "16 kHz mixed"), ("realtime_24k_unmixed_4", "24 kHz unmixed x4")):
         rt = r[key]
         last = next((s for s in rt["steps"] if s["calls"] == rt["max_calls_held"]), rt["steps"][0])
@@ -239,6 +246,9 @@ def print_table(r: dict[str, Any]) -> None:
     br = r["bare_realtime"]
     print(f"bare loop at real cadence ({br['calls']} calls): {br['server_cpu_us_per_frame']} us CPU/frame; "
           f"streamer/bare cost ratio {r['realtime_cost_ratio']} (1.0 = as cheap as the bare loop)")
+    bd = r["bare_realtime_uvicorn_defaults"]
+    print(f"  (bare loop on uvicorn's defaults: {bd['server_cpu_us_per_frame']} us CPU/frame at "
+          f"{bd['server_cpu_utilisation']:.0%} of a core)")
     mem = r["memory"]
     print(f"memory: {mem['bytes_per_stream']:,} B per stream = {mem['ratio_to_chunk']} x one 10-s chunk of PCM "
           f"({mem['calls']} streams)")

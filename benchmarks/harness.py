@@ -107,10 +107,10 @@ class Stack:
         proc.start(f"http://127.0.0.1:{port}/healthz")
         return Server("streamer", port, proc)
 
-    def bare(self) -> Server:
+    def bare(self, *, uvicorn_defaults: bool = False) -> Server:
         port = free_port()
-        proc = ChildProcess("benchmarks.bare_server", {}, args=["--port", str(port)],
-                            log_path=self.workdir / f"bare-{port}.log")
+        args = ["--port", str(port)] + (["--uvicorn-defaults"] if uvicorn_defaults else [])
+        proc = ChildProcess("benchmarks.bare_server", {}, args=args, log_path=self.workdir / f"bare-{port}.log")
         proc.start(f"http://127.0.0.1:{port}/stats")
         return Server("bare", port, proc)
 

@@ -8,6 +8,13 @@ sessions, chunks, manifests and sockets churn the way they do in production. RSS
 sampled every `--every` seconds; the report gives their least-squares slope per minute over the samples taken
 after the warm-up while a round's calls were all up (round changes and ramps would only add noise). Exits 1
 if RSS grows more than `--max-rss-mb-per-min` or file descriptors more than `--max-fds-per-min`.
+
+Each sample also records the CPU share of the streamer and of Azurite, the chunks still waiting to land and the
+chunk latency p99 since the previous sample, so a slowdown can be pinned on the streamer or on the rig. Azurite
+keeps every blob's metadata in one in-memory database that it rewrites as a whole, so its cost per write grows
+with the blob count; `--prune` (the default) deletes each round's blobs once they have landed and been counted, so
+the rig stays the same for the whole run (`--no-prune` keeps them, as a long production day would in Blob Storage,
+which does not slow down with the blob count).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import Stack, open_fds, realtime_load, rss_bytes
+from benchmarks.harness import Server, Stack, cpu_seconds, latency_p99, open_fds, realtime_load, rss_bytes
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -43,14 +50,30 @@ def _mark(which: str) -> None:
     LOADED["on"] = which == "start"
 
 
-async def churn(stack: Stack, server: Any, *, calls: int, call_seconds: float, until: float) -> int:
-    """Rounds of `calls` calls (opened over 10 s, held `call_seconds`, closed) until `until` (monotonic)."""
-    done = 0
+def prune(stack: Stack, container: str) -> int:
+    """Delete every blob in the container (between rounds, after they landed); returns how many."""
+    from azure.storage.blob import ContainerClient
+
+    with ContainerClient.from_connection_string(stack.azurite.connection_string, container) as cc:
+        names = [b.name for b in cc.list_blobs()]
+        for name in names:
+            cc.delete_blob(name)
+    return len(names)
+
+
+async def churn(stack: Stack, server: Server, *, calls: int, call_seconds: float, until: float,
+                container: str | None) -> tuple[int, int]:
+    """Rounds of `calls` calls (opened over 10 s, held `call_seconds`, closed) until `until` (monotonic).
+    With `container`, each round's blobs are deleted once every chunk of it landed. -> (calls, blobs pruned)."""
+    done = pruned = 0
     while time.monotonic() + call_seconds + 12 < until:
         await realtime_load(server, stack, calls=calls, participants=1, rate=16000, ramp=10.0, window=call_seconds,
                             on_window=_mark)
         done += calls
-    return done
+        if container and await asyncio.to_thread(server.wait_landed, 60.0):
+            await asyncio.sleep(2.0)  # the calls' final manifest writes follow their last chunk
+            pruned += await asyncio.to_thread(prune, stack, container)
+    return done, pruned
 
 
 def main() -> int:
@@ -62,6 +85,8 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=60.0)
     p.add_argument("--max-rss-mb-per-min", type=float, default=1.0)
     p.add_argument("--max-fds-per-min", type=float, default=1.0)
+    p.add_argument("--prune", action=argparse.BooleanOptionalAction, default=True,
+                   help="delete each round's blobs after they landed (keeps Azurite's cost constant)")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment for the streamer (e.g. allocator settings)")
     p.add_argument("--out", type=Path, default=RESULTS / "soak.json", help="JSON results path")
@@ -71,28 +96,43 @@ def main() -> int:
         # Production defaults (10-s chunks) and the allocator setting the container image uses.
         env = {"MALLOC_MMAP_THRESHOLD_": "131072", **dict(e.split("=", 1) for e in args.env)}
         server = stack.streamer(**env)
+        container = server.proc.env["RECORDINGS_CONTAINER"] if args.prune else None
+        assert stack.azurite.proc is not None
+        azurite_pid = stack.azurite.proc.pid
         idle_start = rss_bytes(server.pid) / 2**20
-        samples: list[dict[str, float]] = []
+        samples: list[dict[str, Any]] = []
         t0 = time.monotonic()
         until = t0 + args.minutes * 60
 
         async def sampler() -> None:
+            last = (time.monotonic(), cpu_seconds(server.pid), cpu_seconds(azurite_pid), server.metrics())
             while time.monotonic() < until:
                 await asyncio.sleep(args.every)
-                s = {"t": time.monotonic() - t0, "rss_mb": rss_bytes(server.pid) / 2**20,
-                     "fds": float(open_fds(server.pid)), "loaded": LOADED["on"]}
+                now = (time.monotonic(), cpu_seconds(server.pid), cpu_seconds(azurite_pid),
+                       await asyncio.to_thread(server.metrics))
+                wall = now[0] - last[0]
+                p99, _ = latency_p99(last[3], now[3])
+                s = {"t": now[0] - t0, "rss_mb": rss_bytes(server.pid) / 2**20, "fds": float(open_fds(server.pid)),
+                     "loaded": LOADED["on"], "streamer_cpu": round((now[1] - last[1]) / wall, 3),
+                     "azurite_cpu": round((now[2] - last[2]) / wall, 3),
+                     "pending_chunks": now[3].get("acs_streamer_pending_chunks", 0.0),
+                     "chunk_latency_p99_le_seconds": p99}
+                last = now
                 samples.append(s)
-                print(f"  t={s['t']:6.0f}s  rss={s['rss_mb']:7.1f} MB  fds={s['fds']:.0f}", flush=True)
+                print(f"  t={s['t']:6.0f}s  rss={s['rss_mb']:7.1f} MB  fds={s['fds']:.0f}  "
+                      f"cpu streamer {s['streamer_cpu']:.0%} azurite {s['azurite_cpu']:.0%}  "
+                      f"pending {s['pending_chunks']:.0f}  p99<={p99}", flush=True)
 
-        async def run() -> int:
+        async def run() -> tuple[int, int]:
             sampling = asyncio.create_task(sampler())
-            n = await churn(stack, server, calls=args.calls, call_seconds=args.call_seconds, until=until)
+            n = await churn(stack, server, calls=args.calls, call_seconds=args.call_seconds, until=until,
+                            container=container)
             await sampling
             return n
 
         print(f"soak: {args.calls} concurrent calls of {args.call_seconds:.0f} s for {args.minutes:.0f} min",
               flush=True)
-        completed = asyncio.run(run())
+        completed, pruned = asyncio.run(run())
         landed = server.wait_landed()
         idle_end = rss_bytes(server.pid) / 2**20  # every call over and every chunk landed
         metrics = server.metrics()
@@ -102,6 +142,7 @@ def main() -> int:
     rss_slope = slope_per_minute([(s["t"], s["rss_mb"]) for s in steady])
     fd_slope = slope_per_minute([(s["t"], s["fds"]) for s in steady])
     result = {"calls": args.calls, "minutes": args.minutes, "calls_completed": completed, "all_landed": landed,
+              "pruned_blobs": pruned if args.prune else None,
               "rss_mb_per_min": round(rss_slope, 3), "fds_per_min": round(fd_slope, 3),
               "rss_mb_first_last": [round(steady[0]["rss_mb"], 1), round(steady[-1]["rss_mb"], 1)] if steady else [],
               "idle_rss_mb_start_end": [round(idle_start, 1), round(idle_end, 1)],

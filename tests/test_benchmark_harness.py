@@ -14,9 +14,29 @@ def test_quick_benchmark_runs_end_to_end_and_loses_nothing(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["max_rate"]["streamer"]["frames_per_cpu_second"] > 0 and r["max_rate"]["ratio"] > 0
+    assert r["max_rate"]["bare_uvicorn_defaults"]["frames"] > 0 and r["max_rate"]["ratio_to_uvicorn_defaults"] > 0
+    assert r["bare_realtime_uvicorn_defaults"]["server_cpu_us_per_frame"] > 0
     for key in ("realtime_16k_mixed", "realtime_24k_unmixed_4"):
         for step in r[key]["steps"]:
             assert step["held"] and step["frames_lost"] == 0 and step["refused"] == 0, step
             assert step["frames_received"] == step["frames_sent"]
     assert r["memory"]["bytes_per_stream"] > 0
     assert "frames per server CPU-second" in proc.stdout
+
+
+def test_short_soak_samples_streamer_and_rig_and_prunes_each_round(tmp_path):
+    out = tmp_path / "soak.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.soak", "--minutes", "0.8", "--calls", "10", "--call-seconds", "8",
+         "--every", "3", "--warmup", "3", "--max-rss-mb-per-min", "1000", "--max-fds-per-min", "1000",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["all_landed"] and r["spool_failures"] == 0 and r["bad_frames"] == 0
+    assert r["calls_completed"] >= 20  # at least two rounds, so pruning ran between them
+    # Every round's chunks (>= 1 per call) and manifests (1 per call) were deleted after they landed.
+    assert r["pruned_blobs"] >= 2 * r["calls_completed"]
+    loaded = [s for s in r["samples"] if s["loaded"]]
+    assert loaded and all(s["streamer_cpu"] > 0 for s in loaded)
+    assert any(s["azurite_cpu"] > 0 for s in loaded)
