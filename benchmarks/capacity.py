@@ -134,6 +134,9 @@ def realtime(stack: Stack, *, participants: int, rate: int, ladder: list[int], w
     steps, best = [], 0
     for calls in ladder:
         step = realtime_step(stack, server, calls, participants, rate, window, ramp)
+        if step["all_chunks_landed"]:
+            time.sleep(2.0)  # the calls' final manifest writes follow their last chunk
+            step["blobs_pruned_after"] = stack.prune(server.proc.env["RECORDINGS_CONTAINER"])
         steps.append(step)
         print(f"  {calls:5d} calls x {participants}: cpu {step['server_cpu_utilisation']:.0%}, "
               f"{step['server_cpu_us_per_frame']} us/frame, p99 <= {step['chunk_latency_p99_le_seconds']} s, "

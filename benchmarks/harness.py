@@ -97,8 +97,10 @@ class Stack:
         self.jwks = ServerThread(Starlette(routes=[Route("/calling/keys", keys)])).start()
 
     def streamer(self, **env: str) -> Server:
+        """A streamer as the container image runs it (including its allocator setting, see streamer/Dockerfile)."""
         port = free_port()
-        base = {"PORT": str(port), "AZURE_STORAGE_CONNECTION_STRING": self.azurite.connection_string,
+        base = {"MALLOC_MMAP_THRESHOLD_": "131072",
+                "PORT": str(port), "AZURE_STORAGE_CONNECTION_STRING": self.azurite.connection_string,
                 "ACS_RESOURCE_ID": AUDIENCE, "ACS_JWT_ISSUER": ISSUER,
                 "ACS_JWKS_URL": f"{self.jwks.url}/calling/keys", "RECORDINGS_CONTAINER": f"bench{uuid.uuid4().hex[:8]}",
                 "SPOOL_DIR": str(self.workdir / f"spool-{port}"), "LOG_LEVEL": "WARNING",
@@ -113,6 +115,18 @@ class Stack:
         proc = ChildProcess("benchmarks.bare_server", {}, args=args, log_path=self.workdir / f"bare-{port}.log")
         proc.start(f"http://127.0.0.1:{port}/stats")
         return Server("bare", port, proc)
+
+    def prune(self, container: str) -> int:
+        """Delete every blob in `container`; returns how many. Azurite keeps all blob metadata in one in-memory
+        database that it rewrites as a whole, so its CPU per write grows with the blob count: pruning between
+        steps keeps the rig the same for every step (Blob Storage itself does not slow down that way)."""
+        from azure.storage.blob import ContainerClient
+
+        with ContainerClient.from_connection_string(self.azurite.connection_string, container) as cc:
+            names = [b.name for b in cc.list_blobs()]
+            for name in names:
+                cc.delete_blob(name)
+        return len(names)
 
     def close(self) -> None:
         self.jwks.stop()

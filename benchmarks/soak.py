@@ -10,11 +10,9 @@ after the warm-up while a round's calls were all up (round changes and ramps wou
 if RSS grows more than `--max-rss-mb-per-min` or file descriptors more than `--max-fds-per-min`.
 
 Each sample also records the CPU share of the streamer and of Azurite, the chunks still waiting to land and the
-chunk latency p99 since the previous sample, so a slowdown can be pinned on the streamer or on the rig. Azurite
-keeps every blob's metadata in one in-memory database that it rewrites as a whole, so its cost per write grows
-with the blob count; `--prune` (the default) deletes each round's blobs once they have landed and been counted, so
-the rig stays the same for the whole run (`--no-prune` keeps them, as a long production day would in Blob Storage,
-which does not slow down with the blob count).
+chunk latency p99 since the previous sample, so a slowdown can be pinned on the streamer or on the rig. Azurite's
+cost per write grows with its blob count (see `Stack.prune`); `--prune` (the default) deletes each round's blobs
+once they have landed, so the rig stays the same for the whole run; `--no-prune` keeps them.
 """
 
 from __future__ import annotations
@@ -50,17 +48,6 @@ def _mark(which: str) -> None:
     LOADED["on"] = which == "start"
 
 
-def prune(stack: Stack, container: str) -> int:
-    """Delete every blob in the container (between rounds, after they landed); returns how many."""
-    from azure.storage.blob import ContainerClient
-
-    with ContainerClient.from_connection_string(stack.azurite.connection_string, container) as cc:
-        names = [b.name for b in cc.list_blobs()]
-        for name in names:
-            cc.delete_blob(name)
-    return len(names)
-
-
 async def churn(stack: Stack, server: Server, *, calls: int, call_seconds: float, until: float,
                 container: str | None) -> tuple[int, int]:
     """Rounds of `calls` calls (opened over 10 s, held `call_seconds`, closed) until `until` (monotonic).
@@ -72,7 +59,7 @@ async def churn(stack: Stack, server: Server, *, calls: int, call_seconds: float
         done += calls
         if container and await asyncio.to_thread(server.wait_landed, 60.0):
             await asyncio.sleep(2.0)  # the calls' final manifest writes follow their last chunk
-            pruned += await asyncio.to_thread(prune, stack, container)
+            pruned += await asyncio.to_thread(stack.prune, container)
     return done, pruned
 
 
@@ -93,9 +80,8 @@ def main() -> int:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         stack = Stack(Path(tmp))
-        # Production defaults (10-s chunks) and the allocator setting the container image uses.
-        env = {"MALLOC_MMAP_THRESHOLD_": "131072", **dict(e.split("=", 1) for e in args.env)}
-        server = stack.streamer(**env)
+        # Production defaults: 10-s chunks and the container image's allocator setting.
+        server = stack.streamer(**dict(e.split("=", 1) for e in args.env))
         container = server.proc.env["RECORDINGS_CONTAINER"] if args.prune else None
         assert stack.azurite.proc is not None
         azurite_pid = stack.azurite.proc.pid

@@ -20,6 +20,8 @@ def test_quick_benchmark_runs_end_to_end_and_loses_nothing(tmp_path):
         for step in r[key]["steps"]:
             assert step["held"] and step["frames_lost"] == 0 and step["refused"] == 0, step
             assert step["frames_received"] == step["frames_sent"]
+            # Each step's chunks and manifests (>= 2 blobs per call) are deleted before the next step.
+            assert step["blobs_pruned_after"] >= 2 * step["calls"], step
     assert r["memory"]["bytes_per_stream"] > 0
     assert "frames per server CPU-second" in proc.stdout
 
