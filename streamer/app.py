@@ -45,7 +45,7 @@ class Context:
     metrics: Metrics
     verifier: AcsJwtVerifier | None
     sessions: set[Session] = field(default_factory=set)
-    finishing: set[asyncio.Task[None]] = field(default_factory=set)
+    finishing: dict[asyncio.Task[None], Session] = field(default_factory=dict)  # closed, final manifest pending
     draining: bool = False
     ready_checked: tuple[float, bool] = (0.0, False)
 
@@ -163,8 +163,8 @@ class MediaStreamEndpoint:
         log.info("stream closed", extra={**session.fields, "closeCode": code, "clean": clean,
                                          "frames": session.timeline.stats.frames if session.timeline else 0})
         task = asyncio.create_task(session.finish(), name=f"finish-{session.id}")
-        ctx.finishing.add(task)
-        task.add_done_callback(ctx.finishing.discard)
+        ctx.finishing[task] = session
+        task.add_done_callback(lambda t: ctx.finishing.pop(t, None))
 
 
 def is_media_path(path: str) -> bool:
@@ -285,7 +285,9 @@ async def drain(ctx: Context, grace_seconds: float) -> None:
     if ctx.finishing:
         await asyncio.wait(set(ctx.finishing), timeout=max(0.0, deadline - time.monotonic()))
     left = await ctx.sink.stop_and_spool()
-    unfinished = {j.owner for j in left if isinstance(j.owner, Session)}
+    # Sessions whose final manifest write has not landed: chunks still queued, or storage refusing the manifest
+    # itself. Their parts go beside the spooled chunks for the next start to merge.
+    unfinished = {j.owner for j in left if isinstance(j.owner, Session)} | set(ctx.finishing.values())
     for t in list(ctx.finishing):
         t.cancel()
     for s in unfinished:

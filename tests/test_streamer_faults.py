@@ -10,10 +10,15 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
+from common import manifest as mf
 from devstack.azurite import Azurite
+from devstack.serve import ServerThread
+from streamer.app import create_app
+from streamer.settings import Settings
+from streamer.store import MemoryBackend, StorageUnavailable
 from tests import recording as rec
 from tests.acs_frames import at, audio, metadata, tone_pcm
-from tests.test_streamer_ws import headers
+from tests.test_streamer_ws import headers, send_all
 
 
 async def paced(url: str, hdrs: dict[str, str], frames: list[bytes], *, frame_seconds: float = 0.02,
@@ -119,3 +124,53 @@ def test_storage_down_longer_than_memory_spools_and_recovers_on_next_start(strea
         assert not (spool / "call-spool").exists(), list(Path(spool).rglob("*"))
     finally:
         az.close()
+
+
+class _ManifestOutage(MemoryBackend):
+    """Blob Storage that takes chunks but refuses manifest writes while `manifests_down` is set."""
+
+    manifests_down = False
+
+    async def create(self, name: str, data: bytes, metadata: dict[str, str], content_type: str) -> str:
+        if self.manifests_down and name.endswith("/manifest.json"):
+            raise StorageUnavailable("manifest writes refused")
+        return await super().create(name, data, metadata, content_type)
+
+    async def replace(self, name: str, data: bytes, etag: str, metadata: dict[str, str],
+                      content_type: str) -> str:
+        if self.manifests_down and name.endswith("/manifest.json"):
+            raise StorageUnavailable("manifest writes refused")
+        return await super().replace(name, data, etag, metadata, content_type)
+
+
+def test_shutdown_spools_the_manifest_part_of_a_call_whose_chunks_landed_but_manifest_did_not(tmp_path):
+    """Every chunk landed, then storage refused the final manifest write until SIGTERM: the session's part
+    (chunk entries, clean close) is spooled and merged by the next start, so the manifest loses nothing."""
+    backend = _ManifestOutage()
+    settings = Settings.from_env({"STREAMER_AUTH": "disabled", "AZURE_STORAGE_CONNECTION_STRING": "unused",
+                                  "SPOOL_DIR": str(tmp_path / "spool"), "SHUTDOWN_GRACE_SECONDS": "2"})
+    call = "call-manifest-outage"
+    frames = [audio(f, at(i), participant=None) for i, f in enumerate(tone_pcm(50))]
+
+    server = ServerThread(create_app(settings, backend)).start()
+    backend.manifests_down = True
+    asyncio.run(send_all(f"ws://127.0.0.1:{server.port}/ws/mixed", [metadata(), *frames], headers(None, call)))
+    deadline = time.monotonic() + 10
+    while not any(n.endswith(".wav") for n in backend.blobs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    chunk = next(n for n in backend.blobs if n.endswith(".wav"))
+    assert f"{call}/manifest.json" not in backend.blobs
+    server.stop()
+
+    parts = list((tmp_path / "spool" / call).glob("part.*.json"))
+    assert len(parts) == 1, "the final manifest part was not spooled"
+    backend.manifests_down = False
+    with ServerThread(create_app(settings, backend)):
+        deadline = time.monotonic() + 10
+        while f"{call}/manifest.json" not in backend.blobs and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+    manifest = mf.loads(backend.blobs[f"{call}/manifest.json"].data)
+    assert manifest["complete"] is True
+    assert [c["blob"] for s in manifest["streams"] for c in s["chunks"]] == [chunk]
+    assert not list((tmp_path / "spool").rglob("*.json"))

@@ -238,6 +238,19 @@ def test_health_readiness_and_metrics_endpoints(streamer_factory):
     assert "# TYPE acs_streamer_frames_total counter" in text and "acs_streamer_active_calls 0" in text
 
 
+def test_only_media_paths_reach_the_media_endpoint(streamer_factory, token_issuer):
+    """Media sockets bypass Starlette's router: /ws and /ws/… are media, anything else is Starlette's (no route)."""
+    s = streamer_factory()
+    base = s.ws.rsplit("/ws", 1)[0]
+    for path in ("/wsx", "/other", "/healthz"):
+        with pytest.raises(InvalidStatus) as err:
+            asyncio.run(send_all(base + path, [metadata()], headers(token_issuer.token(), "call-not-media")))
+        assert err.value.response.status_code == 403, path
+    assert s.metrics()["acs_streamer_sessions_total"] == 0
+    asyncio.run(send_all(base + "/ws/mixed", [metadata()], headers(token_issuer.token(), "call-media")))
+    assert s.metrics()["acs_streamer_sessions_total"] == 1
+
+
 def test_missing_settings_fail_fast_with_a_clear_message(tmp_path):
     from devstack.processes import ChildProcess
 
