@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -34,6 +36,19 @@ log = logging.getLogger(__name__)
 
 IDLE_SEAL_SECONDS = 1.0
 SWEEP_SECONDS = 0.25
+TRIM_SECONDS = 60.0
+
+
+def _heap_trimmer() -> Callable[[], object] | None:
+    """glibc's malloc_trim, if this is glibc: chunk buffers, WAVs and upload bodies churn through the heap, and
+    glibc keeps freed pages in the middle of it; trimming hands them back (measured: ~21 MB after three rounds of
+    300 calls), so a replica's RSS follows its load down instead of ratcheting up."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return lambda: trim(0)
 CHANNEL_HINTS = ("mixed", "unmixed")
 
 
@@ -196,9 +211,13 @@ def create_app(settings: Settings, backend: BlobBackend | None = None) -> Starle
     metrics = Metrics()
 
     async def sweeper(ctx: Context) -> None:
+        trim, trimmed_at = _heap_trimmer(), time.monotonic()
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
             now = time.monotonic()
+            if trim is not None and now - trimmed_at >= TRIM_SECONDS:
+                trim()
+                trimmed_at = now
             for s in list(ctx.sessions):
                 try:
                     s.seal_idle(IDLE_SEAL_SECONDS, now)
