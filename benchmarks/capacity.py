@@ -1,6 +1,6 @@
 """Capacity benchmark: how many calls one streamer core holds, next to a bare receive loop on the same machine.
 
-    .venv/bin/python -m benchmarks.capacity            # everything (~9 min), writes benchmarks/results/latest.json
+    .venv/bin/python -m benchmarks.capacity            # everything (~25 min), writes benchmarks/results/latest.json
     .venv/bin/python -m benchmarks.capacity --quick    # seconds; the test suite runs this to keep the harness alive
 
 Modes:

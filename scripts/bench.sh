@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Capacity benchmark (~8 min): writes benchmarks/results/latest.json and prints the table in README "Performance".
+# Capacity benchmark (~25 min): writes benchmarks/results/latest.json and prints the table in README "Performance".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
