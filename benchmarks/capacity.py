@@ -135,7 +135,6 @@ def realtime(stack: Stack, *, participants: int, rate: int, ladder: list[int], w
     for calls in ladder:
         step = realtime_step(stack, server, calls, participants, rate, window, ramp)
         if step["all_chunks_landed"]:
-            time.sleep(2.0)  # the calls' final manifest writes follow their last chunk
             step["blobs_pruned_after"] = stack.prune(server.proc.env["RECORDINGS_CONTAINER"])
         steps.append(step)
         print(f"  {calls:5d} calls x {participants}: cpu {step['server_cpu_utilisation']:.0%}, "

@@ -116,11 +116,15 @@ class Stack:
         proc.start(f"http://127.0.0.1:{port}/stats")
         return Server("bare", port, proc)
 
-    def prune(self, container: str) -> int:
-        """Delete every blob in `container`; returns how many. Azurite keeps all blob metadata in one in-memory
-        database that it rewrites as a whole, so its CPU per write grows with the blob count: pruning between
-        steps keeps the rig the same for every step (Blob Storage itself does not slow down that way)."""
+    def prune(self, container: str, *, settle: float = 2.0) -> int:
+        """Delete every blob in `container` once the calls that wrote them have landed; returns how many.
+        Azurite keeps all blob metadata in one in-memory database that it rewrites as a whole, so its CPU per
+        write grows with the blob count: pruning between steps keeps the rig the same for every step (Blob
+        Storage itself does not slow down that way). `settle`: the calls' final manifest writes follow their
+        last chunk."""
         from azure.storage.blob import ContainerClient
+
+        time.sleep(settle)
 
         with ContainerClient.from_connection_string(self.azurite.connection_string, container) as cc:
             names = [b.name for b in cc.list_blobs()]

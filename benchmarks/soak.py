@@ -58,7 +58,6 @@ async def churn(stack: Stack, server: Server, *, calls: int, call_seconds: float
                             on_window=_mark)
         done += calls
         if container and await asyncio.to_thread(server.wait_landed, 60.0):
-            await asyncio.sleep(2.0)  # the calls' final manifest writes follow their last chunk
             pruned += await asyncio.to_thread(stack.prune, container)
     return done, pruned
 
