@@ -9,7 +9,9 @@ own Python shows up apart from the server's socket and framework costs.
 from __future__ import annotations
 
 import binascii
+import tempfile
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import orjson
@@ -19,11 +21,14 @@ from devstack.simulator.frames import audio_data, audio_metadata, format_timesta
 from streamer.metrics import Metrics
 from streamer.session import Session
 from streamer.settings import Settings
+from streamer.sink import Spool
 
 N = 100_000
 
 
 class _NullSink:
+    spool = Spool(Path(tempfile.mkdtemp(prefix="frame-path-spool-")))
+
     def submit(self, job: object) -> None:
         pass
 
@@ -33,7 +38,8 @@ def main() -> None:
     ctx = SimpleNamespace(settings=settings, metrics=Metrics(), sink=_NullSink())
     session = Session(ctx, "bench-call", "corr", "mixed")  # type: ignore[arg-type]
     data = binascii.b2a_base64(bytes(range(256)) * 2 + bytes(128), newline=False).decode()
-    t0 = 1_790_000_000_000
+    t0 = int(time.time() * 1000)
+    session.adopt_clock(t0 / 1000, settings.chunk_seconds)
     frames = [audio_data(format_timestamp(t0 + 20 * i), data, False, '"participantRawID":"8:acs:x",')
               for i in range(N)]
     session.on_message(audio_metadata("sub", 16000))

@@ -23,11 +23,14 @@ DEFAULT_CONTAINER = "recordings"
 
 _PARTICIPANT_PREFIX = "p-"
 # ACS call connection ids are GUID-like; we allow a conservative superset that is safe in blob paths and URLs.
-_CALL_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# fullmatch, not `$`: `$` also matches before a trailing newline, and "abc\n" must not become a blob folder.
+_CALL_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+MAX_PARTICIPANT_ID = 256  # ACS raw ids are ~80 characters; this keeps blob names well under 1024
 
 
 def is_valid_call_id(call_id: str | None) -> bool:
-    return bool(call_id) and _CALL_ID_RE.match(call_id) is not None and ".." not in call_id
+    return (isinstance(call_id, str) and _CALL_ID_RE.fullmatch(call_id) is not None
+            and ".." not in call_id)
 
 
 def stream_id(participant_raw_id: str | None) -> str:

@@ -55,6 +55,7 @@ class DtmfEntry(TypedDict):
     tone: str
     timestamp: str | None
     participantRawId: str | None
+    receivedAt: str
 
 
 def utc_iso(ts: float) -> str:
@@ -94,12 +95,43 @@ def empty(call_id: str) -> dict[str, Any]:
 
 
 _FIRST_WINS = ("correlationId", "sampleRate", "chunkSeconds", "clockOrigin", "audioChannel")
+MAX_DTMF_PER_CALL = 5000  # backstop over every session's own cap; what is cut is counted in `dtmfDropped`
+
+
+def merge_session(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """One session's entry, merged so that it only moves forward whatever order its parts arrive in: flags only
+    turn true (`complete`, `cleanClose`), counters only grow, a value once set is kept (`endedAt`, `closeCode`,
+    `endReason`), lists keep the longer version. A stale or replayed part can therefore never reopen a session."""
+    if not old:
+        return new
+    out = dict(old)
+    for key, value in new.items():
+        if value is None:
+            continue
+        cur = out.get(key)
+        if cur is None:
+            out[key] = value
+        elif isinstance(value, bool):
+            out[key] = bool(cur) or value
+        elif isinstance(value, int) and isinstance(cur, int):
+            out[key] = max(cur, value)
+        elif isinstance(value, list) and isinstance(cur, list) and len(value) > len(cur):
+            out[key] = value
+    return out
+
+
+def has_content(session: dict[str, Any]) -> bool:
+    """A session that received audio or tones. Sessions that carried nothing do not decide completeness."""
+    return bool(session.get("frames") or session.get("dtmfTones"))
 
 
 def merge(base: dict[str, Any] | None, part: dict[str, Any]) -> dict[str, Any]:
-    """Union of `part` into `base` (neither is modified). Identity keys: session id; (stream, seq) for chunks,
-    where the higher `revision` wins (a chunk rewritten by an overlay merge supersedes the first write);
-    (stream, startTime) for gaps; (timestamp, tone, participant) for DTMF.
+    """Union of `part` into `base` (neither is modified). Identity keys: session id (merged by `merge_session`);
+    (stream, seq) for chunks, where the higher `revision` wins (a chunk whose empty slots a later part filled
+    supersedes the first write; equal revisions keep the entry already there); (stream, startTime) for gaps;
+    (timestamp, tone, participant) for DTMF.
+
+    `complete` is true when at least one session carried audio and every such session is complete.
 
     Copy-on-write: every list and stream object is rebuilt, but the entries themselves (chunks, sessions, gaps,
     tones) are shared with the inputs and treated as immutable. A streamer rewrites the manifest after every
@@ -114,7 +146,7 @@ def merge(base: dict[str, Any] | None, part: dict[str, Any]) -> dict[str, Any]:
 
     sessions = {s["id"]: s for s in out["sessions"]}
     for s in part.get("sessions", []):
-        sessions[s["id"]] = {**sessions.get(s["id"], {}), **s}
+        sessions[s["id"]] = merge_session(sessions.get(s["id"]), s)
     out["sessions"] = sorted(sessions.values(), key=lambda s: (s.get("startedAt") or "", s["id"]))
 
     streams: dict[str, dict[str, Any]] = {s["stream"]: s for s in out["streams"]}
@@ -125,7 +157,7 @@ def merge(base: dict[str, Any] | None, part: dict[str, Any]) -> dict[str, Any]:
         by_seq = {c["seq"]: c for c in target["chunks"]}
         for c in ps.get("chunks", []):
             old = by_seq.get(c["seq"])
-            if old is None or c.get("revision", 1) >= old.get("revision", 1):
+            if old is None or c.get("revision", 1) > old.get("revision", 1):
                 by_seq[c["seq"]] = c
         target["chunks"] = [by_seq[k] for k in sorted(by_seq)]
     out["streams"] = sorted(streams.values(), key=lambda s: s["stream"])
@@ -139,9 +171,14 @@ def merge(base: dict[str, Any] | None, part: dict[str, Any]) -> dict[str, Any]:
 
     dtmf = {dtmf_key(d): d for d in out["dtmf"]}
     dtmf.update({dtmf_key(d): d for d in part.get("dtmf", [])})
-    out["dtmf"] = [dtmf[k] for k in sorted(dtmf)]
+    keys = sorted(dtmf)
+    if len(keys) > MAX_DTMF_PER_CALL:
+        out["dtmfDropped"] = max(out.get("dtmfDropped") or 0, len(keys) - MAX_DTMF_PER_CALL)
+        keys = keys[:MAX_DTMF_PER_CALL]
+    out["dtmf"] = [dtmf[k] for k in keys]
 
-    out["complete"] = bool(out["sessions"]) and all(s.get("complete") for s in out["sessions"])
+    counted = [s for s in out["sessions"] if has_content(s)]
+    out["complete"] = bool(counted) and all(s.get("complete") for s in counted)
     out["updatedAt"] = now_iso()
     return out
 

@@ -107,6 +107,9 @@ def open_audio(store: RecordingStore, call_id: str, participant: str | None) -> 
             raise ApiError(404, "NoAudioYet", "the call exists but no audio has been recorded yet",
                            field="callConnectionId")
         raise not_found(call_id)
+    if not manifest.get("streams"):  # streaming has started, but no chunk has landed yet
+        raise ApiError(404, "NoAudioYet", "the call exists but no audio has been recorded yet",
+                       field="callConnectionId")
     stream = choose_stream(manifest, participant)
     try:
         wav = stitch(manifest, stream, store.read_blob)

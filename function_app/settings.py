@@ -106,7 +106,7 @@ class Settings:
         if auth not in ("enabled", "disabled"):
             raise SettingsError(f"CALLBACK_AUTH must be 'enabled' or 'disabled', got {auth!r}")
         ttl_raw = (env.get("SAS_TTL_SECONDS") or "900").strip()
-        if not ttl_raw.isdigit() or not 60 <= int(ttl_raw) <= 86400:
+        if not (ttl_raw.isascii() and ttl_raw.isdigit()) or not 60 <= int(ttl_raw) <= 86400:
             raise SettingsError(f"SAS_TTL_SECONDS must be an integer in 60..86400, got {ttl_raw!r}")
         for target in _csv(env, "ALLOWED_TARGETS"):
             if not (re.fullmatch(r"\+[0-9]{1,15}", target) or ":" in target):

@@ -96,9 +96,17 @@ def apply_event(state: dict[str, Any], event: dict[str, Any]) -> bool:
         if state["status"] != "failed":
             state["status"] = "disconnected"
     elif name in ("CreateCallFailed", "AnswerFailed"):
-        state["failures"].append(_failure(name, data, at))
-        state["status"] = "failed"
-        _earliest(state, "disconnectedAt", at)
+        if state.get("connectedAt") is not None:
+            # A call we saw connect cannot have failed to be created or answered: a replayed or forged event.
+            # Kept for the record, never applied.
+            state["rejectedEvents"] = [*state.get("rejectedEvents", []), {
+                "id": event_id, "type": name, "time": at, "reason": "the call had already connected"}][-MAX_EVENTS:]
+            log.warning("%s for %s ignored: the call had already connected", name, state["callConnectionId"],
+                        extra={"callConnectionId": state["callConnectionId"]})
+        else:
+            state["failures"].append(_failure(name, data, at))
+            state["status"] = "failed"
+            _earliest(state, "disconnectedAt", at)
     else:
         status = _STREAMING[name]
         if name == "MediaStreamingStarted":

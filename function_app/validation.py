@@ -111,7 +111,8 @@ def parse_call_id(value: str | None) -> str:
 def parse_limit(value: str | None, default: int = 20, maximum: int = 100) -> int:
     if value is None or value == "":
         return default
-    if not value.isdigit() or not 1 <= int(value) <= maximum:
+    # isascii: str.isdigit() accepts "²" and other digits int() refuses
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= maximum:
         raise bad_request("limit", f"must be an integer in 1..{maximum}")
     return int(value)
 

@@ -29,7 +29,7 @@ def error_response(err: ApiError) -> Response:
 
 async def read_body(req: Request, limit: int) -> bytes:
     declared = req.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
+    if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "PayloadTooLarge", f"body: larger than {limit} bytes", field="body")
     chunks, size = [], 0
     async for chunk in req.stream():

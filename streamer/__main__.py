@@ -12,6 +12,7 @@ import sys
 from types import FrameType
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from common.logs import setup_logging
 from streamer.app import create_app
@@ -19,6 +20,29 @@ from streamer.settings import Settings, SettingsError
 from streamer.telemetry import setup_telemetry
 
 log = logging.getLogger("streamer")
+
+HEADER_TIMEOUT_SECONDS = 5.0  # ACS sends its upgrade request at once; the ingress may bound this too
+
+
+class _HeaderTimeoutH11(H11Protocol):
+    """uvicorn waits as long as a client likes for a request's headers, so a client that connects and then
+    dribbles (or sends nothing) holds a socket indefinitely. This closes a connection whose first request line
+    and headers have not all arrived within HEADER_TIMEOUT_SECONDS. Once upgraded, the socket belongs to the
+    WebSocket protocol and the timer leaves it alone."""
+
+    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def, override]
+        super().connection_made(transport)
+        self._header_timer = self.loop.call_later(HEADER_TIMEOUT_SECONDS, self._headers_overdue)
+
+    def _headers_overdue(self) -> None:
+        transport = self.transport
+        if self.cycle is None and transport.get_protocol() is self and not transport.is_closing():
+            log.warning("closing a connection that sent no complete request in %ss", HEADER_TIMEOUT_SECONDS)
+            transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._header_timer.cancel()
+        super().connection_lost(exc)
 
 
 class _Server(uvicorn.Server):
@@ -50,7 +74,7 @@ def main() -> int:
     config = uvicorn.Config(
         # uvloop: at ACS's cadence every frame is its own socket read, wake-up and pause/resume of reading; libuv
         # does that bookkeeping in C (about 1.5x the calls per core of asyncio's selector loop; README "Performance").
-        app, host="0.0.0.0", port=settings.port, ws="websockets-sansio", loop="uvloop",
+        app, host="0.0.0.0", port=settings.port, ws="websockets-sansio", loop="uvloop", http=_HeaderTimeoutH11,
         # uvicorn's own limit drops messages still queued ahead of an oversized one; ours (MAX_FRAME_BYTES) is
         # enforced in order by the handler, so uvicorn only gets a hard backstop well above it.
         ws_max_size=max(4 * settings.max_frame_bytes, 1 << 20),

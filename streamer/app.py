@@ -27,9 +27,9 @@ from starlette.types import Receive, Scope, Send
 from common.acs_jwt import AcsJwtVerifier, AuthConfig, AuthError, bearer_token
 from common.layout import is_valid_call_id
 from streamer.metrics import Metrics
-from streamer.session import ProtocolClose, Session
+from streamer.session import DRAIN, PROTOCOL_ERROR, SERVER_ERROR, ProtocolClose, Session, replay_frames_log
 from streamer.settings import Settings
-from streamer.sink import Spool, UploadSink, recover_spool
+from streamer.sink import FramesLog, Spool, UploadSink, recover_spool
 from streamer.store import AzureBlobBackend, BlobBackend, RecordingStore
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class Context:
     verifier: AcsJwtVerifier | None
     sessions: set[Session] = field(default_factory=set)
     finishing: dict[asyncio.Task[None], Session] = field(default_factory=dict)  # closed, final manifest pending
+    background: set[asyncio.Task[None]] = field(default_factory=set)  # fire-and-forget tasks, kept referenced
     draining: bool = False
     ready_checked: tuple[float, bool] = (0.0, False)
 
@@ -90,6 +91,8 @@ class MediaStreamEndpoint:
         headers = _headers(scope)
         call_id = headers.get("x-ms-call-connection-id") or None
         correlation_id = headers.get("x-ms-call-correlation-id") or None
+        if correlation_id is not None and not is_valid_call_id(correlation_id):
+            correlation_id = None  # stored in the manifest: only a bounded, path-safe id is kept
         fields = {"callConnectionId": call_id, "correlationId": correlation_id}
         await receive()  # websocket.connect
 
@@ -115,13 +118,20 @@ class MediaStreamEndpoint:
             return
 
         session = Session(ctx, call_id, correlation_id, _channel_hint(scope))
-        if call_id is not None:
-            await session.load_clock()
+
+        def fatal(exc: ProtocolClose) -> None:  # bad input found while replaying held messages
+            log.warning("closing stream: %s", exc.reason, extra={**session.fields, "closeCode": exc.code})
+            self._end(ctx, session, exc.code, True, PROTOCOL_ERROR)
+            task = asyncio.create_task(self._close(send, exc.code, exc.reason))
+            ctx.background.add(task)
+            task.add_done_callback(ctx.background.discard)
+
+        session.on_fatal = fatal
         await send({"type": "websocket.accept"})
         ctx.sessions.add(session)
         ctx.metrics.sessions_started += 1
         ctx.metrics.active_calls += 1
-        session.start_writer()
+        session.start()
         log.info("stream connected", extra={**session.fields, "channel": session.channel})
         code, clean = 1006, False
         max_bytes = ctx.settings.max_frame_bytes
@@ -146,14 +156,16 @@ class MediaStreamEndpoint:
                     break
         except ProtocolClose as exc:
             log.warning("closing stream: %s", exc.reason, extra={**session.fields, "closeCode": exc.code})
-            self._end(ctx, session, exc.code, True)  # flush first: a peer that stops reading can block the close
+            # flush first: a peer that stops reading can block the close
+            self._end(ctx, session, exc.code, True, PROTOCOL_ERROR)
             await self._close(send, exc.code, exc.reason)
         except Exception:
             log.exception("stream handler failed; flushing what was received", extra=session.fields)
-            self._end(ctx, session, 1011, False)
+            self._end(ctx, session, 1011, False, SERVER_ERROR)
             await self._close(send, 1011, "internal error")
         finally:
-            self._end(ctx, session, code, clean)
+            # During a drain uvicorn closes the socket itself (1012): that is our restart, not the end of the stream.
+            self._end(ctx, session, code, clean and not ctx.draining, DRAIN if ctx.draining else None)
 
     @staticmethod
     async def _close(send: Send, code: int, reason: str) -> None:
@@ -161,11 +173,11 @@ class MediaStreamEndpoint:
             await asyncio.wait_for(send({"type": "websocket.close", "code": code, "reason": reason[:120]}), 5.0)
 
     @staticmethod
-    def _end(ctx: Context, session: Session, code: int, clean: bool) -> None:
+    def _end(ctx: Context, session: Session, code: int, clean: bool, reason: str | None = None) -> None:
         if session.closed:
             return
         try:
-            session.close(code, clean)
+            session.close(code, clean, reason)
         except Exception:  # never leave a session half-ended: it would hold its slot and its audio forever
             log.exception("flushing the stream failed", extra=session.fields)
         ctx.sessions.discard(session)
@@ -175,11 +187,28 @@ class MediaStreamEndpoint:
             ctx.metrics.late_frames += st.late_dropped
             ctx.metrics.duplicate_frames += st.duplicates
             ctx.metrics.gap_frames += st.gap_slots
-        log.info("stream closed", extra={**session.fields, "closeCode": code, "clean": clean,
+        log.info("stream closed", extra={**session.fields, "closeCode": session.close_code, "clean": clean,
+                                         "endReason": session.end_reason,
                                          "frames": session.timeline.stats.frames if session.timeline else 0})
         task = asyncio.create_task(session.finish(), name=f"finish-{session.id}")
         ctx.finishing[task] = session
         task.add_done_callback(lambda t: ctx.finishing.pop(t, None))
+
+
+async def replay_held_frames(ctx: Context) -> None:
+    """Sessions an earlier process held frames for (clock unknown at the time): replay each, one after another."""
+    for path in ctx.sink.spool.frames_logs():
+        try:
+            frames_log = FramesLog.open(path)
+        except (OSError, ValueError) as exc:
+            log.error("unreadable frames log left in the spool", extra={"path": str(path), "error": str(exc)})
+            continue
+        try:
+            await replay_frames_log(ctx, frames_log)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("replaying held frames failed; kept for the next start", extra={"path": str(path)})
 
 
 def is_media_path(path: str) -> bool:
@@ -246,7 +275,8 @@ def create_app(settings: Settings, backend: BlobBackend | None = None) -> Starle
         sink.start()
         stop_recovery = asyncio.Event()
         tasks = [asyncio.create_task(sweeper(ctx), name="sweeper"),
-                 asyncio.create_task(recover_spool(spool, store, metrics, stop=stop_recovery), name="recover")]
+                 asyncio.create_task(recover_spool(spool, store, metrics, stop=stop_recovery), name="recover"),
+                 asyncio.create_task(replay_held_frames(ctx), name="replay-held")]
         log.info("streamer ready", extra={"container": settings.container, "auth": settings.auth_enabled,
                                           "chunkSeconds": settings.chunk_seconds})
         try:
@@ -276,8 +306,11 @@ def create_app(settings: Settings, backend: BlobBackend | None = None) -> Starle
             except Exception:
                 ok = False
             ctx.ready_checked = (time.monotonic(), ok)
-        if not ok:
+        if not ok or not ctx.sink.healthy:
             return JSONResponse({"status": "storage unreachable"}, status_code=503)
+        if ctx.sink.stuck():  # chunks are not landing (whatever the reason): send new calls elsewhere
+            return JSONResponse({"status": "uploads stuck", "oldestChunkWaitSeconds": round(ctx.sink.oldest_wait())},
+                                status_code=503)
         return JSONResponse({"status": "ready", "activeCalls": len(ctx.sessions)})
 
     async def metrics_route(_request: Request) -> PlainTextResponse:
@@ -298,7 +331,8 @@ async def drain(ctx: Context, grace_seconds: float) -> None:
     ctx.draining = True
     deadline = time.monotonic() + grace_seconds
     for s in list(ctx.sessions):
-        MediaStreamEndpoint._end(ctx, s, 1001, True)
+        # Not a clean end: ACS is told to go elsewhere (1012) and may continue the call on another replica.
+        MediaStreamEndpoint._end(ctx, s, 1012, False, DRAIN)
     remaining = max(0.0, deadline - time.monotonic())
     await ctx.sink.wait_idle(remaining * 0.8)
     if ctx.finishing:

@@ -28,6 +28,12 @@ _HELP = {
     "late_frames": ("acs_streamer_late_frames_total", "counter", "Frames dropped as too late"),
     "duplicate_frames": ("acs_streamer_duplicate_frames_total", "counter", "Frames dropped as duplicates"),
     "gap_frames": ("acs_streamer_gap_frames_total", "counter", "Missing frames filled with silence"),
+    "slot_conflicts": ("acs_streamer_slot_conflicts_total", "counter",
+                       "Frame slots a later write also held with other audio: the stored audio was kept"),
+    "chunks_quarantined": ("acs_streamer_chunks_quarantined_total", "counter",
+                           "Chunks that can never land as they are (kept in the spool's _quarantine folder)"),
+    "sessions_without_audio": ("acs_streamer_sessions_without_audio_total", "counter",
+                               "Sessions that ended without audio or tones (nothing recorded for them)"),
 }
 
 
@@ -79,6 +85,9 @@ class Metrics:
     late_frames: int = 0
     duplicate_frames: int = 0
     gap_frames: int = 0
+    slot_conflicts: int = 0
+    chunks_quarantined: int = 0
+    sessions_without_audio: int = 0
     bad_frames: Counter[str] = field(default_factory=Counter)
     refusals: Counter[str] = field(default_factory=Counter)
     chunk_latency: Histogram = field(default_factory=Histogram)

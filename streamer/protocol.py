@@ -14,6 +14,8 @@ from typing import Any
 import orjson
 import pybase64
 
+from common.layout import MAX_PARTICIPANT_ID
+
 AUDIO_DATA = "AudioData"
 AUDIO_METADATA = "AudioMetadata"
 DTMF_DATA = "DtmfData"
@@ -118,18 +120,29 @@ def audio_data(msg: dict[str, Any]) -> tuple[bytes, str | None, str | None, bool
     if not ((ts is None or type(ts) is str) and (participant is None or type(participant) is str)
             and type(silent) is bool):
         raise FrameError("wrong_type", "audioData.timestamp/participantRawID must be strings, silent a boolean")
+    if participant is not None and len(participant) > MAX_PARTICIPANT_ID:
+        raise FrameError("bad_participant", f"participantRawID longer than {MAX_PARTICIPANT_ID} characters")
     return pcm, ts, participant or None, silent
 
 
+DTMF_TONES = frozenset("0123456789*#ABCD")
+MAX_DTMF_TONES = 16  # characters per DtmfData message (ACS sends one; a short run is tolerated)
+
+
 def dtmf_data(msg: dict[str, Any]) -> tuple[str, str | None, str | None]:
-    """-> (tone, timestamp, participantRawID)."""
+    """-> (tones, timestamp, participantRawID). Only DTMF tones are stored: anything else is a bad frame, so a
+    peer cannot park arbitrary text in the manifest."""
     dd = msg.get("dtmfData")
     if not isinstance(dd, dict) or not isinstance(dd.get("data"), str) or not dd["data"]:
         raise FrameError("wrong_type", "DtmfData without a 'dtmfData.data' string")
+    tones = dd["data"].upper()
+    if len(tones) > MAX_DTMF_TONES or not DTMF_TONES.issuperset(tones):
+        raise FrameError("bad_dtmf", f"dtmfData.data {tones[:20]!r} is not 1-{MAX_DTMF_TONES} of 0-9 * # A-D")
     ts = dd.get("timestamp")
     participant = dd.get("participantRawID")
-    return (dd["data"], ts if isinstance(ts, str) else None,
-            participant if isinstance(participant, str) and participant else None)
+    if not isinstance(participant, str) or not participant or len(participant) > MAX_PARTICIPANT_ID:
+        participant = None
+    return tones, ts if isinstance(ts, str) else None, participant
 
 
 # Timestamps outside [2000, 2100) are not a live call's: treated as unparseable, so no clock can overflow.

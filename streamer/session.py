@@ -1,26 +1,36 @@
 """One media-streaming WebSocket connection: frames in, chunks out, and this session's part of the manifest.
 
-Frame path (`on_message`): parse once → dispatch on kind → base64 into the stream's preallocated buffer at the
-slot its timestamp names. No awaits, no storage, no INFO logging per frame. Storage work happens in the sink
-(chunks) and in one coalescing manifest-writer task per session.
+A session never places audio on a clock it could not load. Until the call's clock is known, every message is kept
+as it arrived (with its arrival time) — in memory up to `PENDING_MEMORY_BYTES`, then in a frames log in the spool —
+while a loader reads the call's manifest, retrying as long as storage refuses. A call without a stored clock gets
+one by *claiming* it: the first session to create the manifest (a create-if-absent write) sets `clockOrigin`, and a
+session that loses that race adopts the stored one. Then the kept messages are replayed through the frame path
+and the session goes live. This holds whether the call id came from the upgrade header (the loader starts at
+accept, no storage round trip before it) or from AudioMetadata's `subscriptionId` (it starts with that message).
+
+Frame path (`on_message`, once live): parse once → dispatch on kind → base64 into the stream's preallocated buffer
+at the slot its timestamp names. No awaits, no storage, no INFO logging per frame. Storage work happens in the
+sink (chunks) and in one coalescing manifest-writer task per session.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from common import manifest as mf
-from common.layout import chunk_blob
+from common.layout import chunk_blob, is_valid_call_id
 from streamer import protocol as p
-from streamer.sink import ChunkJob, chunk_entry
+from streamer.sink import ChunkJob, FramesLog, chunk_entry
 from streamer.store import CachedManifest, LandedChunk
-from streamer.timeline import CallTimeline, SealedChunk
+from streamer.timeline import FUTURE_TOLERANCE, MAX_CLOCK_SKEW, CallTimeline, SealedChunk
 
 if TYPE_CHECKING:
     from streamer.app import Context
@@ -30,7 +40,20 @@ log = logging.getLogger(__name__)
 REPLICA = socket.gethostname()
 MAX_CONSECUTIVE_BAD = 100
 MANIFEST_MIN_INTERVAL = 1.0  # seconds between manifest writes of one session while it streams
+PENDING_MEMORY_BYTES = 1 << 20  # messages kept in memory while the clock is unknown; beyond, the frames log
+MAX_HELD_BYTES = 64 << 20  # frames log bound per session (minutes of audio); beyond, 1013 "try again later"
+MAX_DTMF_PER_SESSION = 1000  # tones kept per session; the rest are counted in `dtmfDropped`
 _LOG_FIRST = 5  # per session and reason; then every 1000th
+_ORIGIN_LOOKAHEAD = 25  # AudioData frames (0.5 s) a new call waits for a plausible timestamp before its clock starts
+_wall = time.time
+
+PENDING, LIVE, FAILED = 0, 1, 2
+
+# endReason values. A session is `complete` when all its chunks landed and it ended by the peer's close handshake
+# (or by our refusal of bad input): a lost connection, a drain or a hard kill may have cut audio in transit.
+PEER_CLOSED, PEER_LOST, PROTOCOL_ERROR, SERVER_ERROR, DRAIN, NEVER_CLOSED = (
+    "peer_closed", "peer_lost", "protocol_error", "server_error", "drain", "never_closed")
+_COMPLETE_REASONS = frozenset({PEER_CLOSED, PROTOCOL_ERROR})
 
 
 class ProtocolClose(Exception):
@@ -40,22 +63,31 @@ class ProtocolClose(Exception):
         self.reason = reason
 
 
+def backoff(attempt: int, base: float = 0.2, cap: float = 5.0) -> float:
+    """Full-jitter exponential backoff: spreads the retries of many sessions and workers after an outage."""
+    return random.uniform(0, min(cap, base * 2 ** min(attempt, 16)))
+
+
 class Session:
-    def __init__(self, ctx: Context, call_id: str | None, correlation_id: str | None, channel: str):
+    def __init__(self, ctx: Context, call_id: str | None, correlation_id: str | None, channel: str, *,
+                 session_id: str | None = None, started_at: str | None = None):
         self.ctx = ctx
-        self.id = uuid.uuid4().hex[:16]
+        self.id = session_id or uuid.uuid4().hex[:16]
         self.call_id = call_id
         self.correlation_id = correlation_id
         self.channel = channel  # "mixed" | "unmixed" | "auto"
         self.fmt: p.AudioFormat | None = None
         self.timeline: CallTimeline | None = None
-        self.started_at = mf.now_iso()
+        self.started_at = started_at or mf.now_iso()
         self.ended_at: str | None = None
         self.close_code: int | None = None
         self.clean_close = False
+        self.end_reason: str | None = None
         self.closed = False
         self.complete = False
-        self._stored: dict[str, Any] | None = None  # manifest at connect (clock origin of earlier sessions)
+        self.mode = PENDING
+        self._fatal: ProtocolClose | None = None
+        self._clock: tuple[float, float, int | None] | None = None  # origin, chunk seconds, stored sample rate
         self._parse_ts = p.TimestampParser()
         self._last_ts: float | None = None  # newest AudioData timestamp: the call-clock time of DTMF tones
         self._bad: Counter[str] = Counter()
@@ -63,35 +95,137 @@ class Session:
         self._chunks: dict[str, list[dict[str, Any]]] = {}
         self._participants: dict[str, str | None] = {}
         self._dtmf: list[dict[str, Any]] = []
+        self._dtmf_dropped = 0
+        self._conflicts = 0
+        self._quarantined: list[dict[str, Any]] = []
         self._pending = 0
         self._ignored = 0
         self._manifest_dirty = asyncio.Event()
         self._all_landed = asyncio.Event()
         self._all_landed.set()
         self._writer: asyncio.Task[None] | None = None
+        self._loader: asyncio.Task[None] | None = None
         self._cached: CachedManifest | None = None
+        # while PENDING: messages as received, and what the loader needs to know about them
+        self._held: list[tuple[str | bytes, float]] = []
+        self._held_bytes = 0
+        self._log: FramesLog | None = None
+        self._log_ended = False
+        self._held_fmt: p.AudioFormat | None = None
+        self._held_bad_run = 0
+        self._held_dtmf = 0
+        self._log_bytes = 0
+        self._origin: float | None = None  # where a new call's clock would start (from the first audio held)
+        self._first_arrival: float | None = None
+        self._implausible = 0
+        self._wake = asyncio.Event()  # call id known, first audio held, or socket closed
+        self._marked = False
+        self._finished = False
+        self.on_fatal: Callable[[ProtocolClose], None] | None = None  # set by the endpoint
 
     @property
     def fields(self) -> dict[str, Any]:
         return {"callConnectionId": self.call_id, "correlationId": self.correlation_id, "sessionId": self.id}
 
-    # -- lifecycle ------------------------------------------------------------------------------------------
-    async def load_clock(self, timeout: float = 3.0) -> None:
-        """Read the call's manifest, so a restarted stream continues on the same call clock and seq numbers."""
-        assert self.call_id
-        try:
-            self._cached = await asyncio.wait_for(self.ctx.store.load_manifest(self.call_id), timeout)
-            self._stored = self._cached.manifest
-        except Exception as exc:
-            log.warning("cannot read the manifest at connect; starting a fresh call clock",
-                        extra={**self.fields, "error": str(exc)[:200]})
+    @property
+    def has_content(self) -> bool:
+        return bool((self.timeline is not None and self.timeline.stats.frames) or self._dtmf)
 
-    def start_writer(self) -> None:
+    # -- lifecycle ------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the clock loader and the manifest writer (after accept: no storage round trip before it)."""
+        self._loader = asyncio.create_task(self._load(), name=f"clock-{self.id}")
         self._writer = asyncio.create_task(self._manifest_loop(), name=f"manifest-{self.id}")
 
+    async def _retry(self, what: str, op: Any) -> Any:
+        """Run a storage operation until it succeeds; the session waits (messages held) rather than guess."""
+        attempt = 0
+        while True:
+            try:
+                return await asyncio.wait_for(op(), 10.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                attempt += 1
+                if attempt <= 3 or attempt % 20 == 0:
+                    log.warning("%s failed; holding this session's audio until it succeeds", what,
+                                extra={**self.fields, "error": str(exc)[:200], "attempt": attempt})
+                self.ctx.sink.suspect_storage()
+                if self._log is None and self._held:
+                    self._spill()  # storage is down: what is held must survive a hard kill
+                await asyncio.sleep(backoff(attempt))
+
+    async def _load(self) -> None:
+        """Find the call's clock (stored, or claimed for a new call), then replay what was held and go live."""
+        while self.call_id is None:
+            if self.closed or self.mode == FAILED:
+                return
+            self._wake.clear()
+            await self._wake.wait()
+        call_id = self.call_id
+        cached: CachedManifest = await self._retry(
+            "reading the call's manifest", lambda: self.ctx.store.load_manifest(call_id))
+        stored = cached.manifest or {}
+        if not (stored.get("clockOrigin") and stored.get("chunkSeconds")):
+            while self._origin is None:  # nothing to claim a clock with yet
+                if self.closed or self.mode == FAILED:
+                    if self._first_arrival is None:
+                        self._replay_and_go_live()  # what was held is still judged (bad input counted); no audio
+                        return
+                    self._origin = self._first_arrival
+                    break
+                self._wake.clear()
+                await self._wake.wait()
+            claim = {"callConnectionId": call_id, "correlationId": self.correlation_id,
+                     "sampleRate": self._held_fmt.sample_rate if self._held_fmt else None,
+                     "chunkSeconds": self._chunk_seconds(), "clockOrigin": mf.utc_iso(self._origin),
+                     "audioChannel": self.channel}
+            cached = await self._retry("claiming the call clock",
+                                       lambda: self.ctx.store.merge_manifest(call_id, claim, cached=cached))
+            stored = cached.manifest or {}
+        self._cached = cached
+        self.adopt_clock(mf.parse_iso(stored["clockOrigin"]), float(stored["chunkSeconds"]), stored.get("sampleRate"))
+
+    def _chunk_seconds(self) -> float:
+        return self.ctx.settings.chunk_seconds
+
+    def adopt_clock(self, origin: float, chunk_seconds: float, sample_rate: int | None = None) -> None:
+        """The call clock is known: replay what was held on it and go live. (The loader's last step; in-process
+        users of the frame path, like its benchmark, call it directly.)"""
+        self._clock = (origin, chunk_seconds, sample_rate)
+        self._replay_and_go_live()
+
+    def _replay_and_go_live(self) -> None:
+        held, self._held, self._held_bytes = self._held, [], 0
+        frames_log, self._log = self._log, None
+        self.mode = LIVE
+        try:
+            if frames_log is not None:
+                for raw, arrival in frames_log.replay():
+                    self.on_message(raw, arrival)
+            for raw, arrival in held:
+                self.on_message(raw, arrival)
+        except ProtocolClose as exc:
+            self._fatal = exc
+            self.mode = FAILED
+            if self.on_fatal is not None and not self.closed:  # the socket is idle here: close it from this side
+                self.on_fatal(exc)
+        finally:
+            if frames_log is not None:
+                frames_log.remove()
+        if self.closed and self.timeline is not None:
+            self.timeline.flush()
+        self._manifest_dirty.set()
+
     # -- frame path -----------------------------------------------------------------------------------------
-    def on_message(self, raw: str | bytes) -> None:
-        """Handle one WebSocket message. Raises ProtocolClose when the socket must close."""
+    def on_message(self, raw: str | bytes, arrival: float | None = None) -> None:
+        """Handle one WebSocket message (that arrived at `arrival`, wall time; now by default). Raises ProtocolClose
+        when the socket must close."""
+        if arrival is None:
+            arrival = _wall()
+        if self.mode != LIVE:
+            self._hold(raw, arrival)
+            return
         metrics = self.ctx.metrics
         metrics.messages += 1
         try:
@@ -109,19 +243,13 @@ class Session:
                         self._bad_frame(exc)
                 if self.channel == "mixed":
                     participant = None
-                tl.add(participant, pcm, t, silent)
+                tl.add(participant, pcm, t, silent, arrival)
                 metrics.frames += 1
                 metrics.audio_bytes += len(pcm)
             elif kind == p.AUDIO_METADATA:
                 self._on_metadata(p.audio_metadata(msg, self.ctx.settings.max_frame_bytes))
             elif kind == p.DTMF_DATA:
-                tone, ts, participant = p.dtmf_data(msg)
-                if ts is None:  # ACS's DtmfData may carry only the tone: stamp it on the call clock
-                    ts = mf.utc_iso(self._last_ts if self._last_ts is not None else time.time())
-                self._dtmf.append({"tone": tone, "timestamp": ts, "participantRawId": participant,
-                                   "receivedAt": mf.now_iso()})
-                metrics.dtmf += 1
-                self._manifest_dirty.set()
+                self._on_dtmf(*p.dtmf_data(msg))
             else:
                 self._ignored += 1
                 metrics.ignored += 1
@@ -133,6 +261,117 @@ class Session:
             self._consecutive_bad += 1
             if self._consecutive_bad > MAX_CONSECUTIVE_BAD:
                 raise ProtocolClose(1007, f"{self._consecutive_bad} invalid frames in a row") from None
+
+    def _hold(self, raw: str | bytes, arrival: float) -> None:
+        """Keep a message until the clock is known. Learns the call id (from AudioMetadata) and the clock origin
+        candidate, which the loader needs; the frame path proper runs when the messages are replayed."""
+        if self.mode == FAILED:
+            assert self._fatal is not None
+            raise self._fatal
+        if not self._peek(raw, arrival):
+            return
+        if self._log is None and self.call_id is not None and not self.ctx.sink.healthy:
+            self._spill()  # storage is known to be down: what is held must survive a hard kill
+        if self._log is not None:
+            self._log_bytes += len(raw)
+            if self._log_bytes > MAX_HELD_BYTES:
+                raise ProtocolClose(1013, "storage unavailable: cannot hold more of this stream; try again later")
+            self._log.append(raw, arrival)
+            return
+        self._held.append((raw, arrival))
+        self._held_bytes += len(raw)
+        if self._held_bytes > PENDING_MEMORY_BYTES:
+            if self.call_id is None:
+                raise ProtocolClose(1008, "no usable AudioMetadata (call id) in the first messages")
+            self._spill()
+
+    def _peek(self, raw: str | bytes, arrival: float) -> bool:
+        """A first look at a message that arrived before the clock was known: what the loader needs, and the
+        checks that must close the socket now (a fatal format, a flood of garbage) rather than later. Returns
+        whether to keep it for the replay, which judges it fully; kinds we never record are counted and let go."""
+        try:
+            kind, msg = p.parse(raw)
+            self._held_bad_run = 0
+            if kind == p.AUDIO_DATA:
+                if self._held_fmt is not None and self._origin is None:
+                    self._note_audio(msg, arrival)
+            elif kind == p.AUDIO_METADATA:
+                if self._held_fmt is None:
+                    fmt = p.audio_metadata(msg, self.ctx.settings.max_frame_bytes)
+                    self._held_fmt = fmt
+                    if self.call_id is None:
+                        self.call_id = self._call_id_from(fmt)
+                        self._wake.set()
+            elif kind == p.DTMF_DATA:
+                p.dtmf_data(msg)  # a bad one is kept: the replay counts it
+                self._held_dtmf += 1
+                if self._held_dtmf > MAX_DTMF_PER_SESSION:
+                    self._dtmf_dropped += 1
+                    return False
+            else:
+                self._ignored += 1
+                self.ctx.metrics.ignored += 1
+                return False
+        except p.FrameError as exc:
+            if exc.fatal:  # the socket closes now rather than after the clock is known
+                self._bad_frame(exc)
+                raise ProtocolClose(exc.close_code, str(exc)) from None
+            self._held_bad_run += 1
+            if self._held_bad_run > MAX_CONSECUTIVE_BAD:  # the replay counts each of them
+                raise ProtocolClose(1007, f"{self._held_bad_run} invalid frames in a row") from None
+        return True
+
+    def _note_audio(self, msg: dict[str, Any], arrival: float) -> None:
+        """Find the origin a new call's clock would start at: the first timestamp the receive clock finds plausible
+        (see streamer.timeline), moved back one frame per implausible frame before it; if none of the first
+        `_ORIGIN_LOOKAHEAD` frames is plausible, the first one's arrival."""
+        assert self._held_fmt is not None
+        ad = msg.get("audioData")
+        ts = ad.get("timestamp") if isinstance(ad, dict) else None
+        t = None
+        if isinstance(ts, str):
+            try:
+                t = p.TimestampParser()(ts)
+            except p.FrameError:
+                t = None
+        if t is not None and -MAX_CLOCK_SKEW <= t - arrival <= FUTURE_TOLERANCE:
+            self._origin = t - self._implausible * self._held_fmt.frame_seconds
+            self._wake.set()
+            return
+        if self._first_arrival is None:
+            self._first_arrival = arrival
+        self._implausible += 1
+        if self._implausible >= _ORIGIN_LOOKAHEAD:
+            self._origin = self._first_arrival
+            self._wake.set()
+
+    def _spill(self) -> None:
+        """Memory bound reached while the clock is still unknown: move what is held to the spool's frames log."""
+        assert self.call_id is not None
+        try:
+            frames_log = self.ctx.sink.spool.frames_log(self.call_id, self.id, self._log_header())
+            for raw, arrival in self._held:
+                frames_log.append(raw, arrival)
+        except OSError as exc:
+            self.ctx.metrics.spool_failures += 1
+            log.critical("cannot spool held frames; keeping them in memory", extra={**self.fields,
+                                                                                    "error": str(exc)})
+            return
+        self._log = frames_log
+        self._held, self._held_bytes = [], 0
+
+    def _log_header(self) -> dict[str, Any]:
+        return {"callConnectionId": self.call_id, "sessionId": self.id, "correlationId": self.correlation_id,
+                "channel": self.channel, "startedAt": self.started_at, "replica": REPLICA}
+
+    def _call_id_from(self, fmt: p.AudioFormat) -> str:
+        if not fmt.subscription_id:
+            raise p.FrameError("no_call_id", "no x-ms-call-connection-id header and no subscriptionId",
+                               fatal=True, close_code=1008)
+        if not is_valid_call_id(fmt.subscription_id):
+            raise p.FrameError("no_call_id", "subscriptionId is not a usable call id", fatal=True,
+                               close_code=1008)
+        return fmt.subscription_id
 
     def _bad_frame(self, exc: p.FrameError) -> None:
         self.ctx.metrics.bad_frames[exc.kind] += 1
@@ -148,33 +387,40 @@ class Session:
             raise p.FrameError("format_change", "AudioMetadata changed the format mid-stream", fatal=True,
                                close_code=1003)
         if self.call_id is None:
-            if not fmt.subscription_id:
-                raise p.FrameError("no_call_id", "no x-ms-call-connection-id header and no subscriptionId",
-                                   fatal=True, close_code=1008)
-            from common.layout import is_valid_call_id
-
-            if not is_valid_call_id(fmt.subscription_id):
-                raise p.FrameError("no_call_id", "subscriptionId is not a usable call id", fatal=True,
-                                   close_code=1008)
-            self.call_id = fmt.subscription_id
+            self.call_id = self._call_id_from(fmt)
+        if self._clock is None:  # replaying a session that ended before any audio: nothing to place
+            self.fmt = fmt
+            return
+        origin, chunk_seconds, stored_rate = self._clock
+        if stored_rate not in (None, fmt.sample_rate):
+            # One call, one sample rate: a chunk of this session would have to be merged into a chunk of
+            # another rate. Refused here, where the peer can be told, rather than discovered at upload.
+            raise p.FrameError("format_change", f"this call is recorded at {stored_rate} Hz; this session "
+                               f"sends {fmt.sample_rate} Hz", fatal=True, close_code=1003)
         self.fmt = fmt
-        origin, chunk_seconds = self._clock_from_stored(fmt)
         self.timeline = CallTimeline(fmt, chunk_seconds, self._on_chunk, origin=origin)
+        self._mark_open()
         log.info("audio format", extra={**self.fields, "sampleRate": fmt.sample_rate,
                                         "frameBytes": fmt.frame_bytes, "channel": self.channel,
-                                        "continuesClock": origin is not None})
+                                        "clockOrigin": mf.utc_iso(origin)})
         self._manifest_dirty.set()
 
-    def _clock_from_stored(self, fmt: p.AudioFormat) -> tuple[float | None, float]:
-        chunk_seconds = self.ctx.settings.chunk_seconds
-        m = self._stored
-        if not m or not m.get("clockOrigin") or not m.get("chunkSeconds"):
-            return None, chunk_seconds
-        if m.get("sampleRate") not in (None, fmt.sample_rate):
-            log.warning("earlier session used another sample rate; starting a new clock",
-                        extra={**self.fields, "storedRate": m.get("sampleRate")})
-            return None, chunk_seconds
-        return mf.parse_iso(m["clockOrigin"]), float(m["chunkSeconds"])
+    def _on_dtmf(self, tone: str, ts: str | None, participant: str | None) -> None:
+        if len(self._dtmf) >= MAX_DTMF_PER_SESSION:
+            self._dtmf_dropped += 1
+            return
+        t = None
+        if ts is not None:
+            try:
+                t = self._parse_ts(ts)
+            except p.FrameError:
+                t = None
+        if t is None:  # ACS's DtmfData may carry only the tone: stamp it on the call clock
+            t = self._last_ts if self._last_ts is not None else _wall()
+        self._dtmf.append({"tone": tone, "timestamp": mf.utc_iso(t), "participantRawId": participant,
+                           "receivedAt": mf.now_iso()})
+        self.ctx.metrics.dtmf += 1
+        self._manifest_dirty.set()
 
     # -- chunks ---------------------------------------------------------------------------------------------
     def _on_chunk(self, chunk: SealedChunk) -> None:
@@ -192,6 +438,14 @@ class Session:
 
     def chunk_landed(self, job: ChunkJob, landed: LandedChunk) -> None:
         self._chunks.setdefault(job.stream, []).append(chunk_entry(job, landed))
+        self._conflicts += landed.conflicts
+        self._chunk_done()
+
+    def chunk_quarantined(self, job: ChunkJob, reason: str) -> None:
+        self._quarantined.append({"stream": job.stream, "seq": job.seq, "reason": reason[:300]})
+        self._chunk_done()
+
+    def _chunk_done(self) -> None:
         self._pending -= 1
         if self._pending == 0:
             self._all_landed.set()
@@ -205,11 +459,17 @@ class Session:
         session = {
             "id": self.id, "replica": REPLICA, "startedAt": self.started_at, "endedAt": self.ended_at,
             "complete": self.complete, "cleanClose": self.clean_close, "closeCode": self.close_code,
-            "subscriptionId": self.fmt.subscription_id if self.fmt else None,
+            "endReason": self.end_reason,
+            "subscriptionId": self.fmt.subscription_id[:128] if self.fmt and self.fmt.subscription_id else None,
             "sampleRate": self.fmt.sample_rate if self.fmt else None,
             "frames": st.frames if st else 0, "badFrames": sum(self._bad.values()), "ignoredMessages": self._ignored,
             "lateFramesPlaced": st.late_placed if st else 0, "lateFramesDropped": st.late_dropped if st else 0,
             "duplicateFrames": st.duplicates if st else 0, "gapFrames": st.gap_slots if st else 0,
+            "badTimestamps": st.bad_timestamps if st else 0, "conflictFrames": self._conflicts,
+            "dtmfTones": len(self._dtmf), "dtmfDropped": self._dtmf_dropped,
+            "cappedFrames": st.capped_frames if st else 0,
+            "cappedParticipants": list(st.capped_ids) if st else [],
+            "quarantinedChunks": list(self._quarantined),
         }
         return {
             "callConnectionId": self.call_id,
@@ -228,18 +488,23 @@ class Session:
 
     async def _manifest_loop(self) -> None:
         """One writer per session. Writes coalesce: at most one per MANIFEST_MIN_INTERVAL while streaming (the
-        chunks of four participants sealed together cost one write), immediately once the socket closed."""
-        delay = 0.2
+        chunks of four participants sealed together cost one write), immediately once the socket closed. A
+        session that carried nothing writes nothing: an empty socket neither creates nor changes a manifest."""
+        attempt = 0
         while True:
             await self._manifest_dirty.wait()
             self._manifest_dirty.clear()
-            if self.call_id is None:
+            if self.mode == PENDING or self.call_id is None:
                 continue
-            final = self.complete  # read before building the part: finish() may flip it during the write
+            final = self.complete or self._finished  # read before building the part: finish() may flip it
+            if not self.has_content:
+                if final:
+                    return
+                continue
             try:
                 self._cached = await self.ctx.store.merge_manifest(self.call_id, self.part(), cached=self._cached)
                 self.ctx.metrics.manifest_writes += 1
-                delay = 0.2
+                attempt = 0
                 if final:
                     return
                 if not self.closed:
@@ -247,49 +512,117 @@ class Session:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                attempt += 1
                 self.ctx.metrics.upload_retries += 1
                 log.warning("manifest update failed; will retry", extra={**self.fields, "error": str(exc)[:300]})
                 self._manifest_dirty.set()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(backoff(attempt))
 
     # -- end ------------------------------------------------------------------------------------------------
-    def close(self, code: int, clean: bool) -> None:
-        """Socket is gone: seal every partial chunk now (nothing received is lost), then finish in background."""
+    def close(self, code: int, clean: bool, reason: str | None = None) -> None:
+        """Socket is gone: seal every partial chunk now (nothing received is lost), then finish in background.
+        A session still waiting for its clock seals when the loader has replayed what it held."""
         if self.closed:
             return
         self.closed = True
         self.close_code = code
         self.clean_close = clean
+        self.end_reason = reason or (PEER_CLOSED if clean else PEER_LOST)
         self.ended_at = mf.now_iso()
-        if self.timeline is not None:
+        if self.mode != PENDING and self.timeline is not None:
             self.timeline.flush()
+        if self.mode == PENDING and self.call_id is not None:
+            if self._log is None and self._held and not self.ctx.sink.healthy:
+                self._spill()
+            if self._log is not None:  # so that a restart replays the session as it ended, not as never closed
+                self._end_log()
+        self._wake.set()
         self._manifest_dirty.set()
 
     async def finish(self) -> None:
-        """Wait until every chunk landed, then write the final manifest (complete if the close was clean)."""
+        """Wait for the clock and every chunk to land, then write the final manifest (complete if the session ended
+        cleanly and nothing was quarantined)."""
+        if self._loader is not None:
+            await self._loader
         await self._all_landed.wait()
-        self.complete = self.clean_close
-        if self.call_id is None:
-            if self._writer:
-                self._writer.cancel()
-            return
+        self.complete = (self.end_reason in _COMPLETE_REASONS and not self._quarantined and self.has_content)
+        if not self.has_content:
+            self.ctx.metrics.sessions_without_audio += 1
+        self._finished = True
         self._manifest_dirty.set()
         if self._writer is not None:
             await self._writer
+        self._unmark_open()
 
     def spool_part(self) -> None:
-        """Shutdown with chunks still pending: leave the manifest part beside them for the next start."""
+        """Shutdown before the final manifest write landed: leave what the next start needs in the spool — the
+        manifest part beside the spooled chunks, or, for a session still waiting for its clock, every message it
+        held (the next start replays them)."""
+        for task in (self._writer, self._loader):
+            if task is not None:
+                task.cancel()
         if self.call_id is None:
             return
-        if self._writer is not None:
-            self._writer.cancel()
+        spool = self.ctx.sink.spool
         try:
-            self.ctx.sink.spool.put_part(self.call_id, self.id, self.part())
+            if self.mode == PENDING:
+                if self._log is None:
+                    self._spill()
+                if self._log is not None:
+                    self._end_log()
+            elif self.has_content:
+                spool.put_part(self.call_id, self.id, self.part())
+                spool.unmark_open(self.call_id, self.id)
         except OSError as exc:
             self.ctx.metrics.spool_failures += 1
-            log.critical("cannot spool manifest part", extra={**self.fields, "error": str(exc)})
+            log.critical("cannot spool the session's state", extra={**self.fields, "error": str(exc)})
+
+    def _end_log(self) -> None:
+        assert self._log is not None
+        if not self._log_ended:
+            self._log.end({"closeCode": self.close_code, "cleanClose": self.clean_close,
+                           "endReason": self.end_reason, "endedAt": self.ended_at})
+            self._log_ended = True
+
+    def _mark_open(self) -> None:
+        """A marker in the spool while the session runs: after a hard kill, the next start finds it and marks the
+        session `never_closed` in the manifest, with the span its landed chunks cover."""
+        assert self.call_id is not None
+        try:
+            self.ctx.sink.spool.mark_open(self.call_id, self.id, {
+                "id": self.id, "replica": REPLICA, "startedAt": self.started_at})
+            self._marked = True
+        except OSError as exc:
+            log.warning("cannot write the open-session marker", extra={**self.fields, "error": str(exc)})
+
+    def _unmark_open(self) -> None:
+        if self._marked and self.call_id is not None:
+            self.ctx.sink.spool.unmark_open(self.call_id, self.id)
+            self._marked = False
 
     def seal_idle(self, idle_seconds: float, now: float) -> None:
-        if self.timeline is not None and not self.closed:
+        if self.timeline is not None and not self.closed and self.mode == LIVE:
             self.timeline.seal_idle(idle_seconds, now)
+
+
+async def replay_frames_log(ctx: Context, frames_log: FramesLog) -> None:
+    """A session that was still waiting for its clock when its process stopped (or died): replay what it held on
+    the call clock, as the live session would have, and close it as it ended (or as `never_closed`)."""
+    h = frames_log.header
+    session = Session(ctx, h["callConnectionId"], h.get("correlationId"), h.get("channel") or "auto",
+                      session_id=h["sessionId"], started_at=h.get("startedAt"))
+    session._log = frames_log
+    for raw, arrival in frames_log.replay():
+        session._peek(raw, arrival)
+        if session._origin is not None:
+            break
+    end = frames_log.end_record()
+    session.start()
+    if end is None:
+        session.close(1006, False, NEVER_CLOSED)
+    else:
+        session.close(end.get("closeCode") or 1006, bool(end.get("cleanClose")), end.get("endReason"))
+        session.ended_at = end.get("endedAt") or session.ended_at
+    await session.finish()
+    log.info("held frames replayed", extra={**session.fields, "frames": session.timeline.stats.frames
+                                            if session.timeline else 0})

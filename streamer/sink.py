@@ -1,21 +1,42 @@
 """Gets every sealed chunk into Blob Storage, whatever storage does meanwhile.
 
 Chunks queue in memory up to `memory_limit` bytes; beyond it they are written to the spool directory and only a
-reference stays queued. Workers upload in order and retry failures with capped exponential backoff, forever —
-audio is never dropped on a storage error. On shutdown, whatever has not landed by the deadline goes to the spool
-(with the owning session's manifest part), and the next start uploads it and merges the parts
-(`recover_spool`). If the spool itself fails, the chunk stays in memory and the failure is logged loudly and
-counted.
+reference stays queued. Once storage has failed, every chunk goes to the spool before it is retried (and new ones
+as they are sealed), so a hard kill loses at most the chunks still open in sessions.
+
+Failures are classified. A transient one (storage down, timeouts, throttling, auth not yet granted) never holds an
+upload worker: the chunk waits for its own full-jitter backoff and the worker moves on. When the failure looks like
+storage itself, workers pause behind a probe (one ping at a time, with backoff) instead of hammering it, and resume
+together when it answers. A permanent one (the stored chunk has another sample rate, storage refuses the request
+itself) is *quarantined*: kept in the spool's `_quarantine/` folder, logged at ERROR with the call id, counted in
+`acs_streamer_chunks_quarantined_total`, named in its session's manifest entry — never dropped, never retried
+forever, never in the way of other calls.
+
+On shutdown, whatever has not landed by the deadline stays in the spool (with the owning session's manifest part),
+and the next start uploads it and merges the parts (`recover_spool`). If the spool itself fails, the chunk stays in
+memory and the failure is logged loudly and counted.
+
+Spool layout (one folder per call; names hashed where a participant id would make them long):
+
+    {root}/{callId}/c.{hash}.{seq}.{rand}.wav|.json   a chunk and its sidecar
+    {root}/{callId}/part.{sessionId}.json             a session's manifest part, spooled at shutdown
+    {root}/{callId}/open.{sessionId}.json             marker of a running session (left behind by a hard kill)
+    {root}/{callId}/frames.{sessionId}.log            messages held before the call clock was known
+    {root}/_quarantine/{callId}/…                     chunks that can never land as they are
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
+import random
+import struct
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,13 +45,21 @@ import orjson
 
 from common import manifest as mf
 from streamer.metrics import Metrics
-from streamer.store import LandedChunk, RecordingStore
+from streamer.store import LandedChunk, PermanentChunkError, RecordingStore, RequestRejected
 
 log = logging.getLogger(__name__)
+
+QUARANTINE = "_quarantine"  # not a call id: those start with a letter or digit
+STUCK_SECONDS = 30.0  # a chunk waiting longer than this makes the replica not ready
+
+
+def _jitter(attempt: int, base: float = 0.2, cap: float = 5.0) -> float:
+    return random.uniform(0, min(cap, base * 2 ** min(attempt, 16)))
 
 
 class ChunkOwner(Protocol):
     def chunk_landed(self, job: ChunkJob, landed: LandedChunk) -> None: ...
+    def chunk_quarantined(self, job: ChunkJob, reason: str) -> None: ...
 
 
 @dataclass
@@ -48,6 +77,9 @@ class ChunkJob:
     wav: bytes | None = None
     spool_path: str | None = None
     owner: ChunkOwner | None = field(default=None, repr=False)
+    attempts: int = 0
+    submitted: float = field(default_factory=time.monotonic)
+    quarantined: str | None = None  # why, once the chunk is in quarantine (spool recovery keeps going past it)
 
     @property
     def size(self) -> int:
@@ -60,26 +92,115 @@ class ChunkJob:
                 "mask": self.mask.hex(), "session_id": self.session_id}
 
 
+def _write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        if sync:
+            fh.flush()
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class FramesLog:
+    """Append-only log of WebSocket messages with their arrival times, for a session whose clock is not known yet.
+
+    Records: 1-byte type (`t` text, `b` bytes, `e` end), float64 arrival, uint32 length, payload. The first record
+    is a JSON header (`h`). A log without an `e` record belongs to a process that died while the session ran."""
+
+    _REC = struct.Struct("<cdI")
+
+    def __init__(self, path: Path, header: dict[str, Any]):
+        self.path = path
+        self.header = header
+        self._fh: Any = None
+
+    @classmethod
+    def create(cls, path: Path, header: dict[str, Any]) -> FramesLog:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log_ = cls(path, header)
+        log_._fh = open(path, "wb", buffering=0)  # unbuffered: what was appended survives the process  # noqa: SIM115
+        log_._write(b"h", 0.0, orjson.dumps(header))
+        return log_
+
+    def _write(self, kind: bytes, arrival: float, payload: bytes) -> None:
+        if self._fh is None:
+            self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115
+        self._fh.write(self._REC.pack(kind, arrival, len(payload)) + payload)  # one write: no torn record
+
+    def append(self, raw: str | bytes, arrival: float) -> None:
+        if isinstance(raw, str):
+            self._write(b"t", arrival, raw.encode("utf-8", "surrogatepass"))
+        else:
+            self._write(b"b", arrival, raw)
+
+    def end(self, info: dict[str, Any]) -> None:
+        self._write(b"e", 0.0, orjson.dumps(info))
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def _records(self) -> Iterator[tuple[bytes, float, bytes]]:
+        data = self.path.read_bytes()
+        pos, n = 0, self._REC.size
+        while pos + n <= len(data):
+            kind, arrival, size = self._REC.unpack_from(data, pos)
+            payload = data[pos + n:pos + n + size]
+            if len(payload) < size:  # torn tail of a killed process
+                return
+            yield kind, arrival, payload
+            pos += n + size
+
+    def replay(self) -> Iterator[tuple[str | bytes, float]]:
+        for kind, arrival, payload in self._records():
+            if kind == b"t":
+                yield payload.decode("utf-8", "surrogatepass"), arrival
+            elif kind == b"b":
+                yield payload, arrival
+
+    def end_record(self) -> dict[str, Any] | None:
+        for kind, _, payload in self._records():
+            if kind == b"e":
+                return orjson.loads(payload)  # type: ignore[no-any-return]
+        return None
+
+    def remove(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+    @classmethod
+    def open(cls, path: Path) -> FramesLog:
+        log_ = cls(path, {})
+        for kind, _, payload in log_._records():
+            if kind == b"h":
+                log_.header = orjson.loads(payload)
+            break
+        if not log_.header.get("callConnectionId") or not log_.header.get("sessionId"):
+            raise ValueError(f"{path}: not a frames log")
+        return log_
+
+
 class Spool:
-    """Chunk WAVs + JSON sidecars, and session manifest parts, under one directory per call."""
+    """Chunk WAVs + JSON sidecars, session manifest parts, open-session markers and frames logs, one directory per
+    call; quarantined chunks apart."""
 
     def __init__(self, root: Path):
         self.root = root
 
-    def _write_atomic(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+    def _call_dir(self, call_id: str) -> Path:
+        return self.root / call_id
 
     def put_chunk(self, job: ChunkJob) -> None:
         assert job.wav is not None
-        base = str(self.root / job.call_id / f"{job.stream}.{job.seq:06d}.{uuid.uuid4().hex[:8]}")
-        self._write_atomic(Path(base + ".wav"), job.wav)
-        self._write_atomic(Path(base + ".json"), orjson.dumps(job.sidecar()))
+        # The stream id can be ~350 characters (base64 of a participant id): hashed, so names stay short.
+        tag = hashlib.sha256(job.stream.encode()).hexdigest()[:16]
+        base = str(self._call_dir(job.call_id) / f"c.{tag}.{job.seq:06d}.{uuid.uuid4().hex[:8]}")
+        _write_atomic(Path(base + ".wav"), job.wav)
+        _write_atomic(Path(base + ".json"), orjson.dumps(job.sidecar()))
         job.spool_path = base
         job.wav = None
 
@@ -94,19 +215,52 @@ class Spool:
         for suffix in (".json", ".wav"):
             Path(job.spool_path + suffix).unlink(missing_ok=True)
 
-    def put_part(self, call_id: str, session_id: str, part: dict[str, Any]) -> None:
-        self._write_atomic(self.root / call_id / f"part.{session_id}.json", orjson.dumps(part))
+    def quarantine(self, job: ChunkJob, reason: str) -> Path:
+        """Keep a chunk that can never land as it is, with why, for an operator to inspect or re-home."""
+        folder = self.root / QUARANTINE / job.call_id
+        name = f"c.{hashlib.sha256(job.stream.encode()).hexdigest()[:16]}.{job.seq:06d}.{uuid.uuid4().hex[:8]}"
+        data = job.wav if job.wav is not None else self.read_chunk(job)
+        _write_atomic(folder / f"{name}.wav", data)
+        _write_atomic(folder / f"{name}.json", orjson.dumps({**job.sidecar(), "reason": reason,
+                                                             "quarantinedAt": mf.now_iso()}))
+        if job.spool_path:
+            self.remove_chunk(job)
+        job.wav = None
+        return folder / f"{name}.wav"
 
-    def scan(self) -> dict[str, tuple[list[ChunkJob], list[Path]]]:
-        """Everything spooled, per call: (chunk jobs referencing their files, part files)."""
-        out: dict[str, tuple[list[ChunkJob], list[Path]]] = {}
+    def put_part(self, call_id: str, session_id: str, part: dict[str, Any]) -> None:
+        _write_atomic(self._call_dir(call_id) / f"part.{session_id}.json", orjson.dumps(part))
+
+    def mark_open(self, call_id: str, session_id: str, info: dict[str, Any]) -> None:
+        # No fsync: the marker has to survive the process, not the node (a node loss takes the spool with it).
+        _write_atomic(self._call_dir(call_id) / f"open.{session_id}.json", orjson.dumps(info), sync=False)
+
+    def unmark_open(self, call_id: str, session_id: str) -> None:
+        (self._call_dir(call_id) / f"open.{session_id}.json").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self._call_dir(call_id).rmdir()
+
+    def frames_log(self, call_id: str, session_id: str, header: dict[str, Any]) -> FramesLog:
+        return FramesLog.create(self._call_dir(call_id) / f"frames.{session_id}.log", header)
+
+    def frames_logs(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.glob("*/frames.*.log") if p.parent.name != QUARANTINE)
+
+    def scan(self) -> dict[str, tuple[list[ChunkJob], list[Path], list[Path]]]:
+        """Everything spooled, per call: (chunk jobs referencing their files, part files, open markers)."""
+        out: dict[str, tuple[list[ChunkJob], list[Path], list[Path]]] = {}
         if not self.root.is_dir():
             return out
-        for call_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            jobs, parts = [], []
+        for call_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and p.name != QUARANTINE):
+            jobs, parts, markers = [], [], []
             for side in sorted(call_dir.glob("*.json")):
                 if side.name.startswith("part."):
                     parts.append(side)
+                    continue
+                if side.name.startswith("open."):
+                    markers.append(side)
                     continue
                 base = str(side)[: -len(".json")]
                 if not Path(base + ".wav").exists():
@@ -115,7 +269,8 @@ class Spool:
                 d = orjson.loads(side.read_bytes())
                 d["mask"] = bytes.fromhex(d["mask"])
                 jobs.append(ChunkJob(**d, spool_path=base))
-            out[call_dir.name] = (jobs, parts)
+            if jobs or parts or markers:
+                out[call_dir.name] = (jobs, parts, markers)
         return out
 
 
@@ -129,26 +284,32 @@ class UploadSink:
         self._queue: asyncio.Queue[ChunkJob] = asyncio.Queue()
         self._workers_n = workers
         self._workers: list[asyncio.Task[None]] = []
-        self._inflight: set[int] = set()
-        self._jobs_inflight: dict[int, ChunkJob] = {}
+        self._outstanding: dict[int, ChunkJob] = {}  # every job not yet landed or quarantined
+        self._delayed: dict[int, asyncio.TimerHandle] = {}  # jobs waiting out their backoff
         self._max_backoff = max_backoff
         self._idle = asyncio.Event()
         self._idle.set()
+        self._storage_up = asyncio.Event()
+        self._storage_up.set()
+        self._probe: asyncio.Task[None] | None = None
         self.healthy = True
 
     # -- intake ---------------------------------------------------------------------------------------------
     def submit(self, job: ChunkJob) -> None:
-        """Never blocks and never raises: memory if it fits, else the spool, else memory anyway (loudly)."""
+        """Never blocks and never raises: memory if it fits and storage is up, else the spool, else memory anyway
+        (loudly)."""
         self.metrics.pending_chunks += 1
-        if self.metrics.pending_upload_bytes + job.size > self.memory_limit:
-            self._spool(job)
         self.metrics.pending_upload_bytes += job.size
+        if not self.healthy or self.metrics.pending_upload_bytes > self.memory_limit:
+            self._spool(job)
+        self._outstanding[id(job)] = job
         self._idle.clear()
         self._queue.put_nowait(job)
 
     def _spool(self, job: ChunkJob) -> bool:
         if job.wav is None:
             return True
+        size = job.size
         try:
             self.spool.put_chunk(job)
         except Exception as exc:
@@ -156,8 +317,19 @@ class UploadSink:
             log.critical("cannot spool chunk; keeping it in memory — audio at risk if the process dies",
                          extra={"callConnectionId": job.call_id, "blob": job.blob, "error": str(exc)})
             return False
+        self.metrics.pending_upload_bytes -= size
         self.metrics.chunks_spooled += 1
         return True
+
+    # -- readiness ------------------------------------------------------------------------------------------
+    def oldest_wait(self) -> float:
+        """Seconds the longest-waiting chunk has been waiting to land (0 when none is)."""
+        if not self._outstanding:
+            return 0.0
+        return time.monotonic() - min(j.submitted for j in self._outstanding.values())
+
+    def stuck(self) -> bool:
+        return self.oldest_wait() > STUCK_SECONDS
 
     # -- workers --------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -166,42 +338,115 @@ class UploadSink:
     async def _work(self) -> None:
         while True:
             job = await self._queue.get()
-            self._jobs_inflight[id(job)] = job
-            await self._upload(job)  # on cancellation the job stays in _jobs_inflight, to be spooled
-            del self._jobs_inflight[id(job)]
-            self._queue.task_done()
-            if self._queue.empty() and not self._jobs_inflight:
-                self._idle.set()
+            if not self._storage_up.is_set():
+                await self._storage_up.wait()  # cancelled here, the job is still outstanding: spooled at stop
+            await self._attempt(job)
 
-    async def _upload(self, job: ChunkJob) -> None:
-        delay = 0.2
+    async def _attempt(self, job: ChunkJob) -> None:
+        try:
+            data = job.wav if job.wav is not None else self.spool.read_chunk(job)
+            landed = await self.store.put_chunk(job.blob, data, job.mask, job.frame_bytes)
+        except asyncio.CancelledError:
+            raise
+        except (PermanentChunkError, RequestRejected) as exc:
+            self._quarantine(job, str(exc))
+            return
+        except OSError as exc:  # the spooled file cannot be read back: nothing left to upload
+            self._quarantine(job, f"spooled chunk unreadable: {exc}")
+            return
+        except Exception as exc:  # storage down, auth, timeouts, throttling: retried — audio is never dropped
+            self._retry_later(job, exc)
+            return
+        self._landed(job, landed)
+
+    def _retry_later(self, job: ChunkJob, exc: Exception) -> None:
+        job.attempts += 1
+        self.metrics.upload_retries += 1
+        delay = _jitter(job.attempts, cap=self._max_backoff)
+        if job.attempts <= 3 or job.attempts % 20 == 0:
+            log.warning("chunk upload failed; will retry", extra={
+                "callConnectionId": job.call_id, "blob": job.blob, "error": str(exc)[:300],
+                "attempt": job.attempts, "retryInSeconds": round(delay, 2)})
+        self._spool(job)  # before the next retry: a hard kill from here on loses nothing of it
+        self._delayed[id(job)] = asyncio.get_running_loop().call_later(delay, self._requeue, job)
+        self.suspect_storage()
+
+    def _requeue(self, job: ChunkJob) -> None:
+        self._delayed.pop(id(job), None)
+        if id(job) in self._outstanding:
+            self._queue.put_nowait(job)
+
+    def suspect_storage(self) -> None:
+        """A storage call failed: pause uploads behind one probe until storage answers (immediately, when the
+        failure was not storage being down)."""
+        if self._probe is None or self._probe.done():
+            self._storage_up.clear()
+            self._probe = asyncio.create_task(self._probe_storage(), name="storage-probe")
+
+    async def _probe_storage(self) -> None:
+        """One ping at a time until storage answers; then every waiting chunk is retried at once."""
+        attempt = 0
         while True:
             try:
-                data = job.wav if job.wav is not None else self.spool.read_chunk(job)
-                landed = await self.store.put_chunk(job.blob, data, job.mask, job.frame_bytes)
+                await asyncio.wait_for(self.store.backend.ping(), 5.0)
                 break
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # storage down, auth, timeouts: all retried — audio is never dropped
-                self.healthy = False
-                self.metrics.upload_retries += 1
-                log.warning("chunk upload failed; will retry", extra={
-                    "callConnectionId": job.call_id, "blob": job.blob, "error": str(exc)[:300],
-                    "retryInSeconds": delay})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._max_backoff)
+            except Exception:
+                if self.healthy:  # storage is down: whatever waits in memory goes to disk now
+                    self.healthy = False
+                    self._spool_outstanding()
+                attempt += 1
+                await asyncio.sleep(_jitter(attempt, cap=self._max_backoff))
+        if not self.healthy:
+            log.info("storage answers again; retrying waiting chunks", extra={"chunks": len(self._delayed)})
         self.healthy = True
+        if attempt:  # storage was down: do not make chunks that waited it out wait their backoff too
+            for key, handle in list(self._delayed.items()):
+                handle.cancel()
+                self._delayed.pop(key, None)
+                job = self._outstanding.get(key)
+                if job is not None:
+                    self._queue.put_nowait(job)
+        self._storage_up.set()
+
+    def _spool_outstanding(self) -> None:
+        spooled = sum(1 for job in list(self._outstanding.values()) if job.wav is not None and self._spool(job))
+        if spooled:
+            log.warning("storage is down; chunks waiting in memory were spooled", extra={"chunks": spooled})
+
+    def _done(self, job: ChunkJob) -> None:
+        self._outstanding.pop(id(job), None)
+        self.metrics.pending_upload_bytes -= job.size
+        self.metrics.pending_chunks -= 1
+        if not self._outstanding:
+            self._idle.set()
+
+    def _landed(self, job: ChunkJob, landed: LandedChunk) -> None:
         if job.last_arrival:
             self.metrics.chunk_latency.observe(time.monotonic() - job.last_arrival)
         self.metrics.chunks_uploaded += 1
-        if landed.revision > 1:
+        if landed.revision > 1 and landed.filled:
             self.metrics.chunks_merged += 1
-        self.metrics.pending_upload_bytes -= job.size
-        self.metrics.pending_chunks -= 1
+        self.metrics.slot_conflicts += landed.conflicts
+        self._done(job)
         if job.spool_path:
             self.spool.remove_chunk(job)
         if job.owner is not None:
             job.owner.chunk_landed(job, landed)
+
+    def _quarantine(self, job: ChunkJob, reason: str) -> None:
+        self._done(job)
+        self.metrics.chunks_quarantined += 1
+        try:
+            where: Path | str = self.spool.quarantine(job, reason)
+        except OSError as exc:
+            self.metrics.spool_failures += 1
+            where = f"not kept: {exc}"
+        log.error("chunk quarantined: it can never land as it is; kept for an operator", extra={
+            "callConnectionId": job.call_id, "blob": job.blob, "reason": reason[:300], "kept": str(where)})
+        if job.owner is not None:
+            job.owner.chunk_quarantined(job, reason)
 
     # -- shutdown -------------------------------------------------------------------------------------------
     async def wait_idle(self, timeout: float) -> bool:
@@ -215,10 +460,15 @@ class UploadSink:
         """Cancel the workers and move every chunk that has not landed to the spool. Returns those jobs."""
         for t in self._workers:
             t.cancel()
+        if self._probe is not None:
+            self._probe.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
-        left = list(self._jobs_inflight.values())
+        for handle in self._delayed.values():
+            handle.cancel()
+        self._delayed.clear()
         while not self._queue.empty():
-            left.append(self._queue.get_nowait())
+            self._queue.get_nowait()
+        left = list(self._outstanding.values())
         for job in left:
             self._spool(job)
         return left
@@ -226,48 +476,104 @@ class UploadSink:
 
 async def recover_spool(spool: Spool, store: RecordingStore, metrics: Metrics, *, retry_seconds: float = 5.0,
                         stop: asyncio.Event | None = None) -> int:
-    """Upload what a previous process spooled and merge its manifest parts. Retries until done or `stop`."""
+    """Upload what a previous process spooled and merge its manifest parts; sessions it left open (a marker and
+    no part) are marked `never_closed` with the span their chunks cover. Retries until done or `stop`."""
     recovered = 0
     pending = spool.scan()
+    attempt = 0
     while pending:
-        for call_id, (jobs, parts) in list(pending.items()):
+        for call_id, (jobs, parts, markers) in list(pending.items()):
             try:
-                landed_entries: dict[str, list[dict[str, Any]]] = {}
-                participants: dict[str, str | None] = {}
-                for job in jobs:
-                    landed = await store.put_chunk(job.blob, spool.read_chunk(job), job.mask, job.frame_bytes)
-                    entry = chunk_entry(job, landed)
-                    landed_entries.setdefault(job.stream, []).append(entry)
-                    participants[job.stream] = job.participant
-                part: dict[str, Any] = {"callConnectionId": call_id, "streams": [
-                    {"stream": s, "participantRawId": participants[s], "chunks": e}
-                    for s, e in landed_entries.items()]}
-                merged = mf.merge(None, part)
-                for p in parts:
-                    saved = orjson.loads(p.read_bytes())
-                    for sess in saved.get("sessions", []):
-                        # Every chunk of the session has now landed: it is complete if it closed cleanly.
-                        sess["complete"] = bool(sess.get("cleanClose"))
-                    merged = mf.merge(merged, saved)
-                await store.merge_manifest(call_id, merged)
-                metrics.manifest_writes += 1
-                for job in jobs:
-                    spool.remove_chunk(job)
-                for p in parts:
-                    p.unlink(missing_ok=True)
-                recovered += len(jobs)
+                recovered += await _recover_call(spool, store, metrics, call_id, jobs, parts, markers)
                 del pending[call_id]
-                with contextlib.suppress(OSError):
-                    (spool.root / call_id).rmdir()
-                log.info("spool recovered", extra={"callConnectionId": call_id, "chunks": len(jobs)})
             except Exception as exc:
                 log.warning("spool recovery failed; will retry",
                             extra={"callConnectionId": call_id, "error": str(exc)[:300]})
         if pending:
             if stop is not None and stop.is_set():
                 break
-            await asyncio.sleep(retry_seconds)
+            attempt += 1
+            await asyncio.sleep(min(retry_seconds, _jitter(attempt, cap=retry_seconds) + 0.5))
     return recovered
+
+
+async def _recover_call(spool: Spool, store: RecordingStore, metrics: Metrics, call_id: str, jobs: list[ChunkJob],
+                        parts: list[Path], markers: list[Path]) -> int:
+    landed_entries: dict[str, list[dict[str, Any]]] = {}
+    participants: dict[str, str | None] = {}
+    quarantined: dict[str, list[dict[str, Any]]] = {}
+    done: list[ChunkJob] = []
+    for job in jobs:
+        if job.quarantined is None:
+            try:
+                landed = await store.put_chunk(job.blob, spool.read_chunk(job), job.mask, job.frame_bytes)
+            except (PermanentChunkError, RequestRejected) as exc:
+                job.quarantined = str(exc)[:300]
+                metrics.chunks_quarantined += 1
+                spool.quarantine(job, job.quarantined)
+                log.error("chunk quarantined: it can never land as it is; kept for an operator",
+                          extra={"callConnectionId": call_id, "blob": job.blob, "reason": job.quarantined})
+        if job.quarantined is not None:
+            quarantined.setdefault(job.session_id, []).append(
+                {"stream": job.stream, "seq": job.seq, "reason": job.quarantined})
+            continue
+        metrics.slot_conflicts += landed.conflicts
+        landed_entries.setdefault(job.stream, []).append(chunk_entry(job, landed))
+        participants[job.stream] = job.participant
+        done.append(job)
+    part: dict[str, Any] = {"callConnectionId": call_id, "streams": [
+        {"stream": s, "participantRawId": participants[s], "chunks": e} for s, e in landed_entries.items()],
+        "sessions": [{"id": sid, "quarantinedChunks": q} for sid, q in quarantined.items()]}
+    merged = mf.merge(None, part)
+    spooled_sessions = set()
+    for p in parts:
+        saved = orjson.loads(p.read_bytes())
+        for sess in saved.get("sessions", []):
+            # Every chunk of the session has now landed (or is quarantined): it is complete if it ended well.
+            spooled_sessions.add(sess["id"])
+            reason = sess.get("endReason") or ("peer_closed" if sess.get("cleanClose") else "peer_lost")
+            sess["complete"] = (reason in ("peer_closed", "protocol_error") and not sess.get("quarantinedChunks")
+                                and sess["id"] not in quarantined)
+        merged = mf.merge(merged, saved)
+    never_closed = []
+    for marker in markers:
+        info = orjson.loads(marker.read_bytes())
+        if info.get("id") and info["id"] not in spooled_sessions:
+            never_closed.append(info["id"])
+            merged = mf.merge(merged, {"callConnectionId": call_id, "sessions": [
+                {**info, "endReason": "never_closed", "complete": False}]})
+    written = await store.merge_manifest(call_id, merged)
+    if never_closed and written.manifest is not None:
+        spans = _session_spans(written.manifest, set(never_closed))
+        if spans:
+            await store.merge_manifest(call_id, {"callConnectionId": call_id, "sessions": [
+                {"id": sid, "coveredFrom": a, "coveredUntil": b} for sid, (a, b) in spans.items()]},
+                cached=written)
+        log.warning("sessions of a process that died were marked never_closed",
+                    extra={"callConnectionId": call_id, "sessions": never_closed})
+    metrics.manifest_writes += 1
+    for job in done:
+        spool.remove_chunk(job)
+    for p in [*parts, *markers]:
+        p.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        (spool.root / call_id).rmdir()
+    log.info("spool recovered", extra={"callConnectionId": call_id, "chunks": len(done)})
+    return len(done)
+
+
+def _session_spans(manifest: dict[str, Any], ids: set[str]) -> dict[str, tuple[str, str]]:
+    """(first sample, last sample) on the call clock of each session's landed chunks, as ISO-8601."""
+    spans: dict[str, tuple[float, float]] = {}
+    for s in manifest.get("streams", []):
+        for c in s.get("chunks", []):
+            sid = c.get("sessionId")
+            if sid in ids:
+                a = mf.parse_iso(c["startTime"])
+                b = a + c.get("durationMs", 0) / 1000
+                lo, hi = spans.get(sid, (a, b))
+                spans[sid] = (min(lo, a), max(hi, b))
+    return {sid: (mf.utc_iso(a), mf.utc_iso(b)) for sid, (a, b) in spans.items()}
 
 
 def chunk_entry(job: ChunkJob, landed: LandedChunk) -> dict[str, Any]:

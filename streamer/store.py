@@ -2,18 +2,22 @@
 
 Two implementations: `AzureBlobBackend` (async azure-storage-blob; managed identity in Azure, connection string
 locally) and `MemoryBackend` (unit tests). On top of the interface, `RecordingStore` implements the two writes
-the streamer makes: a chunk (never overwritten — a second write of the same chunk is merged by overlay) and a
-manifest part (merged into the stored manifest with ETag-conditional writes, so no update is lost).
+the streamer makes: a chunk (never overwritten — a second write of the same chunk fills only the slots the stored
+chunk has no frame in, by the occupancy kept in its metadata) and a manifest part (merged into the stored manifest
+with ETag-conditional writes, so no update is lost).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import itertools
 import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import numpy as np
 
 from common import manifest as mf
 from common.layout import manifest_blob
@@ -32,6 +36,14 @@ class PreconditionFailed(Exception):
 
 class StorageUnavailable(Exception):
     """Transient or unknown failure: retry later. Never a reason to drop audio."""
+
+
+class RequestRejected(Exception):
+    """Storage refused the request itself (400, 411, 413, 414, 431): sending it again cannot succeed. Throttling,
+    auth (a role assignment may still be propagating) and server errors are not this: they are retried."""
+
+
+_REJECTED = frozenset({400, 411, 413, 414, 431})
 
 
 @dataclass(frozen=True)
@@ -127,6 +139,9 @@ class AzureBlobBackend:
             isinstance(exc, HttpResponseError) and exc.status_code == 412
         ):
             return PreconditionFailed(str(exc))
+        if isinstance(exc, HttpResponseError) and exc.status_code in _REJECTED:
+            return RequestRejected(f"storage refused the request ({exc.status_code}): "
+                                   f"{str(exc).splitlines()[0][:200]}")
         return StorageUnavailable(f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200]}")
 
     async def ensure_container(self) -> None:
@@ -204,6 +219,32 @@ class LandedChunk:
     sha256: str
     bytes: int
     duration_ms: int
+    filled: int = 0  # slots this write added to the stored chunk (all of its slots when it created the blob)
+    conflicts: int = 0  # slots this write also had, with other audio: the stored audio was kept
+
+
+class PermanentChunkError(Exception):
+    """A chunk that can never land as it is (its format differs from the stored chunk's, the stored chunk is
+    unreadable, storage refuses the request itself): retrying would block an upload worker forever."""
+
+
+def occupancy(mask: bytes | np.ndarray) -> str:
+    """A chunk's occupied slots (1 = a frame was received there, silent or not) for its blob metadata."""
+    bits = np.frombuffer(mask, dtype=np.uint8) if isinstance(mask, bytes) else mask.astype(np.uint8)
+    return base64.b64encode(np.packbits(bits != 0).tobytes()).decode("ascii")
+
+
+def read_occupancy(meta: dict[str, str], pcm_bytes: int, frame_bytes: int) -> np.ndarray:
+    """Occupied slots of a stored chunk. A chunk written before occupancy was recorded counts as occupied up to
+    its length: silence and "no frame" are both zeros there, so none of it may be replaced."""
+    slots = -(-pcm_bytes // frame_bytes)
+    raw = meta.get("slots")
+    if raw is None:
+        return np.ones(slots, dtype=bool)
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(raw), dtype=np.uint8)).astype(bool)
+    out = np.zeros(max(slots, len(bits)), dtype=bool)
+    out[: len(bits)] = bits
+    return out
 
 
 class RecordingStore:
@@ -213,36 +254,53 @@ class RecordingStore:
         self.backend = backend
 
     async def put_chunk(self, name: str, wav_bytes: bytes, mask: bytes, frame_bytes: int) -> LandedChunk:
+        """Store one chunk part. Audio once stored is the truth: a part for a chunk that exists fills only the
+        slots the stored chunk has no frame in, and slots both hold are kept as stored (counted as conflicts
+        when the audio differs; an identical replay is not a conflict)."""
         sha = hashlib.sha256(wav_bytes).hexdigest()
+        new_occ = np.frombuffer(mask, dtype=np.uint8) != 0
+        meta = {"revision": "1", "sha256": sha, "slots": occupancy(new_occ)}
         try:
-            await self.backend.create(name, wav_bytes, {"revision": "1", "sha256": sha}, "audio/wav")
-            return LandedChunk(1, sha, len(wav_bytes), self._duration_ms(wav_bytes))
+            await self.backend.create(name, wav_bytes, meta, "audio/wav")
+            return LandedChunk(1, sha, len(wav_bytes), self._duration_ms(wav_bytes), int(new_occ.sum()))
         except AlreadyExists:
             pass
         # Same chunk written before (early seal, previous streaming session, or a retried upload whose reply
-        # was lost): merge, never overwrite.
+        # was lost): fill what is empty, never overwrite.
         rate, new_pcm = wav.decode(wav_bytes)
         while True:
             cur = await self.backend.get(name)
             if cur is None:  # deleted under us; create again
                 try:
-                    await self.backend.create(name, wav_bytes, {"revision": "1", "sha256": sha}, "audio/wav")
-                    return LandedChunk(1, sha, len(wav_bytes), self._duration_ms(wav_bytes))
+                    await self.backend.create(name, wav_bytes, meta, "audio/wav")
+                    return LandedChunk(1, sha, len(wav_bytes), self._duration_ms(wav_bytes), int(new_occ.sum()))
                 except AlreadyExists:
                     continue
-            cur_rate, cur_pcm = wav.decode(cur.data)
+            try:
+                cur_rate, cur_pcm = wav.decode(cur.data)
+            except ValueError as exc:
+                raise PermanentChunkError(f"{name}: stored chunk is unreadable ({exc})") from None
             if cur_rate != rate:
-                raise StorageUnavailable(f"{name}: stored chunk is {cur_rate} Hz, new part {rate} Hz")
-            merged = wav.encode(wav.overlay(cur_pcm, new_pcm, mask, frame_bytes), rate)
-            revision = int(cur.metadata.get("revision", "1")) + 1
+                raise PermanentChunkError(f"{name}: stored chunk is {cur_rate} Hz, this part {rate} Hz")
+            cur_occ = read_occupancy(cur.metadata, len(cur_pcm), frame_bytes)
+            merged_pcm, merged_occ, filled, conflicts = wav.fill_empty(cur_pcm, cur_occ, new_pcm, new_occ,
+                                                                        frame_bytes)
+            revision = int(cur.metadata.get("revision", "1"))
+            if conflicts:
+                log.warning("chunk part conflicts with stored audio; stored audio kept",
+                            extra={"blob": name, "conflictSlots": conflicts})
+            if not filled:  # nothing new: the stored chunk stands as it is
+                return LandedChunk(revision, cur.metadata.get("sha256") or hashlib.sha256(cur.data).hexdigest(),
+                                   len(cur.data), self._duration_ms(cur.data), 0, conflicts)
+            merged = wav.encode(merged_pcm, rate)
             msha = hashlib.sha256(merged).hexdigest()
             try:
-                await self.backend.replace(name, merged, cur.etag, {"revision": str(revision), "sha256": msha},
-                                           "audio/wav")
+                await self.backend.replace(name, merged, cur.etag, {
+                    "revision": str(revision + 1), "sha256": msha, "slots": occupancy(merged_occ)}, "audio/wav")
             except PreconditionFailed:
                 continue
-            log.info("chunk merged", extra={"blob": name, "revision": revision})
-            return LandedChunk(revision, msha, len(merged), self._duration_ms(merged))
+            log.info("chunk merged", extra={"blob": name, "revision": revision + 1, "filledSlots": filled})
+            return LandedChunk(revision + 1, msha, len(merged), self._duration_ms(merged), filled, conflicts)
 
     @staticmethod
     def _duration_ms(wav_bytes: bytes) -> int:

@@ -5,14 +5,29 @@ The call clock is a grid of *slots*, one per frame (20 ms for ACS), counted from
 same wall-clock span. Each stream keeps a cursor (the slot it expects next):
 
 * timestamp within ±10 ms of the cursor, or later than any seen but running slow (clock drift) → at the cursor;
-* further ahead → a gap: the skipped slots stay silent and are recorded (a jump > `max_jump_seconds` is treated
-  as a bad timestamp and placed at the cursor instead, so one wild value cannot strand the stream);
+* further ahead → a gap: the skipped slots stay silent and are recorded;
 * behind → a late frame: written into its slot if that is still open and empty, else dropped as a duplicate or
   too late. Neither ever moves the cursor back, so the timeline never shifts.
 
+Timestamps are checked against the receive clock (`arrival`, wall time when the frame arrived), because one wild
+value must not decide where the rest of the call goes:
+
+* a stream's first frame (and so the call's clock origin) must lie within `MAX_CLOCK_SKEW` behind and
+  `FUTURE_TOLERANCE` ahead of the receive clock (a first frame dated 2099, 2000 or missing would otherwise strand
+  every honest frame after it: they would all be "late");
+* a jump ahead is believed only if it does not claim to be from the future: the frame's `ts - arrival` may exceed
+  the call's reference offset (set by frames that arrived in sequence) by at most `FUTURE_TOLERANCE`. Audio cannot
+  arrive before it was captured, so a larger lead is a bad timestamp and the frame goes at the cursor. This also
+  bounds the silence a run of bogus jumps can make us write.
+
+Anything a timestamp cannot be trusted for is counted (`bad_timestamps`) and the frame is placed right after the
+previous one: audio is kept, position is best effort.
+
 A chunk is sealed when a frame for a later chunk arrives, when its stream has been idle for a while (so the
-chunk lands within seconds), or at close. A stream that resumes inside an early-sealed chunk writes a second
-part of the same chunk with a mask of its slots; the store merges the two (see `wav.overlay`).
+chunk lands within seconds), or at close, always trimmed to its last written slot (readers pad a short chunk with
+silence, so a jump never costs a chunk of zeros). A stream that resumes inside an early-sealed chunk writes a
+second part of the same chunk with a mask of its slots; the store fills only the slots still empty
+(`RecordingStore.put_chunk`).
 """
 
 from __future__ import annotations
@@ -25,11 +40,17 @@ import numpy as np
 
 from common.layout import stream_id
 from streamer import wav
-from streamer.protocol import AudioFormat, FrameError
+from streamer.protocol import AudioFormat
 
 _monotonic = time.monotonic
-# ACS streams at most 4 unmixed participants; a peer inventing ids must not multiply buffers and uploads.
-MAX_STREAMS = 8
+_wall = time.time
+# Unmixed audio carries the 4 dominant speakers at any moment, and in a meeting they rotate: an hour of a large
+# meeting can bring dozens of distinct speakers. Idle streams hold no buffer (sealed after 1 s), so the cap only
+# bounds bookkeeping against a peer inventing ids; frames beyond it are counted, never "invalid".
+MAX_STREAMS = 256
+MAX_CAPPED_IDS = 16  # participant ids beyond the cap that the manifest names (the rest are only counted)
+MAX_CLOCK_SKEW = 60.0  # seconds a first timestamp may lag the receive clock (NTP keeps honest skew well under 1 s)
+FUTURE_TOLERANCE = 2.0  # seconds a timestamp may lead the receive clock beyond the call's reference offset
 
 
 @dataclass(slots=True)
@@ -54,6 +75,8 @@ class TimelineStats:
     drift_corrections: int = 0
     bad_timestamps: int = 0
     gap_slots: int = 0
+    capped_frames: int = 0  # frames of participants beyond MAX_STREAMS (dropped, counted)
+    capped_ids: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -70,6 +93,7 @@ class _Stream:
     max_ts: float = float("-inf")
     last_arrival: float = 0.0
     gaps: list[list[int]] = field(default_factory=list)  # [start_slot, end_slot)
+    held: tuple[bytes, bool, float] | None = None  # first frame with an implausible timestamp, placed by the next
 
 
 class CallTimeline:
@@ -86,24 +110,71 @@ class CallTimeline:
         self._on_chunk = on_chunk
         self._streams: dict[str | None, _Stream] = {}
         self._clock_slot: int | None = None  # the newest slot any stream of the call has reached
+        self._ref: float | None = None  # timestamp minus arrival of the least-delayed in-sequence frame
         self.stats = TimelineStats()
 
     # -- per frame ------------------------------------------------------------------------------------------
-    def add(self, participant: str | None, pcm: bytes, ts: float | None, silent: bool) -> None:
+    def add(self, participant: str | None, pcm: bytes, ts: float | None, silent: bool,
+            arrival: float | None = None) -> None:
+        """Place one frame. `arrival` is the wall time it arrived; None skips the receive-clock checks (unit tests
+        of pure placement)."""
         st = self._streams.get(participant)
         if st is None:
             if len(self._streams) >= MAX_STREAMS:
-                raise FrameError("too_many_participants",
-                                 f"more than {MAX_STREAMS} participants in one call; frame dropped")
+                self._capped(participant)
+                return
             st = self._streams[participant] = _Stream(stream_id(participant), participant)
         st.last_arrival = _monotonic()
         self.stats.frames += 1
         nxt = st.next_slot
-        if ts is None:  # no usable timestamp: continue the stream (or start it at "now" on the call clock)
-            if nxt is not None:
-                ts = self.origin + nxt * self.frame_seconds  # type: ignore[operator]
-            else:
-                ts = time.time() if self.origin is not None else 0.0
+        if ts is None:  # no usable timestamp: continue the stream (or start it where the next frame says)
+            if nxt is None and st.held is None and arrival is not None:
+                st.held = (pcm, silent, arrival)
+                return
+            if st.held is not None:
+                self._release(st, None)
+                nxt = st.next_slot
+            ts = self._cursor_ts(nxt, arrival)
+        elif arrival is not None:
+            off = ts - arrival
+            ref = self._ref
+            if nxt is None or ref is None:  # a new stream (or the call's first timestamp): no trusted position yet
+                base = 0.0 if ref is None else ref
+                if off - base > FUTURE_TOLERANCE or base - off > MAX_CLOCK_SKEW:
+                    self.stats.bad_timestamps += 1
+                    if nxt is None and st.held is None:  # where it goes is decided by the next frame
+                        st.held = (pcm, silent, arrival)
+                        return
+                    if st.held is not None:
+                        self._release(st, None)
+                        nxt = st.next_slot
+                    ts = self._cursor_ts(nxt, arrival)
+                else:
+                    if ref is None:
+                        self._ref = off
+                    if st.held is not None:
+                        self._release(st, ts)
+                        nxt = st.next_slot
+            elif off > ref:
+                d = (ts - self.origin) / self.frame_seconds - nxt  # type: ignore[operator]
+                if d <= self._tol:  # in sequence (or late): this frame simply arrived sooner than the others
+                    self._ref = off
+                elif off > ref + FUTURE_TOLERANCE:  # a jump that claims to be from the future
+                    self.stats.bad_timestamps += 1
+                    ts = self._cursor_ts(nxt, arrival)
+        self._place(st, pcm, ts, silent)
+
+    def _release(self, st: _Stream, next_ts: float | None) -> None:
+        """Place a stream's first frame, held because its timestamp was implausible: right before the next frame
+        when that one is plausible (`next_ts`), else at its own arrival on the call clock."""
+        assert st.held is not None
+        pcm, silent, arrival = st.held
+        st.held = None
+        ts = next_ts - self.frame_seconds if next_ts is not None else self._cursor_ts(None, arrival)
+        self._place(st, pcm, ts, silent)
+
+    def _place(self, st: _Stream, pcm: bytes, ts: float, silent: bool) -> None:
+        nxt = st.next_slot
         if self.origin is None:
             self.origin = ts
         pos = (ts - self.origin) / self.frame_seconds
@@ -151,6 +222,19 @@ class CallTimeline:
             if self._clock_slot is None or end > self._clock_slot:
                 self._clock_slot = end
 
+    def _cursor_ts(self, nxt: int | None, arrival: float | None) -> float:
+        """Where a frame goes when its timestamp cannot be used: right after the stream's previous frame, or, for
+        a stream's first frame, at its arrival time on the call clock (by the reference offset)."""
+        if nxt is not None:
+            return self.origin + nxt * self.frame_seconds  # type: ignore[operator]
+        return (_wall() if arrival is None else arrival) + (self._ref or 0.0)
+
+    def _capped(self, participant: str | None) -> None:
+        self.stats.capped_frames += 1
+        ids = self.stats.capped_ids
+        if participant and len(ids) < MAX_CAPPED_IDS and participant not in ids:
+            ids.append(participant)
+
     def _write(self, st: _Stream, slot: int, pcm: bytes, silent: bool, late: bool) -> None:
         fpc = self.frames_per_chunk
         k = slot // fpc
@@ -159,7 +243,7 @@ class CallTimeline:
                 self.stats.late_dropped += 1
                 return
             if st.dirty:
-                self._seal(st, final=False, full=True)
+                self._seal(st, final=False)
             st.chunk = k
             st.buf = None
         if st.buf is None:
@@ -197,9 +281,9 @@ class CallTimeline:
         return False
 
     # -- sealing --------------------------------------------------------------------------------------------
-    def _seal(self, st: _Stream, *, final: bool, full: bool) -> None:
+    def _seal(self, st: _Stream, *, final: bool) -> None:
         assert st.buf is not None and st.mask is not None and self.origin is not None
-        slots = self.frames_per_chunk if full else st.last_idx + 1
+        slots = st.last_idx + 1
         nbytes = slots * self.frame_bytes
         chunk = SealedChunk(
             stream=st.name,
@@ -223,16 +307,20 @@ class CallTimeline:
         now = time.monotonic() if now is None else now
         sealed = 0
         for st in self._streams.values():
+            if st.held is not None and now - st.last_arrival >= idle_seconds:
+                self._release(st, None)
             if st.dirty and now - st.last_arrival >= idle_seconds:
-                self._seal(st, final=False, full=False)
+                self._seal(st, final=False)
                 sealed += 1
         return sealed
 
     def flush(self) -> None:
         """Seal every open chunk, trimmed to its last written frame (socket closed)."""
         for st in self._streams.values():
+            if st.held is not None:
+                self._release(st, None)
             if st.dirty:
-                self._seal(st, final=True, full=False)
+                self._seal(st, final=True)
 
     # -- reporting ------------------------------------------------------------------------------------------
     def gaps(self) -> list[tuple[str, float, float]]:

@@ -1,4 +1,4 @@
-"""RIFF/WAVE for 16-bit little-endian mono PCM — chunk encoding and the overlay merge of two writes of one chunk."""
+"""RIFF/WAVE for 16-bit little-endian mono PCM: chunk encoding, and the first-write-wins merge of a chunk."""
 
 from __future__ import annotations
 
@@ -41,20 +41,30 @@ def decode(wav: bytes) -> tuple[int, bytes]:
     return rate, wav[HEADER_BYTES:HEADER_BYTES + size]
 
 
-def overlay(existing_pcm: bytes, new_pcm: bytes, mask: bytes, frame_bytes: int) -> bytes:
-    """Existing chunk audio with the frames flagged in `mask` (one byte per frame slot) taken from `new_pcm`.
+def fill_empty(cur_pcm: bytes, cur_occ: np.ndarray, new_pcm: bytes, new_occ: np.ndarray, frame_bytes: int
+               ) -> tuple[bytes, np.ndarray, int, int]:
+    """Stored chunk audio with the frames of a new part added where the stored chunk has none.
 
-    Two writers of one chunk (an early seal and a late resume, or the last chunk of one streaming session and
-    the first of the next) each own disjoint slots, so the union loses neither's audio."""
-    size = max(len(existing_pcm), len(new_pcm))
+    -> (pcm, occupancy, slots filled, conflicting slots). Slots occupied in both keep the stored audio; they are
+    conflicts when the new part's audio there differs (an identical replay of a write is not a conflict). Two
+    honest writers of one chunk (an early seal and a late resume, or the end of one streaming session and the start
+    of the next) own disjoint slots, so the result is their union."""
+    size = max(len(cur_pcm), len(new_pcm))
     slots = -(-size // frame_bytes)
     out = np.zeros(slots * frame_bytes, dtype=np.uint8)
-    out[: len(existing_pcm)] = np.frombuffer(existing_pcm, dtype=np.uint8)
+    out[: len(cur_pcm)] = np.frombuffer(cur_pcm, dtype=np.uint8)
     new = np.zeros(slots * frame_bytes, dtype=np.uint8)
     new[: len(new_pcm)] = np.frombuffer(new_pcm, dtype=np.uint8)
-    m = np.zeros(slots, dtype=bool)
-    flags = np.frombuffer(mask, dtype=np.uint8)[:slots].astype(bool)
-    m[: len(flags)] = flags
-    out2 = out.reshape(slots, frame_bytes)
-    out2[m] = new.reshape(slots, frame_bytes)[m]
-    return out[:size].tobytes()
+    width = max(slots, len(cur_occ), len(new_occ))
+    have = np.zeros(width, dtype=bool)
+    have[: len(cur_occ)] = cur_occ
+    take = np.zeros(width, dtype=bool)
+    take[: len(new_occ)] = new_occ
+    take[slots:] = False  # a mask longer than the part's audio names no audio
+    fill = take & ~have
+    both = take[:slots] & have[:slots]
+    out2, new2 = out.reshape(slots, frame_bytes), new.reshape(slots, frame_bytes)
+    conflicts = int((out2[both] != new2[both]).any(axis=1).sum()) if both.any() else 0
+    out2[fill[:slots]] = new2[fill[:slots]]
+    end = max(len(cur_pcm), (int(np.flatnonzero(fill).max()) + 1) * frame_bytes if fill.any() else 0)
+    return out[: min(end, size)].tobytes(), have | fill, int(fill.sum()), conflicts

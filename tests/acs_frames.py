@@ -33,8 +33,18 @@ def tone_pcm(n_frames: int, rate: int = 16000, seed: int = 0) -> list[bytes]:
     return [rng.integers(-8000, 8000, samples, dtype=np.int16).tobytes() for _ in range(n_frames)]
 
 
-START = datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC)
+def _now_start() -> datetime:
+    """A whole second a moment ago: the streamer checks first timestamps against its receive clock."""
+    return datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
 
 
-def at(i: int, start: datetime = START, ms: float = 20.0) -> datetime:
-    return start + timedelta(milliseconds=ms * i)
+START = _now_start()  # reset before every test (tests/conftest.py), so a long session never makes it stale
+
+
+def reset_start() -> None:
+    global START
+    START = _now_start()
+
+
+def at(i: int, start: datetime | None = None, ms: float = 20.0) -> datetime:
+    return (start or START) + timedelta(milliseconds=ms * i)

@@ -18,6 +18,14 @@ TEST_ISSUER = "https://acscallautomation.communication.azure.com"
 
 
 @pytest.fixture(autouse=True)
+def _fresh_frame_clock() -> None:
+    """Frames the tests build are dated from a moment ago (see tests/acs_frames.py)."""
+    from tests import acs_frames
+
+    acs_frames.reset_start()
+
+
+@pytest.fixture(autouse=True)
 def _function_runtime(request: pytest.FixtureRequest) -> None:
     """Function tests share one app (module-level runtime): point it at the `host` of the test's module."""
     if "host" in request.fixturenames:

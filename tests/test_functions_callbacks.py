@@ -179,6 +179,20 @@ def test_call_failures(host: HostUnderTest, token_issuer: TokenIssuer, kind: str
     assert host.runtime.store.read_state(call)["status"] == "failed"
 
 
+def test_a_call_that_connected_cannot_fail_to_be_created(host: HostUnderTest, token_issuer: TokenIssuer) -> None:
+    """A replayed or forged CreateCallFailed (any ACS token signs any call's callbacks) after CallConnected is kept
+    as a rejected event and changes nothing."""
+    call = str(uuid.uuid4())
+    post(host, [event("CallConnected", call, "2026-01-01T00:00:01.0000000+00:00")], token_issuer.token())
+    forged = event("CreateCallFailed", call, "2026-01-01T00:00:05.0000000+00:00",
+                   resultInformation={"code": 400, "subCode": 8519, "message": "forged"})
+    assert post(host, [forged], token_issuer.token()).status_code == 200
+    state = host.runtime.store.read_state(call)
+    assert state["status"] == "connected" and state["failures"] == [] and state["disconnectedAt"] is None
+    assert [(r["type"], r["reason"]) for r in state["rejectedEvents"]] == [
+        ("CreateCallFailed", "the call had already connected")]
+
+
 def test_concurrent_deliveries_lose_nothing(host: HostUnderTest, token_issuer: TokenIssuer) -> None:
     """Several instances writing one call's state at once: the ETag guard makes every event land."""
     call = str(uuid.uuid4())

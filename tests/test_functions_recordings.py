@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from common import manifest as mf
 from common.layout import chunk_blob, stream_id
 from devstack.azurite import Azurite
 from function_app import state as state_model
@@ -78,7 +79,8 @@ def test_recent_calls_newest_first_and_paged(host: HostUnderTest, azurite: Azuri
 
 
 @pytest.mark.parametrize(("params", "field"), [({"limit": "0"}, "limit"), ({"limit": "101"}, "limit"),
-                                               ({"limit": "ten"}, "limit"), ({"pageToken": "bogus!"}, "pageToken")])
+                                               ({"limit": "ten"}, "limit"), ({"limit": "²"}, "limit"),
+                                               ({"limit": "٣"}, "limit"), ({"pageToken": "bogus!"}, "pageToken")])
 def test_listing_bad_input(host: HostUnderTest, params: dict[str, str], field: str) -> None:
     with host.client() as http:
         resp = http.get("/recordings", params=params)
@@ -134,6 +136,14 @@ def test_call_without_audio_yet(host: HostUnderTest) -> None:
         shown = http.get(f"/recordings/{call}")
         audio = http.get(f"/recordings/{call}/audio")
     assert shown.status_code == 200 and shown.json()["manifest"] is None and shown.json()["streams"] == []
+    assert audio.status_code == 404 and audio.json()["error"]["code"] == "NoAudioYet"
+    # streaming started (the manifest holds the claimed clock) but no chunk has landed yet: still NoAudioYet,
+    # not "participant is required for this unmixed recording"
+    m = mf.merge(None, {"callConnectionId": call, "sampleRate": 16000, "chunkSeconds": 10.0,
+                        "clockOrigin": "2026-01-01T00:00:00.000Z", "audioChannel": "mixed"})
+    host.runtime.store.container.upload_blob(f"{call}/manifest.json", mf.dumps(m))
+    with host.client() as http:
+        audio = http.get(f"/recordings/{call}/audio")
     assert audio.status_code == 404 and audio.json()["error"]["code"] == "NoAudioYet"
 
 

@@ -9,7 +9,13 @@ import pytest
 
 from common import manifest as mf
 from streamer import wav
-from streamer.store import AzureBlobBackend, MemoryBackend, RecordingStore, StorageUnavailable
+from streamer.store import (
+    AzureBlobBackend,
+    MemoryBackend,
+    PermanentChunkError,
+    RecordingStore,
+    StorageUnavailable,
+)
 
 
 @pytest.fixture(params=["memory", "azurite"])
@@ -22,7 +28,7 @@ def backend_factory(request, azurite):
 
 
 def session_part(i: int) -> dict:
-    return {"callConnectionId": "c1", "sessions": [{"id": f"s{i:03d}", "complete": True}],
+    return {"callConnectionId": "c1", "sessions": [{"id": f"s{i:03d}", "complete": True, "frames": 1}],
             "streams": [{"stream": "mixed", "participantRawId": None, "chunks": [
                 {"blob": f"c1/mixed/{i:06d}.wav", "seq": i, "sha256": "x", "revision": 1}]}],
             "gaps": [], "dtmf": [{"tone": str(i % 10), "timestamp": f"t{i}", "participantRawId": None}]}
@@ -60,6 +66,56 @@ def test_second_write_of_a_chunk_is_merged_never_overwritten(backend_factory):
     assert (l1.revision, l2.revision) == (1, 2)
     assert wav.decode(blob.data)[1] == b"\x01" * 1280 + bytes(640) + b"\x02" * 640
     assert l2.duration_ms == 80 and blob.metadata["revision"] == "2"
+
+
+def test_stored_audio_is_never_replaced_by_a_later_write_of_the_same_slots(backend_factory):
+    """First write wins, slot by slot: a second session with the same timestamps (or a replay with other audio)
+    fills nothing, changes nothing, and is counted as conflicts; a stored silent frame counts as audio."""
+    async def run():
+        be = backend_factory()
+        await be.ensure_container()
+        store = RecordingStore(be)
+        first = wav.encode(b"\x01" * 640 + bytes(640), 16000)  # slot 1: a received silent frame
+        other = wav.encode(b"\x07" * 640 * 3, 16000)
+        l1 = await store.put_chunk("c1/mixed/000000.wav", first, b"\x01\x01", 640)
+        l2 = await store.put_chunk("c1/mixed/000000.wav", other, b"\x01\x01\x01", 640)
+        l3 = await store.put_chunk("c1/mixed/000000.wav", other, b"\x01\x01\x01", 640)
+        blob = await be.get("c1/mixed/000000.wav")
+        await be.close()
+        return l1, l2, l3, blob
+
+    l1, l2, l3, blob = asyncio.run(run())
+    assert (l1.revision, l1.filled) == (1, 2)
+    assert wav.decode(blob.data)[1] == b"\x01" * 640 + bytes(640) + b"\x07" * 640  # only the empty slot 2 filled
+    assert (l2.revision, l2.filled, l2.conflicts) == (2, 1, 2)
+    assert (l3.revision, l3.filled, l3.conflicts) == (2, 0, 2) and l3.sha256 == l2.sha256  # nothing new: no write
+    assert blob.metadata["revision"] == "2"
+
+
+def test_a_chunk_stored_without_occupancy_counts_as_fully_occupied():
+    """Chunks written before occupancy was recorded: silence and "no frame" look alike there, so nothing in them
+    may be replaced; audio beyond their end can still be added."""
+    async def run():
+        be = MemoryBackend()
+        store = RecordingStore(be)
+        await be.create("c1/mixed/000000.wav", wav.encode(bytes(640 * 2), 16000), {"revision": "1"}, "audio/wav")
+        landed = await store.put_chunk("c1/mixed/000000.wav", wav.encode(b"\x05" * 640 * 3, 16000),
+                                       b"\x01\x01\x01", 640)
+        return landed, await be.get("c1/mixed/000000.wav")
+
+    landed, blob = asyncio.run(run())
+    assert wav.decode(blob.data)[1] == bytes(640 * 2) + b"\x05" * 640
+    assert (landed.filled, landed.conflicts) == (1, 2)
+
+
+def test_a_part_at_another_sample_rate_is_a_permanent_error():
+    async def run():
+        store = RecordingStore(MemoryBackend())
+        await store.put_chunk("c1/mixed/000000.wav", wav.encode(b"\x01" * 640, 16000), b"\x01", 640)
+        await store.put_chunk("c1/mixed/000000.wav", wav.encode(b"\x01" * 960, 24000), b"\x00\x01", 960)
+
+    with pytest.raises(PermanentChunkError, match="16000 Hz"):
+        asyncio.run(run())
 
 
 def test_memory_backend_outage_raises_storage_unavailable():

@@ -20,8 +20,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from benchmarks.harness import rss_bytes
 from benchmarks.rawws import RawWebSocket
 from tests import recording as rec
-from tests.acs_frames import START, at, audio, metadata, tone_pcm
-from tests.test_streamer_ws import headers, send_all
+from tests.acs_frames import at, audio, metadata, tone_pcm
+from tests.test_streamer_faults import live_then
+from tests.test_streamer_ws import headers
 
 
 def _wait(predicate, timeout: float, what: str) -> None:
@@ -97,7 +98,7 @@ def test_a_slow_sender_trickling_one_frame_does_not_delay_other_calls(streamer_f
         ws.send_text(metadata())
         from benchmarks.rawws import _client_frame
 
-        wire = _client_frame(0x1, audio(slow_frame, START, participant=None).encode())
+        wire = _client_frame(0x1, audio(slow_frame, at(0), participant=None).encode())
         for i in range(0, len(wire), 16):  # ~1.1 KB at 16 B per 25 ms: about 2 s for one frame
             ws.writer.write(wire[i:i + 16])
             await asyncio.sleep(0.025)
@@ -227,7 +228,13 @@ def test_100k_fuzzed_frames_never_crash_leak_or_touch_other_calls(streamer_facto
 
 class _NullSink:
     def __init__(self) -> None:
+        import tempfile
+        from pathlib import Path
+
+        from streamer.sink import Spool
+
         self.jobs: list[object] = []
+        self.spool = Spool(Path(tempfile.mkdtemp(prefix="null-sink-spool-")))
 
     def submit(self, job: object) -> None:
         self.jobs.append(job)
@@ -254,6 +261,7 @@ def test_session_frame_path_only_ever_raises_protocol_close(messages):
     cfg = Settings.from_env({"STREAMER_AUTH": "disabled", "AZURE_STORAGE_CONNECTION_STRING": "x"})
     session = Session(SimpleNamespace(settings=cfg, metrics=Metrics(), sink=_NullSink()),  # type: ignore[arg-type]
                       "fuzz", None, "auto")
+    session.adopt_clock(time.time(), cfg.chunk_seconds)
     session.on_message(metadata())
     for raw in messages:
         try:
@@ -270,10 +278,9 @@ def test_storage_down_beyond_memory_spools_then_drains_in_the_same_process(strea
     az = Azurite(location=tmp_path / "azurite").start()
     try:
         s = streamer_factory(storage=az, UPLOAD_MEMORY_BYTES="40000")
-        az.stop()
         frames = tone_pcm(6 * 50)
-        asyncio.run(send_all(s.ws, [metadata()] + [audio(f, at(i), participant=None) for i, f in enumerate(frames)],
-                             headers(token_issuer.token(), "call-drain")))
+        asyncio.run(live_then(s.ws, headers(token_issuer.token(), "call-drain"), s.container, "call-drain", az.stop,
+                              [audio(f, at(i), participant=None) for i, f in enumerate(frames)]))
         _wait(lambda: s.metrics()["acs_streamer_chunks_spooled_total"] >= 4, 10, "chunks to spool")
         az.start()
         m = rec.wait_complete(s.container, "call-drain", timeout=40)

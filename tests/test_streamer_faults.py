@@ -90,8 +90,25 @@ def test_sigterm_mid_chunk_flushes_every_stream_and_exits_zero(streamer_factory,
     asyncio.run(run())
     for call_id, frames in calls.items():
         m = rec.manifest(s.container, call_id)
-        assert m["complete"] is True, call_id
         assert rec.stitched(s.container, m, "mixed") == b"".join(frames)
+        # A drain is our restart, not the end of the stream: ACS may continue the call on another replica.
+        (session,) = m["sessions"]
+        assert (m["complete"], session["endReason"], session["closeCode"]) == (False, "drain", 1012), call_id
+
+
+async def live_then(url: str, hdrs: dict[str, str], container, call_id: str, then, rest: list[str]) -> None:
+    """Open a call with its first frame, wait until it is live (its clock is claimed: the manifest exists), run
+    `then` (e.g. stop storage), send the rest."""
+    async with connect(url, additional_headers=hdrs) as ws:
+        await ws.send(metadata())
+        await ws.send(rest[0])
+        deadline = time.monotonic() + 10
+        while not container.get_blob_client(f"{call_id}/manifest.json").exists():
+            assert time.monotonic() < deadline, "the call never went live"
+            await asyncio.sleep(0.05)
+        await asyncio.to_thread(then)
+        for m in rest[1:]:
+            await ws.send(m)
 
 
 def test_storage_down_longer_than_memory_spools_and_recovers_on_next_start(streamer_factory, token_issuer,
@@ -101,12 +118,10 @@ def test_storage_down_longer_than_memory_spools_and_recovers_on_next_start(strea
     try:
         s = streamer_factory(storage=az, UPLOAD_MEMORY_BYTES="40000", SPOOL_DIR=str(spool),
                              SHUTDOWN_GRACE_SECONDS="3")
-        az.stop()
         frames = tone_pcm(5 * 50)
-        from tests.test_streamer_ws import send_all
-
-        asyncio.run(send_all(s.ws, [metadata()] + [audio(f, at(i), participant=None) for i, f in enumerate(frames)],
-                             headers(token_issuer.token(), "call-spool")))
+        msgs = [audio(f, at(i), participant=None) for i, f in enumerate(frames)]
+        asyncio.run(live_then(s.ws, headers(token_issuer.token(), "call-spool"), s.container, "call-spool",
+                              az.stop, msgs))
         time.sleep(1.0)
         assert s.metrics()["acs_streamer_chunks_spooled_total"] >= 3
         assert s.process.terminate(30) == 0
@@ -127,18 +142,22 @@ def test_storage_down_longer_than_memory_spools_and_recovers_on_next_start(strea
 
 
 class _ManifestOutage(MemoryBackend):
-    """Blob Storage that takes chunks but refuses manifest writes while `manifests_down` is set."""
+    """Blob Storage that takes chunks but refuses manifest writes while `manifests_down` is set — except a call's
+    first manifest write (the clock claim), so that the call goes live."""
 
     manifests_down = False
 
+    def _refuse(self, name: str) -> bool:
+        return self.manifests_down and name.endswith("/manifest.json") and name in self.blobs
+
     async def create(self, name: str, data: bytes, metadata: dict[str, str], content_type: str) -> str:
-        if self.manifests_down and name.endswith("/manifest.json"):
+        if self._refuse(name):
             raise StorageUnavailable("manifest writes refused")
         return await super().create(name, data, metadata, content_type)
 
     async def replace(self, name: str, data: bytes, etag: str, metadata: dict[str, str],
                       content_type: str) -> str:
-        if self.manifests_down and name.endswith("/manifest.json"):
+        if self._refuse(name):
             raise StorageUnavailable("manifest writes refused")
         return await super().replace(name, data, etag, metadata, content_type)
 
@@ -159,7 +178,8 @@ def test_shutdown_spools_the_manifest_part_of_a_call_whose_chunks_landed_but_man
     while not any(n.endswith(".wav") for n in backend.blobs) and time.monotonic() < deadline:
         time.sleep(0.05)
     chunk = next(n for n in backend.blobs if n.endswith(".wav"))
-    assert f"{call}/manifest.json" not in backend.blobs
+    claimed = mf.loads(backend.blobs[f"{call}/manifest.json"].data)  # only the clock claim landed
+    assert claimed["sessions"] == [] and claimed["streams"] == []
     server.stop()
 
     parts = list((tmp_path / "spool" / call).glob("part.*.json"))
@@ -167,7 +187,7 @@ def test_shutdown_spools_the_manifest_part_of_a_call_whose_chunks_landed_but_man
     backend.manifests_down = False
     with ServerThread(create_app(settings, backend)):
         deadline = time.monotonic() + 10
-        while f"{call}/manifest.json" not in backend.blobs and time.monotonic() < deadline:
+        while not mf.loads(backend.blobs[f"{call}/manifest.json"].data)["sessions"] and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.2)
     manifest = mf.loads(backend.blobs[f"{call}/manifest.json"].data)

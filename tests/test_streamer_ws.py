@@ -13,7 +13,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from common.layout import stream_id
 from tests import recording as rec
-from tests.acs_frames import START, at, audio, metadata, tone_pcm
+from tests.acs_frames import at, audio, iso, metadata, tone_pcm
 
 
 def headers(token: str | None, call_id: str, correlation: str = "corr-1") -> dict[str, str]:
@@ -23,13 +23,17 @@ def headers(token: str | None, call_id: str, correlation: str = "corr-1") -> dic
     return h
 
 
-async def send_all(url: str, messages: list[str | bytes], hdrs: dict[str, str], *,
+async def send_all(url: str, messages: list[str | bytes | float], hdrs: dict[str, str], *,
                    expect_close: bool = False) -> int | None:
-    """Send every message. Normally close and return None; with `expect_close`, wait for the server to close
-    the socket and return its close code."""
+    """Send every message (a number in the list is a pause, in seconds: the streamer checks timestamps against its
+    receive clock, so a gap in the audio must also be a gap in time). Normally close and return None; with
+    `expect_close`, wait for the server to close the socket and return its close code."""
     async with connect(url, additional_headers=hdrs, max_size=None) as ws:
         try:
             for m in messages:
+                if isinstance(m, float):
+                    await asyncio.sleep(m)
+                    continue
                 await ws.send(m)
             if expect_close:
                 await asyncio.wait_for(ws.wait_closed(), 10)
@@ -55,11 +59,10 @@ def test_mixed_16k_call_lands_time_faithful_with_manifest(streamer_factory, toke
     assert [c["seq"] for c in stream["chunks"]] == [0, 1, 2]
     assert [c["durationMs"] for c in stream["chunks"]] == [1000, 1000, 600]
     assert [c["blob"] for c in stream["chunks"]] == [f"call-mixed/mixed/{k:06d}.wav" for k in range(3)]
-    assert [c["startTime"] for c in stream["chunks"]] == [
-        "2026-11-24T12:00:00.000Z", "2026-11-24T12:00:01.000Z", "2026-11-24T12:00:02.000Z"]
+    assert [c["startTime"] for c in stream["chunks"]] == [iso(at(0)), iso(at(50)), iso(at(100))]
     assert rec.sha(rec.stitched(s.container, m, "mixed")) == rec.sha(b"".join(frames))
     (tone,) = m["dtmf"]  # sent after frame 58: stamped with that frame's call-clock time
-    assert (tone["tone"], tone["timestamp"], tone["participantRawId"]) == ("5", "2026-11-24T12:00:01.160Z", None)
+    assert (tone["tone"], tone["timestamp"], tone["participantRawId"]) == ("5", iso(at(58)), None)
     assert m["gaps"] == []
     metrics = s.metrics()
     assert metrics["acs_streamer_frames_total"] == 130
@@ -86,7 +89,7 @@ def test_unmixed_24k_two_participants_share_the_call_clock(streamer_factory, tok
     assert [c["seq"] for c in streams[a]["chunks"]] == [0, 1, 2]
     assert [c["seq"] for c in streams[b]["chunks"]] == [1, 2]  # nothing before bob's first word
     # chunk k of every participant covers the same wall-clock span
-    assert streams[a]["chunks"][1]["startTime"] == streams[b]["chunks"][0]["startTime"] == "2026-11-24T12:00:01.000Z"
+    assert streams[a]["chunks"][1]["startTime"] == streams[b]["chunks"][0]["startTime"] == iso(at(50))
     frame = 960
     assert rec.stitched(s.container, m, stream_id(a)) == b"".join(fa)
     bob = rec.stitched(s.container, m, stream_id(b))
@@ -100,8 +103,10 @@ def test_gap_jitter_duplicates_and_late_frames_never_shift_the_timeline(streamer
     s = streamer_factory()
     frames = tone_pcm(250)
     jitter = [0, 7, -9, 10, -10, 3]
-    msgs = [metadata()]
+    msgs: list[str | bytes | float] = [metadata()]
     for i in list(range(50)) + list(range(200, 250)):  # 3-s gap: frames 50..199 never sent
+        if i == 200:
+            msgs.append(3.0)
         t = at(i) + timedelta(milliseconds=jitter[i % len(jitter)])
         msgs.append(audio(frames[i], t, participant=None))
         if i == 20:  # an exact duplicate, and a copy of frame 10 with other content arriving late
@@ -110,7 +115,7 @@ def test_gap_jitter_duplicates_and_late_frames_never_shift_the_timeline(streamer
     asyncio.run(send_all(s.ws, msgs, headers(token_issuer.token(), "call-gap")))
 
     m = rec.wait_complete(s.container, "call-gap")
-    assert m["gaps"] == [{"stream": "mixed", "startTime": "2026-11-24T12:00:01.000Z", "durationMs": 3000}]
+    assert m["gaps"] == [{"stream": "mixed", "startTime": iso(at(50)), "durationMs": 3000}]
     expected = b"".join(frames[:50]) + bytes(150 * 640) + b"".join(frames[200:])
     assert rec.stitched(s.container, m, "mixed") == expected
     seqs = [c["seq"] for c in m["streams"][0]["chunks"]]
@@ -163,7 +168,7 @@ def test_unauthenticated_upgrades_are_refused_before_any_audio(streamer_factory,
 
 def test_auth_disabled_is_explicit_and_logged(streamer_factory):
     s = streamer_factory(STREAMER_AUTH="disabled")
-    asyncio.run(send_all(s.ws, [metadata(), audio(tone_pcm(1)[0], START)], headers(None, "call-noauth")))
+    asyncio.run(send_all(s.ws, [metadata(), audio(tone_pcm(1)[0], at(0))], headers(None, "call-noauth")))
     rec.wait_complete(s.container, "call-noauth")
     assert "STREAMER_AUTH=disabled" in s.process.log()
 
@@ -174,7 +179,7 @@ def test_auth_disabled_is_explicit_and_logged(streamer_factory):
         ("malformed_json", "{not json", None),
         ("wrong_type", json.dumps({"kind": "AudioData", "audioData": {"data": 5}}), None),
         ("bad_base64", json.dumps({"kind": "AudioData", "audioData": {"data": "!!!!", "timestamp": "x"}}), None),
-        ("odd_length", audio(b"\x01\x02\x03", START), None),
+        ("odd_length", audio(b"\x01\x02\x03", at(0)), None),
         ("bad_timestamp", "frame 20 with a broken timestamp", None),
         ("unsupported_format", metadata(16000).replace('"PCM"', '"OPUS"'), 1003),
         ("format_change", metadata(24000), 1003),
@@ -186,7 +191,7 @@ def test_bad_input_is_counted_and_never_loses_received_audio(streamer_factory, t
     msgs = [metadata()] + [audio(f, at(i), participant=None) for i, f in enumerate(frames[:20])]
     rest = frames[20:]
     if case == "bad_timestamp":  # the frame is kept and placed right after the previous one
-        bad = audio(frames[20], at(20), participant=None).replace("2026-11-24T12", "yesterday at noon")
+        bad = audio(frames[20], at(20), participant=None).replace(iso(at(20))[:13], "yesterday at noon")
         rest = frames[21:]
     msgs.append(bad)
     if close_code is None:
@@ -203,7 +208,7 @@ def test_bad_input_is_counted_and_never_loses_received_audio(streamer_factory, t
 def test_audio_before_metadata_and_oversized_frames(streamer_factory, token_issuer):
     s = streamer_factory(MAX_FRAME_BYTES="4096")
     frames = tone_pcm(10)
-    msgs = [audio(frames[0], START), metadata()] + [audio(f, at(i), participant=None) for i, f in enumerate(frames)]
+    msgs = [audio(frames[0], at(0)), metadata()] + [audio(f, at(i), participant=None) for i, f in enumerate(frames)]
     msgs.append("x" * 5000)
     code = asyncio.run(send_all(s.ws, msgs, headers(token_issuer.token(), "call-big"), expect_close=True))
     assert code == 1009

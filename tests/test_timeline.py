@@ -31,11 +31,17 @@ class Collect:
     def pcm(self, stream: str = "mixed", chunk_bytes: int = 32000) -> bytes:
         """Stitch all parts of a stream on the grid, overlaying parts of the same chunk by their masks."""
         out = bytearray()
+        occupied: dict[int, np.ndarray] = {}
         for c in (c for c in self.chunks if c.stream == stream):
             _, pcm = wav.decode(c.wav)
             start = c.seq * chunk_bytes
             cur = bytes(out[start:start + chunk_bytes])
-            merged = wav.overlay(cur, pcm, c.mask, 640) if cur else pcm
+            mask = np.frombuffer(c.mask, dtype=np.uint8) != 0
+            if c.seq in occupied:
+                merged, occupied[c.seq], _, conflicts = wav.fill_empty(cur, occupied[c.seq], pcm, mask, 640)
+                assert conflicts == 0, "two parts of one chunk wrote the same slot"
+            else:
+                merged, occupied[c.seq] = pcm, mask
             if len(out) < start + len(merged):
                 out.extend(bytes(start + len(merged) - len(out)))
             out[start:start + len(merged)] = merged
@@ -182,16 +188,81 @@ def test_idle_stream_is_sealed_early_and_a_resume_writes_a_second_part_with_its_
     assert got.pcm() == expected
 
 
-def test_a_call_cannot_open_more_than_eight_streams():
-    from streamer.protocol import FrameError
-    from streamer.timeline import MAX_STREAMS
+def test_rotating_dominant_speakers_of_a_large_meeting_are_all_recorded():
+    """Unmixed audio carries the 4 dominant speakers and they rotate: 40 speakers over the call, 4 at a time."""
+    got = Collect()
+    tl = CallTimeline(fmt(), 1.0, got)
+    for i in range(40 * 50):  # 40 s; every second the next four speakers
+        for k in range(4):
+            speaker = (i // 50 + k) % 40
+            tl.add(f"8:acs:{speaker}", frame(i), T0 + i * 0.02, False, arrival=T0 + i * 0.02)
+    tl.flush()
+    assert tl.stream_count == 40 and tl.stats.capped_frames == 0
+    assert tl.stats.frames == 40 * 50 * 4
+
+
+def test_beyond_the_stream_cap_frames_are_counted_not_invalid_and_named():
+    from streamer.timeline import MAX_CAPPED_IDS, MAX_STREAMS
 
     tl = CallTimeline(fmt(), 1.0, Collect())
     for p in range(MAX_STREAMS):
         tl.add(f"8:acs:{p}", frame(0), T0, False)
-    with pytest.raises(FrameError, match="participants"):
-        tl.add("8:acs:one-too-many", frame(0), T0, False)
+    for p in range(MAX_CAPPED_IDS + 5):
+        tl.add(f"8:acs:extra-{p}", frame(0), T0, False)  # no exception: not a bad frame
+    assert tl.stats.capped_frames == MAX_CAPPED_IDS + 5 and len(tl.stats.capped_ids) == MAX_CAPPED_IDS
     tl.add("8:acs:0", frame(1), T0 + 0.02, False)  # the known ones go on
+    assert tl.stream_count == MAX_STREAMS
+
+
+@pytest.mark.parametrize("wild", [T0 + 73 * 365 * 86400, T0 - 26 * 365 * 86400, None])
+def test_a_wild_first_timestamp_does_not_strand_the_call(wild):
+    """A first frame dated 2099, 2000 or undated must not become the clock origin: every honest frame after it
+    would be "late" and dropped."""
+    got = Collect()
+    tl = CallTimeline(fmt(), 1.0, got)
+    tl.add(None, frame(0), wild, False, arrival=T0)
+    for i in range(1, 100):
+        tl.add(None, frame(i), T0 + i * 0.02, False, arrival=T0 + i * 0.02)
+    tl.flush()
+    assert tl.origin == pytest.approx(T0, abs=0.001)
+    assert tl.stats.late_dropped == 0 and tl.stats.frames == 100
+    assert got.pcm() == b"".join(frame(i) for i in range(100))
+    assert tl.stats.bad_timestamps == (0 if wild is None else 1)
+
+
+def test_timestamps_from_the_future_are_placed_in_sequence_and_write_no_silence():
+    """60 frames each dated 10 s after the previous, arriving at ACS's cadence: they cannot be 10 s apart. Placed
+    after each other, they cost their own bytes, not 60 chunks of zeros."""
+    got = Collect()
+    tl = CallTimeline(fmt(), 1.0, got)
+    for i in range(60):
+        tl.add(None, frame(i), T0 + i * 10.0, False, arrival=T0 + i * 0.02)
+    for i in range(60, 110):  # then honest frames again
+        tl.add(None, frame(i), T0 + i * 0.02, False, arrival=T0 + i * 0.02)
+    tl.flush()
+    written = sum(len(c.wav) for c in got.chunks)
+    assert written < 110 * 640 + 2 * 44 + 1000  # the audio received, in two chunks
+    assert tl.stats.bad_timestamps == 59 and tl.stats.late_dropped == 0
+    assert got.pcm() == b"".join(frame(i) for i in range(110))
+
+
+def test_a_pause_then_resume_in_real_time_is_a_gap_not_a_bad_timestamp():
+    got = Collect()
+    tl = CallTimeline(fmt(), 1.0, got)
+    for i in list(range(50)) + list(range(3050, 3100)):  # a 60-s pause (an unmixed speaker who went quiet)
+        tl.add("8:acs:a", frame(i), T0 + i * 0.02, False, arrival=T0 + i * 0.02 + 0.05)
+    tl.flush()
+    assert tl.stats.bad_timestamps == 0 and tl.stats.gap_slots == 3000
+    assert [c.seq for c in got.chunks] == [0, 61]
+
+
+def test_a_jump_seals_the_chunk_trimmed_to_its_last_frame():
+    got = Collect()
+    tl = CallTimeline(fmt(), 1.0, got)
+    for i in (0, 1, 2, 100):  # frames 0-2, then one 2 s later
+        tl.add(None, frame(i), T0 + i * 0.02, False)
+    tl.flush()
+    assert [(c.seq, c.duration) for c in got.chunks] == [(0, pytest.approx(0.06)), (2, pytest.approx(0.02))]
 
 
 def test_origin_from_an_earlier_session_continues_the_call_clock():

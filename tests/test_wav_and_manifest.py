@@ -6,6 +6,7 @@ import copy
 import io
 import wave
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,11 +27,27 @@ def test_chunk_is_a_standard_wav(rate):
     assert int.from_bytes(data[4:8], "little") == len(data) - 8
 
 
-def test_overlay_takes_only_masked_frames_from_the_new_part():
-    a = b"A" * 640 * 3
-    b = b"B" * 640 * 5
-    expected = b"A" * 640 + b"B" * 640 + b"A" * 640 + bytes(640) + b"B" * 640
-    assert wav.overlay(a, b, bytes([0, 1, 0, 0, 1]), 640) == expected
+def _occ(*bits: int) -> np.ndarray:
+    return np.array(bits, dtype=bool)
+
+
+def test_fill_empty_takes_only_slots_the_stored_chunk_has_no_frame_in():
+    stored = b"A" * 640 + bytes(640) + b"A" * 640  # slot 1 is a hole (zeros, no frame)
+    new = b"B" * 640 * 5
+    pcm, occ, filled, conflicts = wav.fill_empty(stored, _occ(1, 0, 1), new, _occ(0, 1, 0, 0, 1), 640)
+    assert pcm == b"A" * 640 + b"B" * 640 + b"A" * 640 + bytes(640) + b"B" * 640
+    assert list(occ) == [True, True, True, False, True] and (filled, conflicts) == (2, 0)
+
+
+def test_fill_empty_never_replaces_stored_audio_and_counts_the_conflict():
+    stored = b"A" * 640 * 2
+    pcm, _, filled, conflicts = wav.fill_empty(stored, _occ(1, 1), b"B" * 640 * 2, _occ(1, 1), 640)
+    assert pcm == stored and (filled, conflicts) == (0, 2)
+    # silence that was received is audio too: a later write cannot replace it either
+    pcm, _, filled, conflicts = wav.fill_empty(bytes(640), _occ(1), b"B" * 640, _occ(1), 640)
+    assert pcm == bytes(640) and (filled, conflicts) == (0, 1)
+    # replaying the same write (a retry whose reply was lost) is neither a fill nor a conflict
+    assert wav.fill_empty(stored, _occ(1, 1), stored, _occ(1, 1), 640)[2:] == (0, 0)
 
 
 def test_stream_ids_are_path_safe_and_reversible():
@@ -47,7 +64,8 @@ def test_stream_ids_are_path_safe_and_reversible():
 def part(session: str, seqs: list[int], *, complete: bool = False, revision: int = 1) -> dict:
     return {"callConnectionId": "c1", "correlationId": "corr", "sampleRate": 16000, "chunkSeconds": 10.0,
             "clockOrigin": "2026-01-01T00:00:00.000Z", "audioChannel": "mixed",
-            "sessions": [{"id": session, "startedAt": f"2026-01-01T00:00:0{len(session)}.000Z", "complete": complete}],
+            "sessions": [{"id": session, "startedAt": f"2026-01-01T00:00:0{len(session)}.000Z", "complete": complete,
+                          "frames": 10}],
             "streams": [{"stream": "mixed", "participantRawId": None, "chunks": [
                 {"blob": f"c1/mixed/{k:06d}.wav", "seq": k, "sha256": f"{session}{k}", "revision": revision}
                 for k in seqs]}],
@@ -74,6 +92,35 @@ def test_a_merged_chunk_revision_supersedes_the_first_write_whatever_the_order()
     for m in (mf.merge(mf.merge(None, first), merged), mf.merge(mf.merge(None, merged), first)):
         (c,) = m["streams"][0]["chunks"]
         assert c["revision"] == 2 and c["sha256"] == "s221"
+    # equal revisions (a second session's part that filled nothing) keep the entry already there
+    (c,) = mf.merge(mf.merge(None, first), part("s22", [1]))["streams"][0]["chunks"]
+    assert c["sha256"] == "s11"
+
+
+def test_a_session_only_moves_forward_whatever_order_its_parts_arrive_in():
+    live = {"id": "s1", "frames": 50, "complete": False, "cleanClose": False, "endedAt": None, "closeCode": None}
+    done = {"id": "s1", "frames": 120, "complete": True, "cleanClose": True, "endedAt": "2026-01-01T00:01:00.000Z",
+            "closeCode": 1000, "endReason": "peer_closed"}
+    for first, second in ((live, done), (done, live)):
+        s = mf.merge_session(mf.merge_session(None, first), second)
+        assert (s["complete"], s["cleanClose"], s["frames"], s["closeCode"], s["endReason"]) == (
+            True, True, 120, 1000, "peer_closed")
+
+
+def test_a_session_without_audio_does_not_decide_completeness():
+    m = mf.merge(None, part("s1", [0], complete=True))
+    empty = {"callConnectionId": "c1", "sessions": [{"id": "s9", "frames": 0, "complete": False}]}
+    assert mf.merge(m, empty)["complete"] is True
+    assert mf.merge(None, empty)["complete"] is False  # nothing recorded is not a complete recording
+
+
+def test_dtmf_is_capped_per_call_and_what_was_cut_is_counted():
+    tones = [{"tone": "1", "timestamp": f"2026-01-01T00:00:00.{i:03d}Z", "participantRawId": None}
+             for i in range(1000)]
+    m = None
+    for k in range(6):
+        m = mf.merge(m, {"callConnectionId": "c1", "dtmf": [{**t, "participantRawId": f"p{k}"} for t in tones]})
+    assert m is not None and len(m["dtmf"]) == mf.MAX_DTMF_PER_CALL and m["dtmfDropped"] == 1000
 
 
 @settings(max_examples=300, deadline=None)
