@@ -107,7 +107,31 @@ class Stack:
                 "MAX_ACTIVE_CALLS": "100000"}
         proc = ChildProcess("streamer", {**base, **env}, log_path=self.workdir / f"streamer-{port}.log")
         proc.start(f"http://127.0.0.1:{port}/healthz")
-        return Server("streamer", port, proc)
+        return Server("streamer", port, proc, base["RECORDINGS_CONTAINER"])
+
+    def register_calls(self, server: Server, call_ids: list[str]) -> None:
+        """Write each call's call state as the control plane does when it places or answers a call: the streamer
+        records only calls it finds there (STREAMER_CALL_CHECK). Written before the load, by the rig."""
+        if server.container is None:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        import orjson
+        from azure.storage.blob import ContainerClient
+
+        from common.layout import call_state_blob
+        from function_app.state import new_state
+
+        with ContainerClient.from_connection_string(self.azurite.connection_string, server.container) as cc:
+            with contextlib.suppress(Exception):
+                cc.create_container()
+
+            def put(call_id: str) -> None:
+                doc = {**new_state(call_id), "status": "connected", "direction": "outbound"}
+                cc.upload_blob(call_state_blob(call_id), orjson.dumps(doc), overwrite=True)
+
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(put, call_ids))
 
     def bare(self, *, uvicorn_defaults: bool = False) -> Server:
         port = free_port()
@@ -142,6 +166,7 @@ class Server:
     kind: str
     port: int
     proc: ChildProcess
+    container: str | None = None  # the streamer's recordings container
 
     @property
     def pid(self) -> int:
@@ -206,9 +231,11 @@ async def realtime_load(server: Server, stack: Stack, *, calls: int, participant
     live: list[Call] = []
     groups: list[list[Call]] = [[], [], [], []]
 
+    call_ids = [f"bench-{uuid.uuid4().hex[:12]}" for _ in range(calls)]
+    await asyncio.to_thread(stack.register_calls, server, call_ids)
+
     async def opener() -> None:
-        for i in range(calls):
-            call_id = f"bench-{uuid.uuid4().hex[:12]}"
+        for i, call_id in enumerate(call_ids):
             headers = {"x-ms-call-connection-id": call_id, "x-ms-call-correlation-id": call_id,
                        "Authorization": f"Bearer {stack.issuer.token(lifetime=3600)}"}
             try:
@@ -283,10 +310,12 @@ async def maxrate_load(server: Server, stack: Stack, *, connections: int, second
         blobs.append(frames)
     sent = 0
     stop = asyncio.Event()
+    call_ids = [f"max-{idx}-{uuid.uuid4().hex[:8]}" for idx in range(connections)]
+    await asyncio.to_thread(stack.register_calls, server, call_ids)
 
     async def blast(frames: list[bytes], idx: int) -> None:
         nonlocal sent
-        call_id = f"max-{idx}-{uuid.uuid4().hex[:8]}"
+        call_id = call_ids[idx]
         ws = await RawWebSocket.connect("127.0.0.1", server.port, "/ws/mixed", {
             "x-ms-call-connection-id": call_id, "Authorization": f"Bearer {stack.issuer.token()}"})
         ws.send_text(audio_metadata(call_id, rate))

@@ -266,6 +266,9 @@ def create_app(settings: Settings, backend: BlobBackend | None = None) -> Starle
                                                  settings.jwks_url))
         else:
             log.warning("STREAMER_AUTH=disabled: WebSocket upgrades are NOT authenticated (local use only)")
+        if not settings.call_check:
+            log.warning("STREAMER_CALL_CHECK=disabled: audio of calls the control plane does not know, or that have "
+                        "ended, is recorded (local use only)")
         ctx = Context(settings, store, sink, metrics, verifier)
         ctx_ref["ctx"] = ctx
         try:

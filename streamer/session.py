@@ -44,6 +44,8 @@ PENDING_MEMORY_BYTES = 1 << 20  # messages kept in memory while the clock is unk
 MAX_HELD_BYTES = 64 << 20  # frames log bound per session (minutes of audio); beyond, 1013 "try again later"
 MAX_DTMF_PER_SESSION = 1000  # tones kept per session; the rest are counted in `dtmfDropped`
 _LOG_FIRST = 5  # per session and reason; then every 1000th
+KNOWN_CALL_WAIT_SECONDS = 10.0  # how long a session waits for the control plane to record a new call
+ENDED_GRACE_SECONDS = 2.0  # a session that began this long after the call ended is not part of the call
 _ORIGIN_LOOKAHEAD = 25  # AudioData frames (0.5 s) a new call waits for a plausible timestamp before its clock starts
 _wall = time.time
 
@@ -163,8 +165,14 @@ class Session:
             self._wake.clear()
             await self._wake.wait()
         call_id = self.call_id
-        cached: CachedManifest = await self._retry(
-            "reading the call's manifest", lambda: self.ctx.store.load_manifest(call_id))
+        manifest_read = self._retry("reading the call's manifest", lambda: self.ctx.store.load_manifest(call_id))
+        if self.ctx.settings.call_check:
+            cached, refusal = await asyncio.gather(manifest_read, self._check_call(call_id))
+            if refusal is not None:
+                self._refuse(*refusal)
+                return
+        else:
+            cached = await manifest_read
         stored = cached.manifest or {}
         if not (stored.get("clockOrigin") and stored.get("chunkSeconds")):
             while self._origin is None:  # nothing to claim a clock with yet
@@ -185,6 +193,45 @@ class Session:
             stored = cached.manifest or {}
         self._cached = cached
         self.adopt_clock(mf.parse_iso(stored["clockOrigin"]), float(stored["chunkSeconds"]), stored.get("sampleRate"))
+
+    async def _check_call(self, call_id: str) -> tuple[str, str] | None:
+        """Is this a call the control plane placed or answered, and not one that ended before this session began?
+        The control plane writes the call state right after ACS returns the call (and again at each callback),
+        so a new call's media may arrive a moment before it: the state is looked for again for a while."""
+        store = self.ctx.store
+        deadline = time.monotonic() + KNOWN_CALL_WAIT_SECONDS
+        while True:
+            state = await self._retry("reading the call state", lambda: store.read_call_state(call_id))
+            if state is not None:
+                break
+            if time.monotonic() >= deadline:
+                return "unknown_call", "no call with this id was placed or answered by this recorder"
+            await asyncio.sleep(0.5)
+        if state.get("status") in ("disconnected", "failed"):
+            ended = state.get("disconnectedAt")
+            try:
+                after_end = ended is None or mf.parse_iso(self.started_at) > mf.parse_iso(ended) + ENDED_GRACE_SECONDS
+            except (TypeError, ValueError):
+                after_end = True
+            if after_end:
+                return "call_ended", "this call has ended"
+        return None
+
+    def _refuse(self, reason: str, message: str) -> None:
+        """Not a call to record: whatever was held is let go (logged and counted) and the socket is closed."""
+        held = len(self._held)
+        self._held, self._held_bytes = [], 0
+        if self._log is not None:
+            self._log.remove()
+            self._log = None
+        self.ctx.metrics.refusals[reason] += 1
+        log.warning("session refused: %s; %d held messages discarded", message, held,
+                    extra={**self.fields, "reason": reason})
+        self._fatal = ProtocolClose(1008, message)
+        self.mode = FAILED
+        if self.on_fatal is not None and not self.closed:
+            self.on_fatal(self._fatal)
+        self._manifest_dirty.set()
 
     def _chunk_seconds(self) -> float:
         return self.ctx.settings.chunk_seconds

@@ -19,6 +19,8 @@ ENV_VARS: dict[str, str] = {
     "ACS_JWT_ISSUER": f"JWT issuer (default {DEFAULT_ISSUER})",
     "ACS_JWKS_URL": f"JWKS URL (default {DEFAULT_JWKS_URL})",
     "STREAMER_AUTH": "'disabled' turns JWT verification off — local use only, logged as a warning",
+    "STREAMER_CALL_CHECK": "'disabled' records calls the control plane does not know (no call state) and calls that "
+                           "have ended — local use only, logged as a warning",
     "AZURE_STORAGE_ACCOUNT_URL": "Blob endpoint, used with managed identity (DefaultAzureCredential)",
     "AZURE_STORAGE_CONNECTION_STRING": "Connection string — local use (Azurite) only",
     "AZURE_CLIENT_ID": "Client id of the user-assigned managed identity",
@@ -35,7 +37,7 @@ ENV_VARS: dict[str, str] = {
     "APPLICATIONINSIGHTS_CONNECTION_STRING": "Sends traces/metrics/logs to Application Insights when set",
 }
 # Settings that must never be set in Azure (the Bicep must not set them).
-LOCAL_ONLY: frozenset[str] = frozenset({"AZURE_STORAGE_CONNECTION_STRING", "STREAMER_AUTH"})
+LOCAL_ONLY: frozenset[str] = frozenset({"AZURE_STORAGE_CONNECTION_STRING", "STREAMER_AUTH", "STREAMER_CALL_CHECK"})
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class Settings:
     jwt_issuer: str = DEFAULT_ISSUER
     jwks_url: str = DEFAULT_JWKS_URL
     auth_enabled: bool = True
+    call_check: bool = True
     storage_account_url: str | None = None
     storage_connection_string: str | None = None
     azure_client_id: str | None = None
@@ -81,12 +84,16 @@ class Settings:
         auth = (env.get("STREAMER_AUTH") or "enabled").strip().lower()
         if auth not in ("enabled", "disabled"):
             raise SettingsError(f"STREAMER_AUTH must be 'enabled' or 'disabled', got {auth!r}")
+        call_check = (env.get("STREAMER_CALL_CHECK") or "enabled").strip().lower()
+        if call_check not in ("enabled", "disabled"):
+            raise SettingsError(f"STREAMER_CALL_CHECK must be 'enabled' or 'disabled', got {call_check!r}")
         s = cls(
             port=int(num("PORT", 8080, int)),
             acs_resource_id=(env.get("ACS_RESOURCE_ID") or "").strip(),
             jwt_issuer=env.get("ACS_JWT_ISSUER") or DEFAULT_ISSUER,
             jwks_url=url_setting(env, "ACS_JWKS_URL", "https", "http", required=False) or DEFAULT_JWKS_URL,
             auth_enabled=auth == "enabled",
+            call_check=call_check == "enabled",
             storage_account_url=url_setting(env, "AZURE_STORAGE_ACCOUNT_URL", "https", "http", required=False) or None,
             storage_connection_string=env.get("AZURE_STORAGE_CONNECTION_STRING") or None,
             azure_client_id=env.get("AZURE_CLIENT_ID") or None,

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+import orjson
 
 from common import manifest as mf
-from common.layout import manifest_blob
+from common.layout import call_state_blob, manifest_blob
 from streamer import wav
 
 log = logging.getLogger(__name__)
@@ -346,3 +347,14 @@ class RecordingStore:
 
     async def read_manifest(self, call_id: str) -> dict[str, Any] | None:
         return (await self.load_manifest(call_id)).manifest
+
+    async def read_call_state(self, call_id: str) -> dict[str, Any] | None:
+        """The control plane's call state (None if it has none): which calls exist and whether they ended."""
+        cur = await self.backend.get(call_state_blob(call_id))
+        if cur is None:
+            return None
+        try:
+            doc = orjson.loads(cur.data)
+        except orjson.JSONDecodeError:
+            return {}
+        return doc if isinstance(doc, dict) else {}

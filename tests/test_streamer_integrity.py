@@ -228,6 +228,61 @@ def test_an_empty_socket_neither_creates_nor_reopens_a_recording(streamer_factor
     assert names == {"done"}
 
 
+def _call_state(container, call_id: str, **fields: object) -> None:  # type: ignore[no-untyped-def]
+    """What the control plane writes when it places or answers a call (and at each callback)."""
+    from function_app.state import new_state
+
+    container.upload_blob(f"{call_id}/call-state.json", json.dumps({**new_state(call_id), **fields}),
+                          overwrite=True)
+
+
+def test_only_calls_the_control_plane_knows_are_recorded(streamer_factory, token_issuer):
+    """Any valid ACS token opens a socket for any call id; the streamer records only calls with a call state (the
+    control plane placed or answered them), waiting a moment for a call that was just created."""
+    from streamer.session import KNOWN_CALL_WAIT_SECONDS
+
+    s = streamer_factory(STREAMER_CALL_CHECK="enabled")
+    frames = tone_pcm(60, seed=20)
+    _call_state(s.container, "known", status="connected")
+
+    async def run() -> tuple[int | None, int | None, int | None]:
+        async def late_state() -> None:  # the control plane records the call 2 s after its media connected
+            await asyncio.sleep(2.0)
+            await asyncio.to_thread(_call_state, s.container, "just-created", status="connecting")
+
+        t0 = time.monotonic()
+        codes = await asyncio.gather(
+            send_all(s.ws, [metadata(), *_frames(frames)], headers(token_issuer.token(), "known")),
+            send_all(s.ws, [metadata(), *_frames(frames), 3.0], headers(token_issuer.token(), "just-created")),
+            send_all(s.ws, [metadata(), *_frames(frames)], headers(token_issuer.token(), "made-up"),
+                     expect_close=True, close_timeout=KNOWN_CALL_WAIT_SECONDS + 10),
+            late_state())
+        assert time.monotonic() - t0 >= KNOWN_CALL_WAIT_SECONDS
+        return codes[0], codes[1], codes[2]
+
+    known, created, made_up = asyncio.run(run())
+    assert (known, created, made_up) == (None, None, 1008)
+    for call_id in ("known", "just-created"):
+        assert rec.stitched(s.container, rec.wait_complete(s.container, call_id), "mixed") == b"".join(frames)
+    assert not s.container.get_blob_client("made-up/manifest.json").exists()
+    assert s.metrics()['acs_streamer_refusals_total{reason="unknown_call"}'] == 1
+
+
+def test_a_call_that_ended_takes_no_new_session(streamer_factory, token_issuer):
+    s = streamer_factory(STREAMER_CALL_CHECK="enabled")
+    frames = tone_pcm(60, seed=21)
+    _call_state(s.container, "ended", status="connected")
+    asyncio.run(send_all(s.ws, [metadata(), *_frames(frames)], headers(token_issuer.token(), "ended")))
+    before = rec.wait_complete(s.container, "ended")
+    _call_state(s.container, "ended", status="disconnected", disconnectedAt=mf.now_iso())
+    time.sleep(2.5)
+    code = asyncio.run(send_all(s.ws, [metadata(), *_frames(tone_pcm(60, seed=22), start=100)],
+                                headers(token_issuer.token(), "ended"), expect_close=True))
+    assert code == 1008
+    assert rec.manifest(s.container, "ended")["streams"] == before["streams"]
+    assert s.metrics()['acs_streamer_refusals_total{reason="call_ended"}'] == 1
+
+
 # -- 5. DTMF is bounded --------------------------------------------------------------------------------------------
 def test_dtmf_is_only_tones_bounded_per_session_and_counted(streamer_factory, token_issuer):
     from streamer.session import MAX_DTMF_PER_SESSION

@@ -24,7 +24,7 @@ def headers(token: str | None, call_id: str, correlation: str = "corr-1") -> dic
 
 
 async def send_all(url: str, messages: list[str | bytes | float], hdrs: dict[str, str], *,
-                   expect_close: bool = False) -> int | None:
+                   expect_close: bool = False, close_timeout: float = 10.0) -> int | None:
     """Send every message (a number in the list is a pause, in seconds: the streamer checks timestamps against its
     receive clock, so a gap in the audio must also be a gap in time). Normally close and return None; with
     `expect_close`, wait for the server to close the socket and return its close code."""
@@ -36,7 +36,7 @@ async def send_all(url: str, messages: list[str | bytes | float], hdrs: dict[str
                     continue
                 await ws.send(m)
             if expect_close:
-                await asyncio.wait_for(ws.wait_closed(), 10)
+                await asyncio.wait_for(ws.wait_closed(), close_timeout)
         except ConnectionClosed:
             pass
     proto = ws.protocol
