@@ -407,3 +407,36 @@ def test_incoming_call_subscription_targets_the_function():
     assert sub["eventDeliverySchema"] == "EventGridSchema"
     topic = module_scope("eventGrid").resource("Microsoft.EventGrid/systemTopics")
     assert topic["properties"]["topicType"] == "Microsoft.Communication.CommunicationServices"
+
+
+def test_audio_at_risk_alert_matches_what_the_streamer_logs():
+    """The alert's query must match the streamer's real log lines (a quarantined chunk, a spool failure), on the
+    streamer's Container App — or it would never fire."""
+    import json
+    import logging
+    import re
+
+    from common.logs import JsonFormatter
+
+    alerts = module_scope("alerts")
+    rule = alerts.resource("Microsoft.Insights/scheduledQueryRules")["properties"]
+    query = rule["criteria"]["allOf"][0]["query"].replace("\\\\", "\\")  # Bicep's escape of a backslash
+    terms = [json.loads(f'"{t}"') for t in re.findall(r'has "((?:[^"\\]|\\.)*)"', query)]
+    assert len(terms) == 2, query
+    assert alerts.param_value("streamerAppName") == module_decl("streamer")["params"]["appName"] == \
+        "ca-streamer-${token}"
+    assert 'ContainerAppName_s == "${streamerAppName}"' in query
+
+    def line(level: int, msg: str) -> str:
+        return JsonFormatter().format(logging.makeLogRecord({"levelno": level, "levelname": logging.getLevelName(level),
+                                                             "name": "streamer.sink", "msg": msg}))
+
+    quarantined = line(logging.ERROR, "chunk quarantined: it can never land as it is; kept for an operator")
+    spool_failed = line(logging.CRITICAL, "cannot spool chunk; keeping it in memory — audio at risk")
+    routine = line(logging.WARNING, "chunk upload failed; will retry")
+    assert any(t in quarantined for t in terms) and any(t in spool_failed for t in terms)
+    assert not any(t in routine for t in terms)
+    # the messages the streamer really writes
+    sink_source = (ROOT / "streamer" / "sink.py").read_text()
+    assert '"chunk quarantined: it can never land as it is; kept for an operator"' in sink_source
+    assert "log.critical(" in sink_source

@@ -86,6 +86,9 @@ param functionsScriptFileName string = 'function_entry.py'
 
 param incomingCallFunctionName string = 'IncomingCall'
 
+@description('Email for the "audio quarantined or at risk" alert; empty = the alert fires without notifying anyone.')
+param alertEmail string = ''
+
 @description('Create the IncomingCall Event Grid subscription. Only after the function code is published.')
 param deployIncomingCallSubscription bool = false
 
@@ -232,6 +235,19 @@ module streamer 'modules/containerapps.bicep' = {
   dependsOn: [
     roles
   ]
+}
+
+module alerts 'modules/alerts.bicep' = {
+  name: 'alerts'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    logAnalyticsName: monitoring.outputs.logAnalyticsName
+    streamerAppName: 'ca-streamer-${token}'
+    ruleName: 'alert-audio-at-risk-${token}'
+    alertEmail: alertEmail
+  }
 }
 
 module functions 'modules/functions.bicep' = {
