@@ -10,12 +10,16 @@ Shape (JSON, camelCase; see README "Blob layout and manifest"):
 
     {"schemaVersion": 1, "callConnectionId": str, "correlationId": str|None, "sampleRate": int,
      "chunkSeconds": float, "clockOrigin": ISO-8601|None, "audioChannel": "mixed"|"unmixed"|"auto",
-     "complete": bool, "updatedAt": ISO-8601,
-     "sessions": [{"id", "startedAt", "endedAt", "complete", "closeCode", "replica", ...}],
+     "complete": bool, "updatedAt": ISO-8601, "dtmfDropped"?: int,
+     "sessions": [{"id", "startedAt", "endedAt", "complete", "cleanClose", "closeCode", "endReason", "replica",
+                   counters ("frames", "badFrames", "conflictFrames", ...), "quarantinedChunks", ...}],
      "streams": [{"stream", "participantRawId", "chunks": [{"blob", "seq", "startTime", "durationMs",
                                                             "sha256", "bytes", "revision", "sessionId"}]}],
      "gaps": [{"stream", "startTime", "durationMs"}],
-     "dtmf": [{"tone", "timestamp", "participantRawId"}]}
+     "dtmf": [{"tone", "timestamp", "participantRawId", "receivedAt"}]}
+
+The first write of `clockOrigin`, `sampleRate`, `chunkSeconds` wins: a new call's first session claims the clock
+by creating the manifest, and every later session adopts it.
 """
 
 from __future__ import annotations

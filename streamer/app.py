@@ -247,9 +247,10 @@ def create_app(settings: Settings, backend: BlobBackend | None = None) -> Starle
             if trim is not None and now - trimmed_at >= TRIM_SECONDS:
                 trim()
                 trimmed_at = now
+            wall = time.time()  # frames' arrivals are wall times
             for s in list(ctx.sessions):
                 try:
-                    s.seal_idle(IDLE_SEAL_SECONDS, now)
+                    s.seal_idle(IDLE_SEAL_SECONDS, wall)
                 except Exception:
                     log.exception("idle seal failed", extra=s.fields)
 

@@ -124,6 +124,7 @@ class Session:
         self._marked = False
         self._finished = False
         self.on_fatal: Callable[[ProtocolClose], None] | None = None  # set by the endpoint
+        self.on_message = self._hold_message  # type: ignore[method-assign]  # until the clock is known
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -229,6 +230,7 @@ class Session:
                     extra={**self.fields, "reason": reason})
         self._fatal = ProtocolClose(1008, message)
         self.mode = FAILED
+        self.on_message = self._hold_message  # type: ignore[method-assign]
         if self.on_fatal is not None and not self.closed:
             self.on_fatal(self._fatal)
         self._manifest_dirty.set()
@@ -246,6 +248,7 @@ class Session:
         held, self._held, self._held_bytes = self._held, [], 0
         frames_log, self._log = self._log, None
         self.mode = LIVE
+        self.__dict__.pop("on_message", None)  # the class's frame path from now on
         try:
             if frames_log is not None:
                 for raw, arrival in frames_log.replay():
@@ -255,6 +258,7 @@ class Session:
         except ProtocolClose as exc:
             self._fatal = exc
             self.mode = FAILED
+            self.on_message = self._hold_message  # type: ignore[method-assign]  # raises the close from now on
             if self.on_fatal is not None and not self.closed:  # the socket is idle here: close it from this side
                 self.on_fatal(exc)
         finally:
@@ -267,12 +271,10 @@ class Session:
     # -- frame path -----------------------------------------------------------------------------------------
     def on_message(self, raw: str | bytes, arrival: float | None = None) -> None:
         """Handle one WebSocket message (that arrived at `arrival`, wall time; now by default). Raises ProtocolClose
-        when the socket must close."""
+        when the socket must close. Until the session is live, an instance attribute of the same name shadows
+        this method with `_hold_message`, so the live path carries no mode check."""
         if arrival is None:
             arrival = _wall()
-        if self.mode != LIVE:
-            self._hold(raw, arrival)
-            return
         metrics = self.ctx.metrics
         metrics.messages += 1
         try:
@@ -308,6 +310,9 @@ class Session:
             self._consecutive_bad += 1
             if self._consecutive_bad > MAX_CONSECUTIVE_BAD:
                 raise ProtocolClose(1007, f"{self._consecutive_bad} invalid frames in a row") from None
+
+    def _hold_message(self, raw: str | bytes, arrival: float | None = None) -> None:
+        self._hold(raw, _wall() if arrival is None else arrival)
 
     def _hold(self, raw: str | bytes, arrival: float) -> None:
         """Keep a message until the clock is known. Learns the call id (from AudioMetadata) and the clock origin

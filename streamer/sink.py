@@ -73,7 +73,7 @@ class ChunkJob:
     frame_bytes: int
     mask: bytes
     session_id: str
-    last_arrival: float = 0.0  # monotonic; 0 for chunks recovered from the spool of an earlier process
+    last_arrival: float = 0.0  # wall time; 0 for chunks recovered from the spool of an earlier process
     wav: bytes | None = None
     spool_path: str | None = None
     owner: ChunkOwner | None = field(default=None, repr=False)
@@ -424,7 +424,7 @@ class UploadSink:
 
     def _landed(self, job: ChunkJob, landed: LandedChunk) -> None:
         if job.last_arrival:
-            self.metrics.chunk_latency.observe(time.monotonic() - job.last_arrival)
+            self.metrics.chunk_latency.observe(max(0.0, time.time() - job.last_arrival))
         self.metrics.chunks_uploaded += 1
         if landed.revision > 1 and landed.filled:
             self.metrics.chunks_merged += 1

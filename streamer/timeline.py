@@ -38,11 +38,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from common.layout import stream_id
+from common.layout import MAX_PARTICIPANT_ID, stream_id
 from streamer import wav
-from streamer.protocol import AudioFormat
+from streamer.protocol import AudioFormat, FrameError
 
-_monotonic = time.monotonic
 _wall = time.time
 # Unmixed audio carries the 4 dominant speakers at any moment, and in a meeting they rotate: an hour of a large
 # meeting can bring dozens of distinct speakers. Idle streams hold no buffer (sealed after 1 s), so the cap only
@@ -63,7 +62,7 @@ class SealedChunk:
     start: float  # epoch seconds of the chunk's first sample (grid start)
     duration: float  # seconds of audio in this WAV
     final: bool
-    last_arrival: float  # monotonic time the newest frame of this part arrived (chunk latency is measured from it)
+    last_arrival: float  # wall time the newest frame of this part arrived (chunk latency is measured from it)
 
 
 @dataclass(slots=True)
@@ -117,64 +116,25 @@ class CallTimeline:
     def add(self, participant: str | None, pcm: bytes, ts: float | None, silent: bool,
             arrival: float | None = None) -> None:
         """Place one frame. `arrival` is the wall time it arrived; None skips the receive-clock checks (unit tests
-        of pure placement)."""
+        of pure placement, and frames placed by `_release`)."""
         st = self._streams.get(participant)
         if st is None:
-            if len(self._streams) >= MAX_STREAMS:
-                self._capped(participant)
+            st = self._new_stream(participant)
+            if st is None:
                 return
-            st = self._streams[participant] = _Stream(stream_id(participant), participant)
-        st.last_arrival = _monotonic()
+        st.last_arrival = _wall() if arrival is None else arrival
         self.stats.frames += 1
         nxt = st.next_slot
-        if ts is None:  # no usable timestamp: continue the stream (or start it where the next frame says)
-            if nxt is None and st.held is None and arrival is not None:
-                st.held = (pcm, silent, arrival)
-                return
-            if st.held is not None:
-                self._release(st, None)
-                nxt = st.next_slot
-            ts = self._cursor_ts(nxt, arrival)
-        elif arrival is not None:
-            off = ts - arrival
+        if arrival is not None:
+            # Fast path: a frame of a known stream that does not lead the reference offset needs no more checks.
             ref = self._ref
-            if nxt is None or ref is None:  # a new stream (or the call's first timestamp): no trusted position yet
-                base = 0.0 if ref is None else ref
-                if off - base > FUTURE_TOLERANCE or base - off > MAX_CLOCK_SKEW:
-                    self.stats.bad_timestamps += 1
-                    if nxt is None and st.held is None:  # where it goes is decided by the next frame
-                        st.held = (pcm, silent, arrival)
-                        return
-                    if st.held is not None:
-                        self._release(st, None)
-                        nxt = st.next_slot
-                    ts = self._cursor_ts(nxt, arrival)
-                else:
-                    if ref is None:
-                        self._ref = off
-                    if st.held is not None:
-                        self._release(st, ts)
-                        nxt = st.next_slot
-            elif off > ref:
-                d = (ts - self.origin) / self.frame_seconds - nxt  # type: ignore[operator]
-                if d <= self._tol:  # in sequence (or late): this frame simply arrived sooner than the others
-                    self._ref = off
-                elif off > ref + FUTURE_TOLERANCE:  # a jump that claims to be from the future
-                    self.stats.bad_timestamps += 1
-                    ts = self._cursor_ts(nxt, arrival)
-        self._place(st, pcm, ts, silent)
-
-    def _release(self, st: _Stream, next_ts: float | None) -> None:
-        """Place a stream's first frame, held because its timestamp was implausible: right before the next frame
-        when that one is plausible (`next_ts`), else at its own arrival on the call clock."""
-        assert st.held is not None
-        pcm, silent, arrival = st.held
-        st.held = None
-        ts = next_ts - self.frame_seconds if next_ts is not None else self._cursor_ts(None, arrival)
-        self._place(st, pcm, ts, silent)
-
-    def _place(self, st: _Stream, pcm: bytes, ts: float, silent: bool) -> None:
-        nxt = st.next_slot
+            if ts is None or nxt is None or ref is None or ts - arrival > ref:
+                ts = self._vet(st, pcm, ts, silent, arrival)
+                if ts is None:
+                    return
+                nxt = st.next_slot
+        elif ts is None:
+            ts = self._cursor_ts(nxt, None)
         if self.origin is None:
             self.origin = ts
         pos = (ts - self.origin) / self.frame_seconds
@@ -221,6 +181,61 @@ class CallTimeline:
             st.next_slot = end
             if self._clock_slot is None or end > self._clock_slot:
                 self._clock_slot = end
+
+    def _new_stream(self, participant: str | None) -> _Stream | None:
+        if participant is not None and len(participant) > MAX_PARTICIPANT_ID:  # checked once per stream
+            raise FrameError("bad_participant", f"participantRawID longer than {MAX_PARTICIPANT_ID} characters")
+        if len(self._streams) >= MAX_STREAMS:
+            self._capped(participant)
+            return None
+        st = self._streams[participant] = _Stream(stream_id(participant), participant)
+        return st
+
+    def _vet(self, st: _Stream, pcm: bytes, ts: float | None, silent: bool, arrival: float) -> float | None:
+        """The receive-clock checks (module docstring). -> the time to place the frame at, or None when the frame
+        is held until the stream's next frame says where it goes."""
+        nxt = st.next_slot
+        ref = self._ref
+        if ts is None:  # no usable timestamp: continue the stream (or start it where the next frame says)
+            if nxt is None and st.held is None:
+                st.held = (pcm, silent, arrival)
+                return None
+            if st.held is not None:
+                self._release(st, None)
+            return self._cursor_ts(st.next_slot, arrival)
+        off = ts - arrival
+        if nxt is None or ref is None:  # a new stream (or the call's first timestamp): no trusted position yet
+            base = 0.0 if ref is None else ref
+            if off - base > FUTURE_TOLERANCE or base - off > MAX_CLOCK_SKEW:
+                self.stats.bad_timestamps += 1
+                if nxt is None and st.held is None:  # where it goes is decided by the next frame
+                    st.held = (pcm, silent, arrival)
+                    return None
+                if st.held is not None:
+                    self._release(st, None)
+                return self._cursor_ts(st.next_slot, arrival)
+            if ref is None:
+                self._ref = off
+            if st.held is not None:
+                self._release(st, ts)
+            return ts
+        d = (ts - self.origin) / self.frame_seconds - nxt  # type: ignore[operator]
+        if d <= self._tol:  # in sequence (or late): this frame simply arrived sooner than the others
+            self._ref = off
+        elif off > ref + FUTURE_TOLERANCE:  # a jump that claims to be from the future
+            self.stats.bad_timestamps += 1
+            return self._cursor_ts(nxt, arrival)
+        return ts
+
+    def _release(self, st: _Stream, next_ts: float | None) -> None:
+        """Place a stream's first frame, held because its timestamp was implausible or missing: right before the
+        next frame when that one is plausible (`next_ts`), else at its own arrival on the call clock."""
+        assert st.held is not None
+        pcm, silent, arrival = st.held
+        st.held = None
+        ts = next_ts - self.frame_seconds if next_ts is not None else self._cursor_ts(None, arrival)
+        self.stats.frames -= 1  # counted when it arrived
+        self.add(st.participant, pcm, ts, silent)
 
     def _cursor_ts(self, nxt: int | None, arrival: float | None) -> float:
         """Where a frame goes when its timestamp cannot be used: right after the stream's previous frame, or, for
@@ -303,8 +318,9 @@ class CallTimeline:
         self._on_chunk(chunk)
 
     def seal_idle(self, idle_seconds: float, now: float | None = None) -> int:
-        """Seal the open part of every stream idle for `idle_seconds`, so its audio lands without waiting."""
-        now = time.monotonic() if now is None else now
+        """Seal the open part of every stream idle for `idle_seconds` (by wall time, like arrivals), so its audio
+        lands without waiting."""
+        now = _wall() if now is None else now
         sealed = 0
         for st in self._streams.values():
             if st.held is not None and now - st.last_arrival >= idle_seconds:

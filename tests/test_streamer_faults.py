@@ -166,7 +166,8 @@ def test_shutdown_spools_the_manifest_part_of_a_call_whose_chunks_landed_but_man
     """Every chunk landed, then storage refused the final manifest write until SIGTERM: the session's part
     (chunk entries, clean close) is spooled and merged by the next start, so the manifest loses nothing."""
     backend = _ManifestOutage()
-    settings = Settings.from_env({"STREAMER_AUTH": "disabled", "AZURE_STORAGE_CONNECTION_STRING": "unused",
+    settings = Settings.from_env({"STREAMER_AUTH": "disabled", "STREAMER_CALL_CHECK": "disabled",
+                                  "AZURE_STORAGE_CONNECTION_STRING": "unused",
                                   "SPOOL_DIR": str(tmp_path / "spool"), "SHUTDOWN_GRACE_SECONDS": "2"})
     call = "call-manifest-outage"
     frames = [audio(f, at(i), participant=None) for i, f in enumerate(tone_pcm(50))]

@@ -181,7 +181,8 @@ def test_readiness_reports_uploads_that_stopped_landing(tmp_path, monkeypatch):
             return await super().create(name, data, metadata, content_type)
 
     monkeypatch.setattr(sink, "STUCK_SECONDS", 1.0)
-    settings = Settings.from_env({"STREAMER_AUTH": "disabled", "AZURE_STORAGE_CONNECTION_STRING": "unused",
+    settings = Settings.from_env({"STREAMER_AUTH": "disabled", "STREAMER_CALL_CHECK": "disabled",
+                                  "AZURE_STORAGE_CONNECTION_STRING": "unused",
                                   "SPOOL_DIR": str(tmp_path / "spool"), "CHUNK_SECONDS": "1"})
     with ServerThread(create_app(settings, Throttled())) as server:
         base = f"http://127.0.0.1:{server.port}"
