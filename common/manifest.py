@@ -9,7 +9,7 @@ a part, or two writers racing, never loses an entry.
 Shape (JSON, camelCase; see README "Blob layout and manifest"):
 
     {"schemaVersion": 1, "callConnectionId": str, "correlationId": str|None, "sampleRate": int,
-     "chunkSeconds": float, "clockOrigin": ISO-8601|None, "audioChannel": "mixed"|"unmixed"|"auto",
+     "frameBytes": int, "chunkSeconds": float, "clockOrigin": ISO-8601|None, "audioChannel": "mixed"|"unmixed"|"auto",
      "complete": bool, "updatedAt": ISO-8601, "dtmfDropped"?: int,
      "sessions": [{"id", "startedAt", "endedAt", "complete", "cleanClose", "closeCode", "endReason", "replica",
                    counters ("frames", "badFrames", "conflictFrames", ...), "quarantinedChunks", ...}],
@@ -86,6 +86,7 @@ def empty(call_id: str) -> dict[str, Any]:
         "callConnectionId": call_id,
         "correlationId": None,
         "sampleRate": None,
+        "frameBytes": None,
         "chunkSeconds": None,
         "clockOrigin": None,
         "audioChannel": None,
@@ -98,8 +99,9 @@ def empty(call_id: str) -> dict[str, Any]:
     }
 
 
-_FIRST_WINS = ("correlationId", "sampleRate", "chunkSeconds", "clockOrigin", "audioChannel")
+_FIRST_WINS = ("correlationId", "sampleRate", "frameBytes", "chunkSeconds", "clockOrigin", "audioChannel")
 MAX_DTMF_PER_CALL = 5000  # backstop over every session's own cap; what is cut is counted in `dtmfDropped`
+MAX_GAPS_PER_CALL = 10000  # likewise for gap entries (`gapsDropped`); a session's gapFrames still counts them all
 
 
 def merge_session(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
@@ -125,8 +127,8 @@ def merge_session(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, 
 
 
 def has_content(session: dict[str, Any]) -> bool:
-    """A session that received audio or tones. Sessions that carried nothing do not decide completeness."""
-    return bool(session.get("frames") or session.get("dtmfTones"))
+    """A session that received audio. Sessions without audio (empty, or tones only) do not decide completeness."""
+    return bool(session.get("frames"))
 
 
 def merge(base: dict[str, Any] | None, part: dict[str, Any]) -> dict[str, Any]:
@@ -168,7 +170,11 @@ def merge(base: dict[str, Any] | None, part: dict[str, Any]) -> dict[str, Any]:
 
     gaps = {(g["stream"], g["startTime"]): g for g in out["gaps"]}
     gaps.update({(g["stream"], g["startTime"]): g for g in part.get("gaps", [])})
-    out["gaps"] = [gaps[k] for k in sorted(gaps)]
+    gap_keys = sorted(gaps)
+    if len(gap_keys) > MAX_GAPS_PER_CALL:
+        out["gapsDropped"] = max(out.get("gapsDropped") or 0, len(gap_keys) - MAX_GAPS_PER_CALL)
+        gap_keys = gap_keys[:MAX_GAPS_PER_CALL]
+    out["gaps"] = [gaps[k] for k in gap_keys]
 
     def dtmf_key(d: dict[str, Any]) -> tuple[str, str, str]:
         return (d.get("timestamp") or "", d["tone"], d.get("participantRawId") or "")
@@ -203,6 +209,18 @@ def loads(data: bytes | str) -> dict[str, Any]:
         if not isinstance(m.get(key, []), list):
             raise ValueError(f"manifest field {key!r} is not a list")
         m.setdefault(key, [])
+    # The call clock decides where every later session's audio goes: it must be usable, or not there at all.
+    for key in ("sampleRate", "frameBytes"):
+        if m.get(key) is not None and (type(m[key]) is not int or m[key] <= 0):
+            raise ValueError(f"manifest field {key!r} is not a positive integer")
+    seconds = m.get("chunkSeconds")
+    if seconds is not None and (type(seconds) not in (int, float) or not 0 < seconds <= 3600):
+        raise ValueError("manifest field 'chunkSeconds' is not a positive number of seconds")
+    if m.get("clockOrigin") is not None:
+        try:
+            parse_iso(m["clockOrigin"])
+        except (TypeError, ValueError):
+            raise ValueError(f"manifest field 'clockOrigin' is not a time: {str(m['clockOrigin'])[:40]!r}") from None
     return m
 
 

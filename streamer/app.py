@@ -119,9 +119,10 @@ class MediaStreamEndpoint:
 
         session = Session(ctx, call_id, correlation_id, _channel_hint(scope))
 
-        def fatal(exc: ProtocolClose) -> None:  # bad input found while replaying held messages
+        def fatal(exc: ProtocolClose) -> None:  # found while the socket is idle (held messages replayed, refusal)
             log.warning("closing stream: %s", exc.reason, extra={**session.fields, "closeCode": exc.code})
-            self._end(ctx, session, exc.code, True, PROTOCOL_ERROR)
+            internal = exc.code == 1011
+            self._end(ctx, session, exc.code, not internal, SERVER_ERROR if internal else PROTOCOL_ERROR)
             task = asyncio.create_task(self._close(send, exc.code, exc.reason))
             ctx.background.add(task)
             task.add_done_callback(ctx.background.discard)
@@ -247,6 +248,7 @@ def create_app(settings: Settings, backend: BlobBackend | None = None) -> Starle
             if trim is not None and now - trimmed_at >= TRIM_SECONDS:
                 trim()
                 trimmed_at = now
+            ctx.sink.spool_overdue(now)
             wall = time.time()  # frames' arrivals are wall times
             for s in list(ctx.sessions):
                 try:
@@ -309,6 +311,7 @@ def create_app(settings: Settings, backend: BlobBackend | None = None) -> Starle
                 ok = True
             except Exception:
                 ok = False
+                ctx.sink.suspect_storage()  # uploads wait behind one probe; what waits in memory is spooled
             ctx.ready_checked = (time.monotonic(), ok)
         if not ok or not ctx.sink.healthy:
             return JSONResponse({"status": "storage unreachable"}, status_code=503)

@@ -16,6 +16,7 @@ sink (chunks) and in one coalescing manifest-writer task per session.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
@@ -43,9 +44,12 @@ MANIFEST_MIN_INTERVAL = 1.0  # seconds between manifest writes of one session wh
 PENDING_MEMORY_BYTES = 1 << 20  # messages kept in memory while the clock is unknown; beyond, the frames log
 MAX_HELD_BYTES = 64 << 20  # frames log bound per session (minutes of audio); beyond, 1013 "try again later"
 MAX_DTMF_PER_SESSION = 1000  # tones kept per session; the rest are counted in `dtmfDropped`
+MAX_GAPS_PER_SESSION = 2000  # gap entries written per session (all are in gapFrames); the rest: `gapsOmitted`
 _LOG_FIRST = 5  # per session and reason; then every 1000th
 KNOWN_CALL_WAIT_SECONDS = 10.0  # how long a session waits for the control plane to record a new call
 ENDED_GRACE_SECONDS = 2.0  # a session that began this long after the call ended is not part of the call
+_ORIGIN_SETTLE_FRAMES = 5  # a new call's clock starts at the earliest of its first frames (they may be reordered)
+_ORIGIN_SETTLE_SECONDS = 0.1  # ... or of those held by then
 _ORIGIN_LOOKAHEAD = 25  # AudioData frames (0.5 s) a new call waits for a plausible timestamp before its clock starts
 _wall = time.time
 
@@ -89,7 +93,8 @@ class Session:
         self.complete = False
         self.mode = PENDING
         self._fatal: ProtocolClose | None = None
-        self._clock: tuple[float, float, int | None] | None = None  # origin, chunk seconds, stored sample rate
+        # origin, chunk seconds, and the call's sample rate and frame length (None: not recorded yet)
+        self._clock: tuple[float, float, int | None, int | None] | None = None
         self._parse_ts = p.TimestampParser()
         self._last_ts: float | None = None  # newest AudioData timestamp: the call-clock time of DTMF tones
         self._bad: Counter[str] = Counter()
@@ -118,11 +123,15 @@ class Session:
         self._held_dtmf = 0
         self._log_bytes = 0
         self._origin: float | None = None  # where a new call's clock would start (from the first audio held)
+        self._origin_frames = 0
+        self._origin_settled = asyncio.Event()
+        self._claiming = False
         self._first_arrival: float | None = None
         self._implausible = 0
         self._wake = asyncio.Event()  # call id known, first audio held, or socket closed
         self._marked = False
         self._finished = False
+        self._clock_fields: dict[str, Any] | None = None
         self.on_fatal: Callable[[ProtocolClose], None] | None = None  # set by the endpoint
         self.on_message = self._hold_message  # type: ignore[method-assign]  # until the clock is known
 
@@ -159,6 +168,27 @@ class Session:
                 await asyncio.sleep(backoff(attempt))
 
     async def _load(self) -> None:
+        try:
+            await self._load_clock()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug, not storage (that is retried): keep what was held for the next start
+            log.exception("clock loader failed; what the session held is kept in the spool", extra=self.fields)
+            if self.call_id is not None and self.mode == PENDING:
+                if self._log is None:
+                    self._spill()
+                if self._log is not None:
+                    self._end_log()
+                    self._log.close()
+                    self._log = None  # left in the spool: the next start replays it
+            self._held, self._held_bytes = [], 0
+            self._fatal = ProtocolClose(1011, "internal error")
+            self.mode = FAILED
+            self.on_message = self._hold_message  # type: ignore[method-assign]
+            if self.on_fatal is not None and not self.closed:
+                self.on_fatal(self._fatal)
+
+    async def _load_clock(self) -> None:
         """Find the call's clock (stored, or claimed for a new call), then replay what was held and go live."""
         while self.call_id is None:
             if self.closed or self.mode == FAILED:
@@ -185,15 +215,21 @@ class Session:
                     break
                 self._wake.clear()
                 await self._wake.wait()
+            if not self.closed:  # frames reordered at the very start: the earliest of the first few sets the clock
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._origin_settled.wait(), _ORIGIN_SETTLE_SECONDS)
+            self._claiming = True
             claim = {"callConnectionId": call_id, "correlationId": self.correlation_id,
                      "sampleRate": self._held_fmt.sample_rate if self._held_fmt else None,
+                     "frameBytes": self._held_fmt.frame_bytes if self._held_fmt else None,
                      "chunkSeconds": self._chunk_seconds(), "clockOrigin": mf.utc_iso(self._origin),
                      "audioChannel": self.channel}
             cached = await self._retry("claiming the call clock",
                                        lambda: self.ctx.store.merge_manifest(call_id, claim, cached=cached))
             stored = cached.manifest or {}
         self._cached = cached
-        self.adopt_clock(mf.parse_iso(stored["clockOrigin"]), float(stored["chunkSeconds"]), stored.get("sampleRate"))
+        self.adopt_clock(mf.parse_iso(stored["clockOrigin"]), float(stored["chunkSeconds"]), stored.get("sampleRate"),
+                         stored.get("frameBytes"))
 
     async def _check_call(self, call_id: str) -> tuple[str, str] | None:
         """Is this a call the control plane placed or answered, and not one that ended before this session began?
@@ -236,12 +272,18 @@ class Session:
         self._manifest_dirty.set()
 
     def _chunk_seconds(self) -> float:
-        return self.ctx.settings.chunk_seconds
+        """CHUNK_SECONDS rounded to whole frames, as the timeline cuts it: the span readers place chunk k at."""
+        seconds = self.ctx.settings.chunk_seconds
+        if self._held_fmt is None:
+            return seconds
+        frame = self._held_fmt.frame_seconds
+        return max(1, round(seconds / frame)) * frame
 
-    def adopt_clock(self, origin: float, chunk_seconds: float, sample_rate: int | None = None) -> None:
+    def adopt_clock(self, origin: float, chunk_seconds: float, sample_rate: int | None = None,
+                    frame_bytes: int | None = None) -> None:
         """The call clock is known: replay what was held on it and go live. (The loader's last step; in-process
         users of the frame path, like its benchmark, call it directly.)"""
-        self._clock = (origin, chunk_seconds, sample_rate)
+        self._clock = (origin, chunk_seconds, sample_rate, frame_bytes)
         self._replay_and_go_live()
 
     def _replay_and_go_live(self) -> None:
@@ -298,7 +340,7 @@ class Session:
             elif kind == p.AUDIO_METADATA:
                 self._on_metadata(p.audio_metadata(msg, self.ctx.settings.max_frame_bytes))
             elif kind == p.DTMF_DATA:
-                self._on_dtmf(*p.dtmf_data(msg))
+                self._on_dtmf(*p.dtmf_data(msg), arrival)
             else:
                 self._ignored += 1
                 metrics.ignored += 1
@@ -345,7 +387,7 @@ class Session:
             kind, msg = p.parse(raw)
             self._held_bad_run = 0
             if kind == p.AUDIO_DATA:
-                if self._held_fmt is not None and self._origin is None:
+                if self._held_fmt is not None and not self._claiming:
                     self._note_audio(msg, arrival)
             elif kind == p.AUDIO_METADATA:
                 if self._held_fmt is None:
@@ -387,14 +429,21 @@ class Session:
             except p.FrameError:
                 t = None
         if t is not None and -MAX_CLOCK_SKEW <= t - arrival <= FUTURE_TOLERANCE:
-            self._origin = t - self._implausible * self._held_fmt.frame_seconds
+            candidate = t - self._implausible * self._held_fmt.frame_seconds
+            self._origin = candidate if self._origin is None else min(self._origin, candidate)
+            self._origin_frames += 1
+            if self._origin_frames >= _ORIGIN_SETTLE_FRAMES:
+                self._origin_settled.set()
             self._wake.set()
+            return
+        if self._origin is not None:
             return
         if self._first_arrival is None:
             self._first_arrival = arrival
         self._implausible += 1
         if self._implausible >= _ORIGIN_LOOKAHEAD:
             self._origin = self._first_arrival
+            self._origin_settled.set()
             self._wake.set()
 
     def _spill(self) -> None:
@@ -443,21 +492,25 @@ class Session:
         if self._clock is None:  # replaying a session that ended before any audio: nothing to place
             self.fmt = fmt
             return
-        origin, chunk_seconds, stored_rate = self._clock
-        if stored_rate not in (None, fmt.sample_rate):
-            # One call, one sample rate: a chunk of this session would have to be merged into a chunk of
-            # another rate. Refused here, where the peer can be told, rather than discovered at upload.
-            raise p.FrameError("format_change", f"this call is recorded at {stored_rate} Hz; this session "
-                               f"sends {fmt.sample_rate} Hz", fatal=True, close_code=1003)
+        origin, chunk_seconds, stored_rate, stored_frame = self._clock
+        if stored_rate not in (None, fmt.sample_rate) or stored_frame not in (None, fmt.frame_bytes):
+            # One call, one format: a chunk of this session would have to be merged into a chunk of another rate
+            # or slot grid. Refused here, where the peer can be told, rather than discovered at upload.
+            raise p.FrameError("format_change", f"this call is recorded at {stored_rate} Hz in {stored_frame}-byte "
+                               f"frames; this session sends {fmt.sample_rate} Hz in {fmt.frame_bytes}-byte frames",
+                               fatal=True, close_code=1003)
         self.fmt = fmt
         self.timeline = CallTimeline(fmt, chunk_seconds, self._on_chunk, origin=origin)
+        self._clock_fields = {"sampleRate": fmt.sample_rate, "frameBytes": fmt.frame_bytes,
+                              "chunkSeconds": self.timeline.chunk_seconds, "clockOrigin": mf.utc_iso(origin),
+                              "audioChannel": self.channel, "correlationId": self.correlation_id}
         self._mark_open()
         log.info("audio format", extra={**self.fields, "sampleRate": fmt.sample_rate,
                                         "frameBytes": fmt.frame_bytes, "channel": self.channel,
                                         "clockOrigin": mf.utc_iso(origin)})
         self._manifest_dirty.set()
 
-    def _on_dtmf(self, tone: str, ts: str | None, participant: str | None) -> None:
+    def _on_dtmf(self, tone: str, ts: str | None, participant: str | None, arrival: float) -> None:
         if len(self._dtmf) >= MAX_DTMF_PER_SESSION:
             self._dtmf_dropped += 1
             return
@@ -467,10 +520,12 @@ class Session:
                 t = self._parse_ts(ts)
             except p.FrameError:
                 t = None
+            if t is not None and not -MAX_CLOCK_SKEW <= t - arrival <= FUTURE_TOLERANCE:
+                t = None  # as implausible as a wild audio timestamp (and it would sort ahead of real tones)
         if t is None:  # ACS's DtmfData may carry only the tone: stamp it on the call clock
-            t = self._last_ts if self._last_ts is not None else _wall()
+            t = self._last_ts if self._last_ts is not None else arrival
         self._dtmf.append({"tone": tone, "timestamp": mf.utc_iso(t), "participantRawId": participant,
-                           "receivedAt": mf.now_iso()})
+                           "receivedAt": mf.utc_iso(arrival)})
         self.ctx.metrics.dtmf += 1
         self._manifest_dirty.set()
 
@@ -485,7 +540,7 @@ class Session:
             call_id=self.call_id, blob=chunk_blob(self.call_id, chunk.stream, chunk.seq), stream=chunk.stream,
             participant=chunk.participant, seq=chunk.seq, start_iso=mf.utc_iso(chunk.start),
             frame_bytes=self.fmt.frame_bytes, mask=chunk.mask, session_id=self.id, last_arrival=chunk.last_arrival,
-            wav=chunk.wav, owner=self,
+            wav=chunk.wav, owner=self, clock=self._clock_fields,
         ))
 
     def chunk_landed(self, job: ChunkJob, landed: LandedChunk) -> None:
@@ -519,6 +574,7 @@ class Session:
             "duplicateFrames": st.duplicates if st else 0, "gapFrames": st.gap_slots if st else 0,
             "badTimestamps": st.bad_timestamps if st else 0, "conflictFrames": self._conflicts,
             "dtmfTones": len(self._dtmf), "dtmfDropped": self._dtmf_dropped,
+            "gapsOmitted": max(0, tl.gap_count - MAX_GAPS_PER_SESSION) if tl else 0,
             "cappedFrames": st.capped_frames if st else 0,
             "cappedParticipants": list(st.capped_ids) if st else [],
             "quarantinedChunks": list(self._quarantined),
@@ -527,6 +583,7 @@ class Session:
             "callConnectionId": self.call_id,
             "correlationId": self.correlation_id,
             "sampleRate": self.fmt.sample_rate if self.fmt else None,
+            "frameBytes": self.fmt.frame_bytes if self.fmt else None,
             "chunkSeconds": tl.chunk_seconds if tl else None,
             "clockOrigin": mf.utc_iso(tl.origin) if tl and tl.origin is not None else None,
             "audioChannel": self.channel,
@@ -534,7 +591,7 @@ class Session:
             "streams": [{"stream": s, "participantRawId": self._participants.get(s), "chunks": list(c)}
                         for s, c in self._chunks.items()],
             "gaps": [{"stream": s, "startTime": mf.utc_iso(a), "durationMs": round(d * 1000)}
-                     for s, a, d in (tl.gaps() if tl else [])],
+                     for s, a, d in (tl.gaps(MAX_GAPS_PER_SESSION) if tl else [])],
             "dtmf": list(self._dtmf),
         }
 
@@ -666,7 +723,7 @@ async def replay_frames_log(ctx: Context, frames_log: FramesLog) -> None:
     session._log = frames_log
     for raw, arrival in frames_log.replay():
         session._peek(raw, arrival)
-        if session._origin is not None:
+        if session._origin_settled.is_set():
             break
     end = frames_log.end_record()
     session.start()
@@ -675,6 +732,9 @@ async def replay_frames_log(ctx: Context, frames_log: FramesLog) -> None:
     else:
         session.close(end.get("closeCode") or 1006, bool(end.get("cleanClose")), end.get("endReason"))
         session.ended_at = end.get("endedAt") or session.ended_at
-    await session.finish()
+    task = asyncio.create_task(session.finish(), name=f"finish-{session.id}")
+    ctx.finishing[task] = session  # so that a shutdown meanwhile waits for it, then spools what is left
+    task.add_done_callback(lambda t: ctx.finishing.pop(t, None))
+    await task
     log.info("held frames replayed", extra={**session.fields, "frames": session.timeline.stats.frames
                                             if session.timeline else 0})

@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 
 QUARANTINE = "_quarantine"  # not a call id: those start with a letter or digit
 STUCK_SECONDS = 30.0  # a chunk waiting longer than this makes the replica not ready
+UPLOAD_TIMEOUT = 15.0  # one attempt; storage that neither answers nor fails is as good as down
+OVERDUE_SECONDS = 2.0  # a chunk still in memory this long after it was sealed: storage hangs or lags; spool it
 
 
 def _jitter(attempt: int, base: float = 0.2, cap: float = 5.0) -> float:
@@ -80,6 +82,7 @@ class ChunkJob:
     attempts: int = 0
     submitted: float = field(default_factory=time.monotonic)
     quarantined: str | None = None  # why, once the chunk is in quarantine (spool recovery keeps going past it)
+    clock: dict[str, Any] | None = field(default=None, repr=False)  # the call clock's manifest fields (shared)
 
     @property
     def size(self) -> int:
@@ -89,7 +92,7 @@ class ChunkJob:
         """What the spool keeps beside the WAV, enough to land it and list it after a restart."""
         return {"call_id": self.call_id, "blob": self.blob, "stream": self.stream, "participant": self.participant,
                 "seq": self.seq, "start_iso": self.start_iso, "frame_bytes": self.frame_bytes,
-                "mask": self.mask.hex(), "session_id": self.session_id}
+                "mask": self.mask.hex(), "session_id": self.session_id, "clock": self.clock}
 
 
 def _write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
@@ -136,8 +139,10 @@ class FramesLog:
             self._write(b"b", arrival, raw)
 
     def end(self, info: dict[str, Any]) -> None:
+        """The session ended: record how, and release the file (a replay reopens it)."""
         self._write(b"e", 0.0, orjson.dumps(info))
         os.fsync(self._fh.fileno())
+        self.close()
 
     def close(self) -> None:
         if self._fh is not None:
@@ -292,7 +297,8 @@ class UploadSink:
         self._storage_up = asyncio.Event()
         self._storage_up.set()
         self._probe: asyncio.Task[None] | None = None
-        self.healthy = True
+        self.healthy = True  # storage answers (its probe succeeded, or nothing has failed)
+        self.lagging = False  # a chunk waited too long: new chunks go to disk until storage answers again
 
     # -- intake ---------------------------------------------------------------------------------------------
     def submit(self, job: ChunkJob) -> None:
@@ -300,7 +306,7 @@ class UploadSink:
         (loudly)."""
         self.metrics.pending_chunks += 1
         self.metrics.pending_upload_bytes += job.size
-        if not self.healthy or self.metrics.pending_upload_bytes > self.memory_limit:
+        if not self.healthy or self.lagging or self.metrics.pending_upload_bytes > self.memory_limit:
             self._spool(job)
         self._outstanding[id(job)] = job
         self._idle.clear()
@@ -345,7 +351,8 @@ class UploadSink:
     async def _attempt(self, job: ChunkJob) -> None:
         try:
             data = job.wav if job.wav is not None else self.spool.read_chunk(job)
-            landed = await self.store.put_chunk(job.blob, data, job.mask, job.frame_bytes)
+            landed = await asyncio.wait_for(self.store.put_chunk(job.blob, data, job.mask, job.frame_bytes),
+                                            UPLOAD_TIMEOUT)
         except asyncio.CancelledError:
             raise
         except (PermanentChunkError, RequestRejected) as exc:
@@ -401,6 +408,7 @@ class UploadSink:
         if not self.healthy:
             log.info("storage answers again; retrying waiting chunks", extra={"chunks": len(self._delayed)})
         self.healthy = True
+        self.lagging = False
         if attempt:  # storage was down: do not make chunks that waited it out wait their backoff too
             for key, handle in list(self._delayed.items()):
                 handle.cancel()
@@ -409,6 +417,20 @@ class UploadSink:
                 if job is not None:
                     self._queue.put_nowait(job)
         self._storage_up.set()
+
+    def spool_overdue(self, now: float) -> None:
+        """Storage that hangs instead of failing: once a chunk is overdue, every chunk waiting in memory (and every
+        new one, until storage answers a probe) goes to disk, so a hard kill cannot take them. Called by the
+        streamer's sweeper."""
+        if not any(job.wav is not None and now - job.submitted > OVERDUE_SECONDS
+                   for job in self._outstanding.values()):
+            return
+        if not self.lagging:
+            self.lagging = True
+            log.warning("chunks are not landing in time; spooling what waits in memory",
+                        extra={"chunks": len(self._outstanding)})
+        self._spool_outstanding()
+        self.suspect_storage()
 
     def _spool_outstanding(self) -> None:
         spooled = sum(1 for job in list(self._outstanding.values()) if job.wav is not None and self._spool(job))
@@ -521,7 +543,9 @@ async def _recover_call(spool: Spool, store: RecordingStore, metrics: Metrics, c
         landed_entries.setdefault(job.stream, []).append(chunk_entry(job, landed))
         participants[job.stream] = job.participant
         done.append(job)
-    part: dict[str, Any] = {"callConnectionId": call_id, "streams": [
+    # The call clock travels with every spooled chunk: the manifest may not have survived whatever killed us.
+    clock = next((j.clock for j in jobs if j.clock), None) or {}
+    part: dict[str, Any] = {**clock, "callConnectionId": call_id, "streams": [
         {"stream": s, "participantRawId": participants[s], "chunks": e} for s, e in landed_entries.items()],
         "sessions": [{"id": sid, "quarantinedChunks": q} for sid, q in quarantined.items()]}
     merged = mf.merge(None, part)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -260,7 +261,7 @@ class RecordingStore:
         when the audio differs; an identical replay is not a conflict)."""
         sha = hashlib.sha256(wav_bytes).hexdigest()
         new_occ = np.frombuffer(mask, dtype=np.uint8) != 0
-        meta = {"revision": "1", "sha256": sha, "slots": occupancy(new_occ)}
+        meta = {"revision": "1", "sha256": sha, "slots": occupancy(new_occ), "slotbytes": str(frame_bytes)}
         try:
             await self.backend.create(name, wav_bytes, meta, "audio/wav")
             return LandedChunk(1, sha, len(wav_bytes), self._duration_ms(wav_bytes), int(new_occ.sum()))
@@ -283,6 +284,9 @@ class RecordingStore:
                 raise PermanentChunkError(f"{name}: stored chunk is unreadable ({exc})") from None
             if cur_rate != rate:
                 raise PermanentChunkError(f"{name}: stored chunk is {cur_rate} Hz, this part {rate} Hz")
+            if cur.metadata.get("slotbytes", str(frame_bytes)) != str(frame_bytes):
+                raise PermanentChunkError(f"{name}: stored chunk has {cur.metadata['slotbytes']}-byte frame slots, "
+                                          f"this part {frame_bytes}")
             cur_occ = read_occupancy(cur.metadata, len(cur_pcm), frame_bytes)
             merged_pcm, merged_occ, filled, conflicts = wav.fill_empty(cur_pcm, cur_occ, new_pcm, new_occ,
                                                                         frame_bytes)
@@ -297,7 +301,8 @@ class RecordingStore:
             msha = hashlib.sha256(merged).hexdigest()
             try:
                 await self.backend.replace(name, merged, cur.etag, {
-                    "revision": str(revision + 1), "sha256": msha, "slots": occupancy(merged_occ)}, "audio/wav")
+                    "revision": str(revision + 1), "sha256": msha, "slots": occupancy(merged_occ),
+                    "slotbytes": str(frame_bytes)}, "audio/wav")
             except PreconditionFailed:
                 continue
             log.info("chunk merged", extra={"blob": name, "revision": revision + 1, "filledSlots": filled})
@@ -326,9 +331,8 @@ class RecordingStore:
                     etag = cur.etag
                     try:
                         base = mf.loads(cur.data)
-                    except ValueError:
-                        log.error("stored manifest unreadable; rebuilding from this part",
-                                  extra={"callConnectionId": call_id})
+                    except ValueError as exc:
+                        await self._set_aside(call_id, cur.data, str(exc))
             merged = mf.merge(base, part)
             try:
                 if etag is None:
@@ -341,9 +345,24 @@ class RecordingStore:
         raise StorageUnavailable(f"manifest of {call_id}: too many concurrent updates")
 
     async def load_manifest(self, call_id: str) -> CachedManifest:
-        """The stored manifest with its ETag, so a writer's first `merge_manifest` can skip reading it again."""
+        """The stored manifest with its ETag, so a writer's first `merge_manifest` can skip reading it again. One
+        that cannot be used (not JSON, an unusable clock) is copied aside and treated as absent, so the call is
+        recorded again rather than held forever; nothing of it is lost."""
         cur = await self.backend.get(manifest_blob(call_id))
-        return CachedManifest(mf.loads(cur.data), cur.etag) if cur is not None else CachedManifest(None, None)
+        if cur is None:
+            return CachedManifest(None, None)
+        try:
+            return CachedManifest(mf.loads(cur.data), cur.etag)
+        except ValueError as exc:
+            await self._set_aside(call_id, cur.data, str(exc))
+            return CachedManifest(None, cur.etag)
+
+    async def _set_aside(self, call_id: str, data: bytes, why: str) -> None:
+        name = f"{call_id}/manifest.unreadable-{mf.now_iso().replace(':', '')}.json"
+        with contextlib.suppress(AlreadyExists):
+            await self.backend.create(name, data, {}, "application/json")
+        log.error("stored manifest unreadable (%s); kept as %s and rebuilt from what is recorded now", why, name,
+                  extra={"callConnectionId": call_id})
 
     async def read_manifest(self, call_id: str) -> dict[str, Any] | None:
         return (await self.load_manifest(call_id)).manifest

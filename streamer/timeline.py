@@ -49,6 +49,7 @@ _wall = time.time
 MAX_STREAMS = 256
 MAX_CAPPED_IDS = 16  # participant ids beyond the cap that the manifest names (the rest are only counted)
 MAX_CLOCK_SKEW = 60.0  # seconds a first timestamp may lag the receive clock (NTP keeps honest skew well under 1 s)
+_TRUSTED_JUMP = float("inf")
 FUTURE_TOLERANCE = 2.0  # seconds a timestamp may lead the receive clock beyond the call's reference offset
 
 
@@ -93,6 +94,7 @@ class _Stream:
     last_arrival: float = 0.0
     gaps: list[list[int]] = field(default_factory=list)  # [start_slot, end_slot)
     held: tuple[bytes, bool, float] | None = None  # first frame with an implausible timestamp, placed by the next
+    lead: list[list[int]] = field(default_factory=list)  # slots of the first chunk before the first frame
 
 
 class CallTimeline:
@@ -135,12 +137,15 @@ class CallTimeline:
                 nxt = st.next_slot
         elif ts is None:
             ts = self._cursor_ts(nxt, None)
+        # Without a receive clock, a jump beyond max_jump_seconds is taken for a bad timestamp; with one, the
+        # checks above already judged it (a speaker silent for half an hour resumes where the clock says).
+        max_jump = self._max_jump if arrival is None else _TRUSTED_JUMP
         if self.origin is None:
             self.origin = ts
         pos = (ts - self.origin) / self.frame_seconds
         if nxt is None:  # a stream's first frame: on the call clock, unless it is wildly off the other streams
             slot = round(pos)
-            if self._clock_slot is not None and abs(slot - self._clock_slot) > self._max_jump:
+            if self._clock_slot is not None and abs(slot - self._clock_slot) > max_jump:
                 self.stats.bad_timestamps += 1
                 slot = self._clock_slot
         else:
@@ -149,7 +154,7 @@ class CallTimeline:
             if -tol <= d <= tol:
                 slot = nxt
             elif d > 0:
-                if d > self._max_jump:
+                if d > max_jump:
                     self.stats.bad_timestamps += 1
                     slot = nxt
                 else:
@@ -168,6 +173,9 @@ class CallTimeline:
         if nxt is not None and slot > nxt:
             st.gaps.append([nxt, slot])
             self.stats.gap_slots += slot - nxt
+        elif nxt is None and slot > 0:
+            # before a stream's first frame there is silence; a frame it overtook may still fill it
+            st.lead = [[max(0, slot - self.frames_per_chunk), slot]]
         late = nxt is not None and slot < nxt
         if len(pcm) <= fb:
             self._write(st, slot, pcm, silent, late)
@@ -254,8 +262,12 @@ class CallTimeline:
         fpc = self.frames_per_chunk
         k = slot // fpc
         if k != st.chunk:
-            if k < st.chunk:
-                self.stats.late_dropped += 1
+            if k < st.chunk:  # for a chunk already sealed: only into a slot we skipped, as a part of its own
+                if late and self._fill_gap(st, slot):
+                    self._seal_late(st, k, slot - k * fpc, pcm, silent)
+                    self.stats.late_placed += 1
+                else:
+                    self.stats.late_dropped += 1
                 return
             if st.dirty:
                 self._seal(st, final=False)
@@ -287,12 +299,14 @@ class CallTimeline:
 
     @staticmethod
     def _fill_gap(st: _Stream, slot: int) -> bool:
-        """A late frame may only land in a slot we skipped; shrink or split the recorded gap around it."""
-        for i, (a, b) in enumerate(st.gaps):
-            if a <= slot < b:
-                pieces = [p for p in ([a, slot], [slot + 1, b]) if p[1] > p[0]]
-                st.gaps[i:i + 1] = pieces
-                return True
+        """A late frame may only land in a slot we skipped (a recorded gap, or the start of the stream's first
+        chunk before its first frame); shrink or split that range around it."""
+        for ranges in (st.gaps, st.lead):
+            for i in range(len(ranges) - 1, -1, -1):  # late frames belong to recent gaps
+                a, b = ranges[i]
+                if a <= slot < b:
+                    ranges[i:i + 1] = [p for p in ([a, slot], [slot + 1, b]) if p[1] > p[0]]
+                    return True
         return False
 
     # -- sealing --------------------------------------------------------------------------------------------
@@ -317,6 +331,22 @@ class CallTimeline:
         st.dirty = False
         self._on_chunk(chunk)
 
+    def _seal_late(self, st: _Stream, seq: int, idx: int, pcm: bytes, silent: bool) -> None:
+        """A late frame whose chunk was sealed already: a one-frame part of that chunk (the store fills the empty
+        slot it names). Rare: a frame that overtook a chunk boundary."""
+        assert self.origin is not None
+        fb = self.frame_bytes
+        buf = bytearray((idx + 1) * fb)
+        if not silent:
+            buf[idx * fb:idx * fb + len(pcm)] = pcm
+        mask = bytearray(self.frames_per_chunk)
+        mask[idx] = 1
+        self._on_chunk(SealedChunk(stream=st.name, participant=st.participant, seq=seq,
+                                   wav=wav.encode(bytes(buf), self.fmt.sample_rate), mask=bytes(mask),
+                                   start=self.origin + seq * self.chunk_seconds,
+                                   duration=(idx + 1) * self.frame_seconds, final=False,
+                                   last_arrival=st.last_arrival))
+
     def seal_idle(self, idle_seconds: float, now: float | None = None) -> int:
         """Seal the open part of every stream idle for `idle_seconds` (by wall time, like arrivals), so its audio
         lands without waiting."""
@@ -339,14 +369,20 @@ class CallTimeline:
                 self._seal(st, final=True)
 
     # -- reporting ------------------------------------------------------------------------------------------
-    def gaps(self) -> list[tuple[str, float, float]]:
-        """(stream, start epoch seconds, duration seconds) of every silence we filled."""
+    def gaps(self, limit: int | None = None) -> list[tuple[str, float, float]]:
+        """(stream, start epoch seconds, duration seconds) of every silence we filled (the first `limit`)."""
         assert self.origin is not None or not self._streams
         out = []
         for st in self._streams.values():
             for a, b in st.gaps:
+                if limit is not None and len(out) >= limit:
+                    return out
                 out.append((st.name, self.origin + a * self.frame_seconds, (b - a) * self.frame_seconds))
         return out
+
+    @property
+    def gap_count(self) -> int:
+        return sum(len(st.gaps) for st in self._streams.values())
 
     @property
     def stream_count(self) -> int:

@@ -10,9 +10,11 @@ timestamp jumps wrote megabytes of zeros; and a handful of smaller ones.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -294,7 +296,7 @@ def test_dtmf_is_only_tones_bounded_per_session_and_counted(streamer_factory, to
         msgs.append(audio(f, at(i), participant=None))
         msgs.append(json.dumps({"kind": "DtmfData", "dtmfData": {"data": "x" * 60_000}}))  # 60 KB of "tone"
     msgs += [json.dumps({"kind": "DtmfData", "dtmfData": {"data": "0123456789*#ABCD"[i % 16],
-                                                          "timestamp": iso(at(50 + i))}})
+                                                          "timestamp": iso(at(0, ms=0) + timedelta(milliseconds=i))}})
              for i in range(MAX_DTMF_PER_SESSION + 200)]
     asyncio.run(send_all(s.ws, msgs, headers(token_issuer.token(), "dtmf")))
     m = rec.wait_complete(s.container, "dtmf")
@@ -433,3 +435,204 @@ def test_a_client_that_never_finishes_its_headers_is_disconnected(streamer_facto
         t0 = time.monotonic()
         assert sock.recv(1024) == b""  # closed by the server
         assert time.monotonic() - t0 < HEADER_TIMEOUT_SECONDS + 5
+
+
+# -- a second probe round, against the fixes above -----------------------------------------------------------------
+def test_a_session_with_another_frame_length_is_refused_and_replaces_nothing(streamer_factory, token_issuer):
+    s = streamer_factory()
+    first = tone_pcm(100, seed=21)
+    msgs = [metadata(), *_frames(first[:10]), *_frames(first[75:], start=75)]
+    asyncio.run(send_all(f"{s.ws}/mixed", msgs, headers(token_issuer.token(), "flen")))
+    before = rec.wait_complete(s.container, "flen")
+    assert before["frameBytes"] == 640
+    long_frames = tone_pcm(13, 32000, seed=22)  # 40-ms frames at 16 kHz: another slot grid
+    code = asyncio.run(send_all(f"{s.ws}/mixed", [metadata(length=1280), *[audio(f, at(74 + 2 * j), participant=None)
+                                                                            for j, f in enumerate(long_frames)]],
+                                headers(token_issuer.token(), "flen"), expect_close=True))
+    assert code == 1003
+    assert rec.manifest(s.container, "flen")["streams"] == before["streams"]
+
+
+def test_storage_that_hangs_without_failing_cannot_make_a_kill_lose_sealed_chunks(streamer_factory, token_issuer,
+                                                                                   tmp_path):
+    import os
+    import signal
+
+    az = Azurite(location=tmp_path / "azurite").start()
+    spool = tmp_path / "spool-hang"
+    try:
+        s = streamer_factory(storage=az, SPOOL_DIR=str(spool))
+        frames = tone_pcm(300, seed=31)  # 6 s: six chunks once the last one is idle-sealed
+
+        async def run() -> None:
+            async with connect(s.ws, additional_headers=headers(token_issuer.token(), "hung")) as ws:
+                await ws.send(metadata())
+                await ws.send(audio(frames[0], at(0), participant=None))
+                await asyncio.to_thread(_wait, lambda: s.container.get_blob_client("hung/manifest.json").exists(),
+                                        10, "the call to go live")
+                assert az.proc is not None
+                os.killpg(az.proc.pid, signal.SIGSTOP)  # requests neither answer nor fail
+                t0 = time.monotonic()
+                for i, f in enumerate(frames[1:], start=1):
+                    await ws.send(audio(f, at(i), participant=None))
+                    await asyncio.sleep(max(0.0, t0 + i * 0.02 - time.monotonic()))
+                await asyncio.to_thread(_wait, lambda: len(list(spool.glob("hung/c.*.wav"))) == 6, 15,
+                                        "every sealed chunk in the spool")
+                s.process.kill()
+
+        asyncio.run(run())
+        assert az.proc is not None
+        os.killpg(az.proc.pid, signal.SIGKILL)  # the hung storage is replaced (same data, same port)
+        az.proc.wait()
+        az.proc = None
+        az.start()
+        s2 = streamer_factory(storage=az, RECORDINGS_CONTAINER=s.container_name, SPOOL_DIR=str(spool))
+        _wait(lambda: not list(spool.glob("hung/*")), 30, "the spool to be recovered")
+        m = rec.manifest(s2.container, "hung")
+        assert rec.stitched(s2.container, m, "mixed") == b"".join(frames)
+    finally:
+        if az.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(az.proc.pid, signal.SIGCONT)
+        az.close()
+
+
+@pytest.mark.parametrize("order", [[*range(49), 50, 49, *range(51, 100)], [1, 0, *range(2, 100)]],
+                         ids=["across-a-chunk-boundary", "the-first-two"])
+def test_swapped_frames_are_both_recorded(streamer_factory, token_issuer, order):
+    s = streamer_factory()
+    frames = tone_pcm(100, seed=41)
+    call = f"swap-{order[0]}"
+    asyncio.run(send_all(f"{s.ws}/mixed", [metadata(), *[audio(frames[i], at(i), participant=None) for i in order]],
+                         headers(token_issuer.token(), call)))
+    m = rec.wait_complete(s.container, call)
+    assert m["clockOrigin"] == iso(at(0)) and m["gaps"] == []
+    assert rec.stitched(s.container, m, "mixed") == b"".join(frames)
+    assert m["sessions"][0]["lateFramesDropped"] == 0
+
+
+def test_tones_without_audio_do_not_make_a_recording_complete(streamer_factory, token_issuer):
+    s = streamer_factory()
+    tone = json.dumps({"kind": "DtmfData", "dtmfData": {"data": "5", "timestamp": iso(at(0))}})
+    asyncio.run(send_all(f"{s.ws}/mixed", [metadata(), tone], headers(token_issuer.token(), "dtmf-only")))
+    _wait(lambda: s.container.get_blob_client("dtmf-only/manifest.json").exists()
+          and rec.manifest(s.container, "dtmf-only")["dtmf"], 10, "the tone")
+    time.sleep(0.5)
+    m = rec.manifest(s.container, "dtmf-only")
+    assert m["complete"] is False and m["streams"] == [] and [d["tone"] for d in m["dtmf"]] == ["5"]
+
+
+def test_chunk_seconds_is_the_real_span_when_frames_do_not_divide_it(streamer_factory, token_issuer):
+    import numpy as np
+
+    s = streamer_factory()  # CHUNK_SECONDS=1 with 30-ms frames: 33 frames, 0.99 s
+    rng = np.random.default_rng(5)
+    frames = [rng.integers(-8000, 8000, 480, dtype=np.int16).tobytes() for _ in range(100)]
+    asyncio.run(send_all(f"{s.ws}/mixed", [metadata(length=960), *[audio(f, at(i, ms=30), participant=None)
+                                                                    for i, f in enumerate(frames)]],
+                         headers(token_issuer.token(), "odd-frame")))
+    m = rec.wait_complete(s.container, "odd-frame")
+    assert m["chunkSeconds"] == pytest.approx(0.99)
+    origin = mf.parse_iso(m["clockOrigin"])
+    for c in m["streams"][0]["chunks"]:
+        assert abs(mf.parse_iso(c["startTime"]) - (origin + c["seq"] * m["chunkSeconds"])) < 0.001, c
+    assert rec.stitched(s.container, m, "mixed") == b"".join(frames)
+
+
+@pytest.mark.parametrize("body", [b"{not json", json.dumps({"callConnectionId": "badm", "clockOrigin": "soon",
+                                                            "chunkSeconds": 1}).encode()], ids=["not-json", "no-time"])
+def test_an_unusable_stored_manifest_is_kept_aside_and_the_call_recorded(streamer_factory, token_issuer, body):
+    s = streamer_factory()
+    s.container.upload_blob("badm/manifest.json", body)
+    frames = tone_pcm(150, seed=51)
+    asyncio.run(send_all(f"{s.ws}/mixed", [metadata(), *_frames(frames)], headers(token_issuer.token(), "badm")))
+    m = rec.wait_complete(s.container, "badm")
+    assert rec.stitched(s.container, m, "mixed") == b"".join(frames)
+    (aside,) = [b.name for b in s.container.list_blobs(name_starts_with="badm/manifest.unreadable-")]
+    assert s.container.download_blob(aside).readall() == body
+
+
+def test_sessions_ending_during_an_outage_hold_no_file_descriptors(streamer_factory, token_issuer, tmp_path):
+    import os
+
+    az = Azurite(location=tmp_path / "azurite").start()
+    try:
+        s = streamer_factory(storage=az)
+        assert s.process.proc is not None
+        pid = s.process.proc.pid
+        _wait(lambda: httpx.get(f"{s.http}/readyz").status_code == 200, 10, "ready")
+        az.stop()
+        _wait(lambda: httpx.get(f"{s.http}/readyz").status_code == 503, 10, "storage to be seen down")
+        base = len(os.listdir(f"/proc/{pid}/fd"))
+        frames = tone_pcm(5, seed=61)
+
+        async def many() -> None:
+            for n in range(100):
+                await send_all(s.ws, [metadata(), *_frames(frames)], headers(token_issuer.token(), f"fd-{n}"))
+
+        asyncio.run(many())
+        _wait(lambda: len(list(Path(s.env["SPOOL_DIR"]).glob("*/frames.*.log"))) == 100, 15, "100 frames logs")
+        assert len(os.listdir(f"/proc/{pid}/fd")) - base < 20
+        az.start()
+        for n in (0, 99):
+            assert rec.stitched(s.container, rec.wait_complete(s.container, f"fd-{n}", timeout=40), "mixed") == \
+                b"".join(frames)
+    finally:
+        az.close()
+
+
+def test_lossy_audio_does_not_grow_the_manifest_without_bound(streamer_factory, token_issuer):
+    """20 unmixed speakers losing every other packet for 8 s, in real time: 4,000 gaps, of which the manifest
+    names the first MAX_GAPS_PER_SESSION and counts the rest."""
+    from streamer.session import MAX_GAPS_PER_SESSION
+
+    s = streamer_factory(CHUNK_SECONDS="10")
+    speakers = [f"8:acs:p{k}" for k in range(20)]
+    pcm = tone_pcm(1, seed=71)[0]
+
+    async def run() -> None:
+        async with connect(f"{s.ws}/unmixed", additional_headers=headers(token_issuer.token(), "lossy")) as ws:
+            await ws.send(metadata())
+            t0 = time.monotonic()
+            for i in range(0, 400, 2):
+                for p in speakers:
+                    await ws.send(audio(pcm, at(i), participant=p))
+                await asyncio.sleep(max(0.0, t0 + (i + 2) * 0.02 - time.monotonic()))
+
+    asyncio.run(run())
+    m = rec.wait_complete(s.container, "lossy", timeout=30)
+    (session,) = m["sessions"]
+    assert session["gapFrames"] == 20 * 199 and session["badTimestamps"] == 0
+    assert len(m["gaps"]) == MAX_GAPS_PER_SESSION
+    assert session["gapsOmitted"] == 20 * 199 - MAX_GAPS_PER_SESSION
+    assert len(mf.dumps(m)) < 600_000
+
+
+def test_sigterm_while_held_frames_are_replayed_loses_no_manifest_entry(streamer_factory, token_issuer, tmp_path):
+    az = Azurite(location=tmp_path / "azurite").start()
+    spool = tmp_path / "spool-replay"
+    try:
+        s = streamer_factory(storage=az, SPOOL_DIR=str(spool), CHUNK_SECONDS="0.1")
+        _wait(lambda: httpx.get(f"{s.http}/readyz").status_code == 200, 10, "ready")
+        az.stop()
+        frames = tone_pcm(1000, seed=81)
+        asyncio.run(send_all(s.ws, [metadata(), *_frames(frames)], headers(token_issuer.token(), "replayed")))
+        _wait(lambda: list(spool.glob("replayed/frames.*.log")), 15, "the frames log")
+        time.sleep(1)
+        s.process.kill()
+        az.start()
+        s2 = streamer_factory(storage=az, RECORDINGS_CONTAINER=s.container_name, SPOOL_DIR=str(spool),
+                              CHUNK_SECONDS="0.1", UPLOAD_CONCURRENCY="1", SHUTDOWN_GRACE_SECONDS="2")
+        _wait(lambda: len(list(s2.container.list_blobs(name_starts_with="replayed/mixed/"))) >= 20, 20,
+              "the replay to land chunks")
+        assert s2.process.terminate(60) == 0  # while the replayed session still uploads
+        s3 = streamer_factory(storage=az, RECORDINGS_CONTAINER=s.container_name, SPOOL_DIR=str(spool),
+                              CHUNK_SECONDS="0.1")
+        m = rec.wait_complete(s3.container, "replayed", timeout=60)
+        listed = {c["blob"] for st in m["streams"] for c in st["chunks"]}
+        blobs = {b.name for b in s3.container.list_blobs(name_starts_with="replayed/mixed/")}
+        assert listed == blobs and len(blobs) == 200
+        assert rec.stitched(s3.container, m, "mixed") == b"".join(frames)
+        _wait(lambda: not list(spool.glob("replayed/*")), 10, "the spool to empty")
+    finally:
+        az.close()

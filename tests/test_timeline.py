@@ -18,7 +18,7 @@ def fmt(rate: int = 16000) -> AudioFormat:
 
 
 def frame(i: int, rate: int = 16000) -> bytes:
-    return np.full(rate // 50, i + 1, dtype=np.int16).tobytes()
+    return np.full(rate // 50, (i + 1) % 30000, dtype=np.int16).tobytes()
 
 
 class Collect:
@@ -273,3 +273,25 @@ def test_origin_from_an_earlier_session_continues_the_call_clock():
     tl.flush()
     (c,) = got.chunks
     assert c.seq == 3 and c.start == T0 + 3
+
+
+def test_a_frame_that_overtook_a_chunk_boundary_fills_its_slot_as_a_part_of_its_own():
+    got = Collect()
+    tl = CallTimeline(fmt(), 1.0, got)
+    order = [*range(49), 50, 49, *range(51, 60)]  # frame 49 arrives after frame 50 (the next chunk's first)
+    for i in order:
+        tl.add(None, frame(i), T0 + i * 0.02, False, arrival=T0 + 0.03 + order.index(i) * 0.02)
+    tl.flush()
+    assert tl.stats.late_dropped == 0 and tl.stats.late_placed == 1
+    assert got.pcm() == b"".join(frame(i) for i in range(60))
+    assert tl.gaps() == []  # the frame came: no silence was filled
+
+
+def test_a_speaker_silent_for_half_an_hour_resumes_where_the_clock_says():
+    got = Collect()
+    tl = CallTimeline(fmt(), 1.0, got)
+    for i in [*range(10), *range(90_000, 90_010)]:  # 30 minutes of silence from this unmixed speaker
+        tl.add("8:acs:a", frame(i), T0 + i * 0.02, False, arrival=T0 + i * 0.02 + 0.03)
+    tl.flush()
+    assert tl.stats.bad_timestamps == 0
+    assert [c.seq for c in got.chunks] == [0, 1800]
