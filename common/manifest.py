@@ -15,7 +15,7 @@ Shape (JSON, camelCase; see README "Blob layout and manifest"):
                    counters ("frames", "badFrames", "conflictFrames", ...), "quarantinedChunks", ...}],
      "streams": [{"stream", "participantRawId", "chunks": [{"blob", "seq", "startTime", "durationMs",
                                                             "sha256", "bytes", "revision", "sessionId"}]}],
-     "gaps": [{"stream", "startTime", "durationMs"}],
+     "gaps": [{"stream", "startTime", "durationMs", "sessionId"}],
      "dtmf": [{"tone", "timestamp", "participantRawId", "receivedAt"}]}
 
 The first write of `clockOrigin`, `sampleRate`, `chunkSeconds` wins: a new call's first session claims the clock
@@ -168,7 +168,9 @@ def merge(base: dict[str, Any] | None, part: dict[str, Any]) -> dict[str, Any]:
         target["chunks"] = [by_seq[k] for k in sorted(by_seq)]
     out["streams"] = sorted(streams.values(), key=lambda s: s["stream"])
 
-    gaps = {(g["stream"], g["startTime"]): g for g in out["gaps"]}
+    # A session's part carries its whole current gap list (`gapsOf`): late frames may have filled a gap since.
+    replaced = set(part.get("gapsOf") or ())
+    gaps = {(g["stream"], g["startTime"]): g for g in out["gaps"] if g.get("sessionId") not in replaced}
     gaps.update({(g["stream"], g["startTime"]): g for g in part.get("gaps", [])})
     gap_keys = sorted(gaps)
     if len(gap_keys) > MAX_GAPS_PER_CALL:

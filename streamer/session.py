@@ -30,7 +30,7 @@ from common import manifest as mf
 from common.layout import chunk_blob, is_valid_call_id
 from streamer import protocol as p
 from streamer.sink import ChunkJob, FramesLog, chunk_entry
-from streamer.store import CachedManifest, LandedChunk
+from streamer.store import CachedManifest, LandedChunk, UnrecoverableClock
 from streamer.timeline import FUTURE_TOLERANCE, MAX_CLOCK_SKEW, CallTimeline, SealedChunk
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ REPLICA = socket.gethostname()
 MAX_CONSECUTIVE_BAD = 100
 MANIFEST_MIN_INTERVAL = 1.0  # seconds between manifest writes of one session while it streams
 PENDING_MEMORY_BYTES = 1 << 20  # messages kept in memory while the clock is unknown; beyond, the frames log
+HELD_IN_MEMORY_SECONDS = 2.0  # held longer than this, messages go to the frames log (a hard kill keeps them)
 MAX_HELD_BYTES = 64 << 20  # frames log bound per session (minutes of audio); beyond, 1013 "try again later"
 MAX_DTMF_PER_SESSION = 1000  # tones kept per session; the rest are counted in `dtmfDropped`
 MAX_GAPS_PER_SESSION = 2000  # gap entries written per session (all are in gapFrames); the rest: `gapsOmitted`
@@ -132,6 +133,8 @@ class Session:
         self._marked = False
         self._finished = False
         self._clock_fields: dict[str, Any] | None = None
+        self._replayed: FramesLog | None = None
+        self._held_since = 0.0  # monotonic time the oldest message held in memory arrived
         self.on_fatal: Callable[[ProtocolClose], None] | None = None  # set by the endpoint
         self.on_message = self._hold_message  # type: ignore[method-assign]  # until the clock is known
 
@@ -155,7 +158,7 @@ class Session:
         while True:
             try:
                 return await asyncio.wait_for(op(), 10.0)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, UnrecoverableClock):
                 raise
             except Exception as exc:
                 attempt += 1
@@ -172,8 +175,12 @@ class Session:
             await self._load_clock()
         except asyncio.CancelledError:
             raise
-        except Exception:  # a bug, not storage (that is retried): keep what was held for the next start
-            log.exception("clock loader failed; what the session held is kept in the spool", extra=self.fields)
+        except Exception as exc:  # not storage being down (that is retried): keep what was held for the next start
+            if isinstance(exc, UnrecoverableClock):
+                log.critical("%s; this session's audio is kept in the spool for an operator", exc,
+                             extra=self.fields)
+            else:
+                log.exception("clock loader failed; what the session held is kept in the spool", extra=self.fields)
             if self.call_id is not None and self.mode == PENDING:
                 if self._log is None:
                     self._spill()
@@ -305,7 +312,8 @@ class Session:
                 self.on_fatal(exc)
         finally:
             if frames_log is not None:
-                frames_log.remove()
+                frames_log.close()
+                self._replayed = frames_log  # kept until what it held has landed (finish) or is spooled
         if self.closed and self.timeline is not None:
             self.timeline.flush()
         self._manifest_dirty.set()
@@ -372,9 +380,13 @@ class Session:
                 raise ProtocolClose(1013, "storage unavailable: cannot hold more of this stream; try again later")
             self._log.append(raw, arrival)
             return
+        if not self._held:
+            self._held_since = time.monotonic()
         self._held.append((raw, arrival))
         self._held_bytes += len(raw)
-        if self._held_bytes > PENDING_MEMORY_BYTES:
+        if self.call_id is not None and time.monotonic() - self._held_since > HELD_IN_MEMORY_SECONDS:
+            self._spill()  # the clock is slow to come (storage lagging, a new call not yet recorded): to disk
+        elif self._held_bytes > PENDING_MEMORY_BYTES:
             if self.call_id is None:
                 raise ProtocolClose(1008, "no usable AudioMetadata (call id) in the first messages")
             self._spill()
@@ -455,6 +467,7 @@ class Session:
                 frames_log.append(raw, arrival)
         except OSError as exc:
             self.ctx.metrics.spool_failures += 1
+            self._held_since = time.monotonic()  # tried again in HELD_IN_MEMORY_SECONDS, not on every message
             log.critical("cannot spool held frames; keeping them in memory", extra={**self.fields,
                                                                                     "error": str(exc)})
             return
@@ -576,6 +589,7 @@ class Session:
             "dtmfTones": len(self._dtmf), "dtmfDropped": self._dtmf_dropped,
             "gapsOmitted": max(0, tl.gap_count - MAX_GAPS_PER_SESSION) if tl else 0,
             "cappedFrames": st.capped_frames if st else 0,
+            "framesBeforeOrigin": st.before_origin if st else 0,
             "cappedParticipants": list(st.capped_ids) if st else [],
             "quarantinedChunks": list(self._quarantined),
         }
@@ -590,8 +604,9 @@ class Session:
             "sessions": [session],
             "streams": [{"stream": s, "participantRawId": self._participants.get(s), "chunks": list(c)}
                         for s, c in self._chunks.items()],
-            "gaps": [{"stream": s, "startTime": mf.utc_iso(a), "durationMs": round(d * 1000)}
+            "gaps": [{"stream": s, "startTime": mf.utc_iso(a), "durationMs": round(d * 1000), "sessionId": self.id}
                      for s, a, d in (tl.gaps(MAX_GAPS_PER_SESSION) if tl else [])],
+            "gapsOf": [self.id],
             "dtmf": list(self._dtmf),
         }
 
@@ -654,7 +669,12 @@ class Session:
         if self._loader is not None:
             await self._loader
         await self._all_landed.wait()
-        self.complete = (self.end_reason in _COMPLETE_REASONS and not self._quarantined and self.has_content)
+        before_origin = self.timeline.stats.before_origin if self.timeline else 0
+        if before_origin:
+            log.warning("frames dated before the call clock's origin could not be placed", extra={
+                **self.fields, "frames": before_origin})
+        self.complete = (self.end_reason in _COMPLETE_REASONS and not self._quarantined and self.has_content
+                         and not before_origin)
         if not self.has_content:
             self.ctx.metrics.sessions_without_audio += 1
         self._finished = True
@@ -662,6 +682,9 @@ class Session:
         if self._writer is not None:
             await self._writer
         self._unmark_open()
+        if self._replayed is not None:
+            self._replayed.remove()
+            self._replayed = None
 
     def spool_part(self) -> None:
         """Shutdown before the final manifest write landed: leave what the next start needs in the spool — the
@@ -682,6 +705,9 @@ class Session:
             elif self.has_content:
                 spool.put_part(self.call_id, self.id, self.part())
                 spool.unmark_open(self.call_id, self.id)
+            if self.mode != PENDING and self._replayed is not None:  # its audio is in the spooled chunks now
+                self._replayed.remove()
+                self._replayed = None
         except OSError as exc:
             self.ctx.metrics.spool_failures += 1
             log.critical("cannot spool the session's state", extra={**self.fields, "error": str(exc)})

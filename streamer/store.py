@@ -62,6 +62,7 @@ class BlobBackend(Protocol):
     async def replace(self, name: str, data: bytes, etag: str, metadata: dict[str, str],
                       content_type: str) -> str: ...
     async def ping(self) -> None: ...
+    async def has_wav(self, prefix: str) -> bool: ...
     async def close(self) -> None: ...
 
 
@@ -104,6 +105,10 @@ class MemoryBackend:
 
     async def ping(self) -> None:
         self._check()
+
+    async def has_wav(self, prefix: str) -> bool:
+        self._check()
+        return any(n.startswith(prefix) and n.endswith(".wav") for n in self.blobs)
 
     async def close(self) -> None:
         pass
@@ -201,6 +206,15 @@ class AzureBlobBackend:
         except Exception as exc:
             raise self._translate(exc) from exc
 
+    async def has_wav(self, prefix: str) -> bool:
+        try:
+            async for blob in self._container.list_blobs(name_starts_with=prefix):
+                if blob.name.endswith(".wav"):
+                    return True
+        except Exception as exc:
+            raise self._translate(exc) from exc
+        return False
+
     async def close(self) -> None:
         await self._svc.close()
         if self._credential is not None:
@@ -223,6 +237,11 @@ class LandedChunk:
     duration_ms: int
     filled: int = 0  # slots this write added to the stored chunk (all of its slots when it created the blob)
     conflicts: int = 0  # slots this write also had, with other audio: the stored audio was kept
+
+
+class UnrecoverableClock(Exception):
+    """The call's manifest is unusable while chunks of the call exist: a new clock would put new audio into the
+    old chunks' slots. Not retried; what the session holds stays in the spool for an operator."""
 
 
 class PermanentChunkError(Exception):
@@ -347,13 +366,17 @@ class RecordingStore:
     async def load_manifest(self, call_id: str) -> CachedManifest:
         """The stored manifest with its ETag, so a writer's first `merge_manifest` can skip reading it again. One
         that cannot be used (not JSON, an unusable clock) is copied aside and treated as absent, so the call is
-        recorded again rather than held forever; nothing of it is lost."""
+        recorded again rather than held forever — unless chunks of the call exist, whose clock it was
+        (`UnrecoverableClock`)."""
         cur = await self.backend.get(manifest_blob(call_id))
         if cur is None:
             return CachedManifest(None, None)
         try:
             return CachedManifest(mf.loads(cur.data), cur.etag)
         except ValueError as exc:
+            if await self.backend.has_wav(f"{call_id}/"):
+                raise UnrecoverableClock(f"manifest of {call_id} is unusable ({exc}) and the call has chunks: "
+                                         "its clock cannot be known") from None
             await self._set_aside(call_id, cur.data, str(exc))
             return CachedManifest(None, cur.etag)
 

@@ -76,7 +76,19 @@ class TimelineStats:
     bad_timestamps: int = 0
     gap_slots: int = 0
     capped_frames: int = 0  # frames of participants beyond MAX_STREAMS (dropped, counted)
+    before_origin: int = 0  # frames dated before the call clock's origin (dropped, counted; session not complete)
     capped_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _LatePart:
+    pcm: bytearray
+    mask: bytearray
+    created: float  # wall time: emitted a second after the first late frame, or at close
+    last_idx: int = -1
+
+
+_MAX_LATE_PARTS = 4  # sealed chunks one stream gathers late frames for at once
 
 
 @dataclass(slots=True)
@@ -95,6 +107,7 @@ class _Stream:
     gaps: list[list[int]] = field(default_factory=list)  # [start_slot, end_slot)
     held: tuple[bytes, bool, float] | None = None  # first frame with an implausible timestamp, placed by the next
     lead: list[list[int]] = field(default_factory=list)  # slots of the first chunk before the first frame
+    late: dict[int, _LatePart] = field(default_factory=dict)  # late frames for chunks already sealed, by seq
 
 
 class CallTimeline:
@@ -166,8 +179,8 @@ class CallTimeline:
                 slot = nxt + round(d)
         if ts > st.max_ts:
             st.max_ts = ts
-        if slot < 0:
-            self.stats.late_dropped += 1
+        if slot < 0:  # before the call clock's origin (another session claimed it later): cannot be placed
+            self.stats.before_origin += 1
             return
         fb = self.frame_bytes
         if nxt is not None and slot > nxt:
@@ -332,19 +345,29 @@ class CallTimeline:
         self._on_chunk(chunk)
 
     def _seal_late(self, st: _Stream, seq: int, idx: int, pcm: bytes, silent: bool) -> None:
-        """A late frame whose chunk was sealed already: a one-frame part of that chunk (the store fills the empty
-        slot it names). Rare: a frame that overtook a chunk boundary."""
-        assert self.origin is not None
+        """A late frame whose chunk was sealed already goes into a late part of that chunk (the store fills the
+        empty slots it names). Late parts gather frames for a second, so a reordered burst costs one write, not
+        one per frame."""
+        part = st.late.get(seq)
+        if part is None:
+            if len(st.late) >= _MAX_LATE_PARTS:
+                self._emit_late(st, next(iter(st.late)))
+            part = st.late[seq] = _LatePart(bytearray(self.frames_per_chunk * self.frame_bytes),
+                                            bytearray(self.frames_per_chunk), _wall())
         fb = self.frame_bytes
-        buf = bytearray((idx + 1) * fb)
         if not silent:
-            buf[idx * fb:idx * fb + len(pcm)] = pcm
-        mask = bytearray(self.frames_per_chunk)
-        mask[idx] = 1
+            part.pcm[idx * fb:idx * fb + len(pcm)] = pcm
+        part.mask[idx] = 1
+        part.last_idx = max(part.last_idx, idx)
+
+    def _emit_late(self, st: _Stream, seq: int) -> None:
+        assert self.origin is not None
+        part = st.late.pop(seq)
+        slots = part.last_idx + 1
         self._on_chunk(SealedChunk(stream=st.name, participant=st.participant, seq=seq,
-                                   wav=wav.encode(bytes(buf), self.fmt.sample_rate), mask=bytes(mask),
-                                   start=self.origin + seq * self.chunk_seconds,
-                                   duration=(idx + 1) * self.frame_seconds, final=False,
+                                   wav=wav.encode(bytes(part.pcm[:slots * self.frame_bytes]), self.fmt.sample_rate),
+                                   mask=bytes(part.mask), start=self.origin + seq * self.chunk_seconds,
+                                   duration=slots * self.frame_seconds, final=False,
                                    last_arrival=st.last_arrival))
 
     def seal_idle(self, idle_seconds: float, now: float | None = None) -> int:
@@ -353,6 +376,8 @@ class CallTimeline:
         now = _wall() if now is None else now
         sealed = 0
         for st in self._streams.values():
+            for seq in [k for k, part in st.late.items() if now - part.created >= idle_seconds]:
+                self._emit_late(st, seq)
             if st.held is not None and now - st.last_arrival >= idle_seconds:
                 self._release(st, None)
             if st.dirty and now - st.last_arrival >= idle_seconds:
@@ -365,6 +390,8 @@ class CallTimeline:
         for st in self._streams.values():
             if st.held is not None:
                 self._release(st, None)
+            for seq in list(st.late):
+                self._emit_late(st, seq)
             if st.dirty:
                 self._seal(st, final=True)
 

@@ -115,7 +115,8 @@ def test_gap_jitter_duplicates_and_late_frames_never_shift_the_timeline(streamer
     asyncio.run(send_all(s.ws, msgs, headers(token_issuer.token(), "call-gap")))
 
     m = rec.wait_complete(s.container, "call-gap")
-    assert m["gaps"] == [{"stream": "mixed", "startTime": iso(at(50)), "durationMs": 3000}]
+    assert m["gaps"] == [{"stream": "mixed", "startTime": iso(at(50)), "durationMs": 3000,
+                          "sessionId": m["sessions"][0]["id"]}]
     expected = b"".join(frames[:50]) + bytes(150 * 640) + b"".join(frames[200:])
     assert rec.stitched(s.container, m, "mixed") == expected
     seqs = [c["seq"] for c in m["streams"][0]["chunks"]]
