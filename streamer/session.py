@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import socket
 import time
 import uuid
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from common import manifest as mf
 from common.layout import chunk_blob, is_valid_call_id
 from streamer import protocol as p
-from streamer.sink import ChunkJob, FramesLog, chunk_entry
+from streamer.sink import ChunkJob, FramesLog, backoff, chunk_entry
 from streamer.store import CachedManifest, LandedChunk, UnrecoverableClock
 from streamer.timeline import FUTURE_TOLERANCE, MAX_CLOCK_SKEW, CallTimeline, SealedChunk
 
@@ -68,11 +67,6 @@ class ProtocolClose(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
-
-
-def backoff(attempt: int, base: float = 0.2, cap: float = 5.0) -> float:
-    """Full-jitter exponential backoff: spreads the retries of many sessions and workers after an outage."""
-    return random.uniform(0, min(cap, base * 2 ** min(attempt, 16)))
 
 
 class Session:

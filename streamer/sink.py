@@ -55,7 +55,9 @@ UPLOAD_TIMEOUT = 15.0  # one attempt; storage that neither answers nor fails is 
 OVERDUE_SECONDS = 2.0  # a chunk still in memory this long after it was sealed: storage hangs or lags; spool it
 
 
-def _jitter(attempt: int, base: float = 0.2, cap: float = 5.0) -> float:
+def backoff(attempt: int, base: float = 0.2, cap: float = 5.0) -> float:
+    """Full-jitter exponential backoff (one policy for uploads, manifest writes, clock loads and spool recovery):
+    spreads the retries of many sessions and workers after an outage."""
     return random.uniform(0, min(cap, base * 2 ** min(attempt, 16)))
 
 
@@ -369,7 +371,7 @@ class UploadSink:
     def _retry_later(self, job: ChunkJob, exc: Exception) -> None:
         job.attempts += 1
         self.metrics.upload_retries += 1
-        delay = _jitter(job.attempts, cap=self._max_backoff)
+        delay = backoff(job.attempts, cap=self._max_backoff)
         if job.attempts <= 3 or job.attempts % 20 == 0:
             log.warning("chunk upload failed; will retry", extra={
                 "callConnectionId": job.call_id, "blob": job.blob, "error": str(exc)[:300],
@@ -404,7 +406,7 @@ class UploadSink:
                     self.healthy = False
                     self._spool_outstanding()
                 attempt += 1
-                await asyncio.sleep(_jitter(attempt, cap=self._max_backoff))
+                await asyncio.sleep(backoff(attempt, cap=self._max_backoff))
         if not self.healthy:
             log.info("storage answers again; retrying waiting chunks", extra={"chunks": len(self._delayed)})
         self.healthy = True
@@ -515,7 +517,7 @@ async def recover_spool(spool: Spool, store: RecordingStore, metrics: Metrics, *
             if stop is not None and stop.is_set():
                 break
             attempt += 1
-            await asyncio.sleep(min(retry_seconds, _jitter(attempt, cap=retry_seconds) + 0.5))
+            await asyncio.sleep(min(retry_seconds, backoff(attempt, cap=retry_seconds) + 0.5))
     return recovered
 
 
