@@ -154,7 +154,7 @@ class RecordingStore:
     # -- recordings ------------------------------------------------------------------------------------------
     def read_manifest(self, call_id: str) -> dict[str, Any] | None:
         raw = self.read_blob(manifest_blob(call_id))
-        return manifest_model.loads(raw) if raw is not None else None
+        return manifest_model.to_builtins(manifest_model.loads(raw)) if raw is not None else None
 
     def read_url(self, name: str, ttl_seconds: int) -> tuple[str, str]:
         expiry = datetime.now(UTC) + timedelta(seconds=ttl_seconds)

@@ -51,9 +51,9 @@ class _Server(uvicorn.Server):
         self._app_state = app_state
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        ctx = getattr(self._app_state, "ctx_ref", {}).get("ctx")
-        if ctx is not None:
-            ctx.draining = True
+        registry = self._app_state.runtime.registry  # type: ignore[attr-defined]
+        if registry is not None:
+            registry.draining = True  # readiness answers "draining" from now on
         log.info("signal %s: draining", sig)
         super().handle_exit(sig, frame)
         # uvicorn re-raises captured signals after shutdown (exit status -15); a completed drain exits 0.

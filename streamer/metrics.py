@@ -1,12 +1,28 @@
-"""Process-wide counters, rendered as Prometheus text at /metrics. Plain ints: the frame path only does `+= 1`."""
+"""Process-wide counters, exported through prometheus_client at /metrics.
+
+The frame path only does `metrics.frames += 1` on a plain dataclass: a prometheus_client Counter takes a lock per
+increment. A custom collector turns the plain numbers into metric families when /metrics is scraped, and adds
+the per-stream anomaly counts (late, duplicate, gap, bad-timestamp, drift) of sessions still running, so a long
+call's trouble shows while it runs rather than when it ends.
+"""
 
 from __future__ import annotations
 
 import bisect
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 
-_HELP = {
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from streamer.timeline import TimelineStats
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# attribute -> (exported name, type, help)
+_PLAIN = {
     "frames": ("acs_streamer_frames_total", "counter", "AudioData frames received"),
     "audio_bytes": ("acs_streamer_audio_bytes_total", "counter", "PCM bytes received"),
     "messages": ("acs_streamer_messages_total", "counter", "WebSocket messages received"),
@@ -25,9 +41,6 @@ _HELP = {
     "active_calls": ("acs_streamer_active_calls", "gauge", "Open WebSocket sessions"),
     "pending_upload_bytes": ("acs_streamer_pending_upload_bytes", "gauge", "Chunk bytes waiting in memory"),
     "pending_chunks": ("acs_streamer_pending_chunks", "gauge", "Chunks waiting to land (memory + spool)"),
-    "late_frames": ("acs_streamer_late_frames_total", "counter", "Frames dropped as too late"),
-    "duplicate_frames": ("acs_streamer_duplicate_frames_total", "counter", "Frames dropped as duplicates"),
-    "gap_frames": ("acs_streamer_gap_frames_total", "counter", "Missing frames filled with silence"),
     "slot_conflicts": ("acs_streamer_slot_conflicts_total", "counter",
                        "Frame slots a later write also held with other audio: the stored audio was kept"),
     "chunks_quarantined": ("acs_streamer_chunks_quarantined_total", "counter",
@@ -35,10 +48,21 @@ _HELP = {
     "sessions_without_audio": ("acs_streamer_sessions_without_audio_total", "counter",
                                "Sessions that ended without audio or tones (nothing recorded for them)"),
 }
+# TimelineStats attribute -> (exported name, help): ended sessions' totals plus the running sessions' counts
+_STREAM = {
+    "late_dropped": ("acs_streamer_late_frames_total", "Frames dropped as too late"),
+    "duplicates": ("acs_streamer_duplicate_frames_total", "Frames dropped as duplicates"),
+    "gap_slots": ("acs_streamer_gap_frames_total", "Missing frames filled with silence"),
+    "bad_timestamps": ("acs_streamer_bad_timestamp_frames_total",
+                       "Frames whose timestamp could not be trusted (placed after the previous frame)"),
+    "drift_corrections": ("acs_streamer_drift_corrections_total",
+                          "Frames placed at the cursor although their timestamp ran slow (clock drift)"),
+    "late_placed": ("acs_streamer_late_frames_placed_total", "Late frames written into their open slot"),
+}
 
 
 class Histogram:
-    """Cumulative-bucket histogram in Prometheus' shape."""
+    """Cumulative-bucket histogram in Prometheus' shape, as plain numbers (observed off the frame path)."""
 
     BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 
@@ -54,13 +78,12 @@ class Histogram:
         self.n += 1
         self.max = max(self.max, value)
 
-    def render(self, name: str, text: str) -> list[str]:
-        lines = [f"# HELP {name} {text}", f"# TYPE {name} histogram"]
-        acc = 0
+    def family(self, name: str, text: str) -> HistogramMetricFamily:
+        acc, buckets = 0, []
         for le, c in zip((*map(str, self.BUCKETS), "+Inf"), self.counts, strict=True):
             acc += c
-            lines.append(f'{name}_bucket{{le="{le}"}} {acc}')
-        return [*lines, f"{name}_sum {self.total}", f"{name}_count {self.n}"]
+            buckets.append((le, acc))
+        return HistogramMetricFamily(name, text, buckets=buckets, sum_value=self.total)
 
 
 @dataclass
@@ -82,31 +105,52 @@ class Metrics:
     active_calls: int = 0
     pending_upload_bytes: int = 0
     pending_chunks: int = 0
-    late_frames: int = 0
-    duplicate_frames: int = 0
-    gap_frames: int = 0
     slot_conflicts: int = 0
     chunks_quarantined: int = 0
     sessions_without_audio: int = 0
+    ended_streams: Counter[str] = field(default_factory=Counter)  # TimelineStats totals of ended sessions
     bad_frames: Counter[str] = field(default_factory=Counter)
     refusals: Counter[str] = field(default_factory=Counter)
+    retries: Counter[str] = field(default_factory=Counter)
     chunk_latency: Histogram = field(default_factory=Histogram)
+    live_streams: Callable[[], Iterable[TimelineStats]] = field(default=lambda: (), repr=False)
 
-    def render(self) -> str:
-        lines = []
-        for f in fields(self):
-            if f.name in _HELP:
-                name, kind, text = _HELP[f.name]
-                lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {getattr(self, f.name)}"]
-        lines += ["# HELP acs_streamer_bad_frames_total Frames rejected, by reason",
-                  "# TYPE acs_streamer_bad_frames_total counter"]
-        lines += [f'acs_streamer_bad_frames_total{{reason="{k}"}} {v}' for k, v in sorted(self.bad_frames.items())]
-        lines += ["# HELP acs_streamer_refusals_total Refused upgrades, by reason",
-                  "# TYPE acs_streamer_refusals_total counter"]
-        lines += [f'acs_streamer_refusals_total{{reason="{k}"}} {v}' for k, v in sorted(self.refusals.items())]
-        lines += self.chunk_latency.render("acs_streamer_chunk_latency_seconds",
-                                           "Seconds from a chunk's last frame arriving to the chunk landing")
-        lines += ["# HELP acs_streamer_chunk_latency_max_seconds Worst chunk latency since start",
-                  "# TYPE acs_streamer_chunk_latency_max_seconds gauge",
-                  f"acs_streamer_chunk_latency_max_seconds {self.chunk_latency.max}"]
-        return "\n".join(lines) + "\n"
+    def session_ended(self, stats: TimelineStats) -> None:
+        for key in _STREAM:
+            self.ended_streams[key] += getattr(stats, key)
+
+    def retried(self, what: str, _attempt: int, _exc: BaseException) -> None:
+        """The retry policy's hook (common.retry.Backoff.on_retry)."""
+        self.retries[what] += 1
+
+    def render(self) -> bytes:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector(self))
+        return generate_latest(registry)
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: Metrics):
+        self.m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.m
+        for attr, (name, kind, text) in _PLAIN.items():
+            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            yield family(name, text, value=getattr(m, attr))
+        live = list(m.live_streams())
+        for attr, (name, text) in _STREAM.items():
+            yield CounterMetricFamily(name, text, value=m.ended_streams[attr] + sum(getattr(s, attr) for s in live))
+        for name, text, label, counts in (
+            ("acs_streamer_bad_frames_total", "Frames rejected, by reason", "reason", m.bad_frames),
+            ("acs_streamer_refusals_total", "Refused upgrades, by reason", "reason", m.refusals),
+            ("acs_streamer_retries_total", "Storage operations retried, by operation", "operation", m.retries),
+        ):
+            family = CounterMetricFamily(name, text, labels=[label])
+            for key, value in sorted(counts.items()):
+                family.add_metric([key], value)
+            yield family
+        yield m.chunk_latency.family("acs_streamer_chunk_latency_seconds",
+                                     "Seconds from a chunk's last frame arriving to the chunk landing")
+        yield GaugeMetricFamily("acs_streamer_chunk_latency_max_seconds", "Worst chunk latency since start",
+                                value=m.chunk_latency.max)

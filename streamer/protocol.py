@@ -13,14 +13,13 @@ from typing import Any
 
 import orjson
 import pybase64
+from websockets.frames import CloseCode
 
 from common.layout import MAX_PARTICIPANT_ID
 
 AUDIO_DATA = "AudioData"
 AUDIO_METADATA = "AudioMetadata"
 DTMF_DATA = "DtmfData"
-# Known kinds we receive but do not record (counted and ignored).
-IGNORED_KINDS = frozenset({"TranscriptionMetadata", "TranscriptionData", "MarkData"})
 
 MIN_RATE, MAX_RATE = 8000, 48000
 _b64decode = pybase64.b64decode
@@ -29,7 +28,7 @@ _b64decode = pybase64.b64decode
 class FrameError(ValueError):
     """A frame we cannot use. `kind` names the counter; `fatal` means the socket must close with `close_code`."""
 
-    def __init__(self, kind: str, message: str, *, fatal: bool = False, close_code: int = 1007):
+    def __init__(self, kind: str, message: str, *, fatal: bool = False, close_code: int = CloseCode.INVALID_DATA):
         super().__init__(message)
         self.kind = kind
         self.fatal = fatal
@@ -78,7 +77,7 @@ def audio_metadata(msg: dict[str, Any], max_frame_bytes: int) -> AudioFormat:
     md = msg.get("audioMetadata")
     if not isinstance(md, dict):
         raise FrameError("wrong_type", "AudioMetadata without an 'audioMetadata' object", fatal=True,
-                         close_code=1007)
+                         close_code=CloseCode.INVALID_DATA)
     encoding = md.get("encoding", "PCM")
     rate = md.get("sampleRate")
     channels = md.get("channels", 1)
@@ -86,17 +85,18 @@ def audio_metadata(msg: dict[str, Any], max_frame_bytes: int) -> AudioFormat:
     sub = md.get("subscriptionId")
     if not isinstance(encoding, str) or encoding.upper() != "PCM":
         raise FrameError("unsupported_format", f"unsupported encoding {encoding!r}", fatal=True,
-                         close_code=1003)
+                         close_code=CloseCode.UNSUPPORTED_DATA)
     if type(rate) is not int or not MIN_RATE <= rate <= MAX_RATE:
-        raise FrameError("unsupported_format", f"unsupported sampleRate {rate!r}", fatal=True, close_code=1003)
+        raise FrameError("unsupported_format", f"unsupported sampleRate {rate!r}", fatal=True,
+                         close_code=CloseCode.UNSUPPORTED_DATA)
     if channels != 1:
         raise FrameError("unsupported_format", f"unsupported channels {channels!r}", fatal=True,
-                         close_code=1003)
+                         close_code=CloseCode.UNSUPPORTED_DATA)
     if length is None:
         length = rate // 50 * 2  # 20 ms, the documented packet size
     if type(length) is not int or length <= 0 or length % 2 or length > max_frame_bytes:
         raise FrameError("unsupported_format", f"unsupported frame length {length!r}", fatal=True,
-                         close_code=1003)
+                         close_code=CloseCode.UNSUPPORTED_DATA)
     return AudioFormat(sub if isinstance(sub, str) else None, "PCM", rate, 1, length)
 
 

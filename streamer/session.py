@@ -23,17 +23,22 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
+from websockets.frames import CloseCode
+
+from common import call_state as cs
 from common import manifest as mf
 from common.layout import chunk_blob, is_valid_call_id
+from common.manifest import EndReason
+from common.retry import Backoff
 from streamer import protocol as p
-from streamer.sink import ChunkJob, FramesLog, backoff, chunk_entry
-from streamer.store import CachedManifest, LandedChunk, UnrecoverableClock
+from streamer.metrics import Metrics
+from streamer.sink import ChunkJob, ChunkQuarantined, FramesLog, Spool, UploadSink
+from streamer.store import CachedManifest, LandedChunk, RecordingStore, UnrecoverableClock
 from streamer.timeline import FUTURE_TOLERANCE, MAX_CLOCK_SKEW, CallTimeline, SealedChunk
-
-if TYPE_CHECKING:
-    from streamer.app import Context
 
 log = logging.getLogger(__name__)
 
@@ -55,24 +60,38 @@ _wall = time.time
 
 PENDING, LIVE, FAILED = 0, 1, 2
 
-# endReason values. A session is `complete` when all its chunks landed and it ended by the peer's close handshake
-# (or by our refusal of bad input): a lost connection, a drain or a hard kill may have cut audio in transit.
-PEER_CLOSED, PEER_LOST, PROTOCOL_ERROR, SERVER_ERROR, DRAIN, NEVER_CLOSED = (
-    "peer_closed", "peer_lost", "protocol_error", "server_error", "drain", "never_closed")
-_COMPLETE_REASONS = frozenset({PEER_CLOSED, PROTOCOL_ERROR})
-
 
 class ProtocolClose(Exception):
+    """The socket must close with `code` (a websockets CloseCode) and `reason`."""
+
     def __init__(self, code: int, reason: str):
         super().__init__(reason)
         self.code = code
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class SessionConfig:
+    """The settings a session reads (from streamer.settings, once per process)."""
+
+    chunk_seconds: float = 10.0
+    max_frame_bytes: int = 65536
+    call_check: bool = True
+
+
 class Session:
-    def __init__(self, ctx: Context, call_id: str | None, correlation_id: str | None, channel: str, *,
-                 session_id: str | None = None, started_at: str | None = None):
-        self.ctx = ctx
+    """One media-streaming WebSocket connection. Its collaborators are explicit: the store (clock and manifest),
+    the sink (chunks) and its spool (what must survive a kill), and the process-wide counters."""
+
+    def __init__(self, call_id: str | None, correlation_id: str | None, channel: str, *, store: RecordingStore,
+                 sink: UploadSink, metrics: Metrics, config: SessionConfig, session_id: str | None = None,
+                 started_at: str | None = None):
+        self.store = store
+        self.sink = sink
+        self.spool: Spool = sink.spool
+        self.metrics = metrics
+        self.config = config
+        self._retry_policy = Backoff(on_retry=metrics.retried)
         self.id = session_id or uuid.uuid4().hex[:16]
         self.call_id = call_id
         self.correlation_id = correlation_id
@@ -83,7 +102,7 @@ class Session:
         self.ended_at: str | None = None
         self.close_code: int | None = None
         self.clean_close = False
-        self.end_reason: str | None = None
+        self.end_reason: EndReason | None = None
         self.closed = False
         self.complete = False
         self.mode = PENDING
@@ -94,12 +113,12 @@ class Session:
         self._last_ts: float | None = None  # newest AudioData timestamp: the call-clock time of DTMF tones
         self._bad: Counter[str] = Counter()
         self._consecutive_bad = 0
-        self._chunks: dict[str, list[dict[str, Any]]] = {}
+        self._chunks: dict[str, list[mf.Chunk]] = {}
         self._participants: dict[str, str | None] = {}
-        self._dtmf: list[dict[str, Any]] = []
+        self._dtmf: list[mf.Dtmf] = []
         self._dtmf_dropped = 0
         self._conflicts = 0
-        self._quarantined: list[dict[str, Any]] = []
+        self._quarantined: list[mf.QuarantinedChunk] = []
         self._pending = 0
         self._ignored = 0
         self._manifest_dirty = asyncio.Event()
@@ -126,7 +145,7 @@ class Session:
         self._wake = asyncio.Event()  # call id known, first audio held, or socket closed
         self._marked = False
         self._finished = False
-        self._clock_fields: dict[str, Any] | None = None
+        self._clock_part: mf.Part | None = None
         self._replayed: FramesLog | None = None
         self._held_since = 0.0  # monotonic time the oldest message held in memory arrived
         self.on_fatal: Callable[[ProtocolClose], None] | None = None  # set by the endpoint
@@ -146,23 +165,19 @@ class Session:
         self._loader = asyncio.create_task(self._load(), name=f"clock-{self.id}")
         self._writer = asyncio.create_task(self._manifest_loop(), name=f"manifest-{self.id}")
 
-    async def _retry(self, what: str, op: Any) -> Any:
+    async def _retry(self, what: str, op: Callable[[], Any]) -> Any:
         """Run a storage operation until it succeeds; the session waits (messages held) rather than guess."""
-        attempt = 0
-        while True:
-            try:
-                return await asyncio.wait_for(op(), 10.0)
-            except (asyncio.CancelledError, UnrecoverableClock):
-                raise
-            except Exception as exc:
-                attempt += 1
-                if attempt <= 3 or attempt % 20 == 0:
-                    log.warning("%s failed; holding this session's audio until it succeeds", what,
-                                extra={**self.fields, "error": str(exc)[:200], "attempt": attempt})
-                self.ctx.sink.suspect_storage()
-                if self._log is None and self._held:
-                    self._spill()  # storage is down: what is held must survive a hard kill
-                await asyncio.sleep(backoff(attempt))
+
+        def failed(attempt: int, exc: BaseException) -> None:
+            if attempt <= 3 or attempt % 20 == 0:
+                log.warning("%s failed; holding this session's audio until it succeeds", what,
+                            extra={**self.fields, "error": str(exc)[:200], "attempt": attempt})
+            self.sink.suspect_storage()
+            if self._log is None and self._held:
+                self._spill()  # storage is down: what is held must survive a hard kill
+
+        return await self._retry_policy.run(what, op, timeout=10.0, on_failure=failed,
+                                            retry_if=lambda exc: not isinstance(exc, UnrecoverableClock))
 
     async def _load(self) -> None:
         try:
@@ -183,7 +198,7 @@ class Session:
                     self._log.close()
                     self._log = None  # left in the spool: the next start replays it
             self._held, self._held_bytes = [], 0
-            self._fatal = ProtocolClose(1011, "internal error")
+            self._fatal = ProtocolClose(CloseCode.INTERNAL_ERROR, "internal error")
             self.mode = FAILED
             self.on_message = self._hold_message  # type: ignore[method-assign]
             if self.on_fatal is not None and not self.closed:
@@ -197,16 +212,16 @@ class Session:
             self._wake.clear()
             await self._wake.wait()
         call_id = self.call_id
-        manifest_read = self._retry("reading the call's manifest", lambda: self.ctx.store.load_manifest(call_id))
-        if self.ctx.settings.call_check:
+        manifest_read = self._retry("reading the call's manifest", lambda: self.store.load_manifest(call_id))
+        if self.config.call_check:
             cached, refusal = await asyncio.gather(manifest_read, self._check_call(call_id))
             if refusal is not None:
                 self._refuse(*refusal)
                 return
         else:
             cached = await manifest_read
-        stored = cached.manifest or {}
-        if not (stored.get("clockOrigin") and stored.get("chunkSeconds")):
+        stored = cached.manifest
+        if stored is None or not (stored.clock_origin and stored.chunk_seconds):
             while self._origin is None:  # nothing to claim a clock with yet
                 if self.closed or self.mode == FAILED:
                     if self._first_arrival is None:
@@ -220,33 +235,34 @@ class Session:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._origin_settled.wait(), _ORIGIN_SETTLE_SECONDS)
             self._claiming = True
-            claim = {"callConnectionId": call_id, "correlationId": self.correlation_id,
-                     "sampleRate": self._held_fmt.sample_rate if self._held_fmt else None,
-                     "frameBytes": self._held_fmt.frame_bytes if self._held_fmt else None,
-                     "chunkSeconds": self._chunk_seconds(), "clockOrigin": mf.utc_iso(self._origin),
-                     "audioChannel": self.channel}
+            claim = mf.Part(call_connection_id=call_id, correlation_id=self.correlation_id,
+                            sample_rate=self._held_fmt.sample_rate if self._held_fmt else None,
+                            frame_bytes=self._held_fmt.frame_bytes if self._held_fmt else None,
+                            chunk_seconds=self._chunk_seconds(), clock_origin=mf.utc_iso(self._origin),
+                            audio_channel=self.channel)  # type: ignore[arg-type]  # a ChannelHint
             cached = await self._retry("claiming the call clock",
-                                       lambda: self.ctx.store.merge_manifest(call_id, claim, cached=cached))
-            stored = cached.manifest or {}
+                                       lambda: self.store.merge_manifest(call_id, claim, cached=cached))
+            stored = cached.manifest
+        assert stored is not None and stored.clock_origin is not None and stored.chunk_seconds is not None
         self._cached = cached
-        self.adopt_clock(mf.parse_iso(stored["clockOrigin"]), float(stored["chunkSeconds"]), stored.get("sampleRate"),
-                         stored.get("frameBytes"))
+        self.adopt_clock(mf.parse_iso(stored.clock_origin), float(stored.chunk_seconds), stored.sample_rate,
+                         stored.frame_bytes)
 
     async def _check_call(self, call_id: str) -> tuple[str, str] | None:
         """Is this a call the control plane placed or answered, and not one that ended before this session began?
         The control plane writes the call state right after ACS returns the call (and again at each callback),
         so a new call's media may arrive a moment before it: the state is looked for again for a while."""
-        store = self.ctx.store
         deadline = time.monotonic() + KNOWN_CALL_WAIT_SECONDS
         while True:
-            state = await self._retry("reading the call state", lambda: store.read_call_state(call_id))
+            state: cs.CallState | None = await self._retry("reading the call state",
+                                                           lambda: self.store.read_call_state(call_id))
             if state is not None:
                 break
             if time.monotonic() >= deadline:
                 return "unknown_call", "no call with this id was placed or answered by this recorder"
             await asyncio.sleep(0.5)
-        if state.get("status") in ("disconnected", "failed"):
-            ended = state.get("disconnectedAt")
+        if state.ended:
+            ended = state.disconnected_at
             try:
                 after_end = ended is None or mf.parse_iso(self.started_at) > mf.parse_iso(ended) + ENDED_GRACE_SECONDS
             except (TypeError, ValueError):
@@ -262,10 +278,10 @@ class Session:
         if self._log is not None:
             self._log.remove()
             self._log = None
-        self.ctx.metrics.refusals[reason] += 1
+        self.metrics.refusals[reason] += 1
         log.warning("session refused: %s; %d held messages discarded", message, held,
                     extra={**self.fields, "reason": reason})
-        self._fatal = ProtocolClose(1008, message)
+        self._fatal = ProtocolClose(CloseCode.POLICY_VIOLATION, message)
         self.mode = FAILED
         self.on_message = self._hold_message  # type: ignore[method-assign]
         if self.on_fatal is not None and not self.closed:
@@ -274,7 +290,7 @@ class Session:
 
     def _chunk_seconds(self) -> float:
         """CHUNK_SECONDS rounded to whole frames, as the timeline cuts it: the span readers place chunk k at."""
-        seconds = self.ctx.settings.chunk_seconds
+        seconds = self.config.chunk_seconds
         if self._held_fmt is None:
             return seconds
         frame = self._held_fmt.frame_seconds
@@ -319,7 +335,7 @@ class Session:
         this method with `_hold_message`, so the live path carries no mode check."""
         if arrival is None:
             arrival = _wall()
-        metrics = self.ctx.metrics
+        metrics = self.metrics
         metrics.messages += 1
         try:
             kind, msg = p.parse(raw)
@@ -340,7 +356,7 @@ class Session:
                 metrics.frames += 1
                 metrics.audio_bytes += len(pcm)
             elif kind == p.AUDIO_METADATA:
-                self._on_metadata(p.audio_metadata(msg, self.ctx.settings.max_frame_bytes))
+                self._on_metadata(p.audio_metadata(msg, self.config.max_frame_bytes))
             elif kind == p.DTMF_DATA:
                 self._on_dtmf(*p.dtmf_data(msg), arrival)
             else:
@@ -353,7 +369,8 @@ class Session:
                 raise ProtocolClose(exc.close_code, str(exc)) from None
             self._consecutive_bad += 1
             if self._consecutive_bad > MAX_CONSECUTIVE_BAD:
-                raise ProtocolClose(1007, f"{self._consecutive_bad} invalid frames in a row") from None
+                raise ProtocolClose(CloseCode.INVALID_DATA, f"{self._consecutive_bad} invalid frames in a row"
+                                    ) from None
 
     def _hold_message(self, raw: str | bytes, arrival: float | None = None) -> None:
         self._hold(raw, _wall() if arrival is None else arrival)
@@ -366,12 +383,13 @@ class Session:
             raise self._fatal
         if not self._peek(raw, arrival):
             return
-        if self._log is None and self.call_id is not None and not self.ctx.sink.healthy:
+        if self._log is None and self.call_id is not None and not self.sink.healthy:
             self._spill()  # storage is known to be down: what is held must survive a hard kill
         if self._log is not None:
             self._log_bytes += len(raw)
             if self._log_bytes > MAX_HELD_BYTES:
-                raise ProtocolClose(1013, "storage unavailable: cannot hold more of this stream; try again later")
+                raise ProtocolClose(CloseCode.TRY_AGAIN_LATER,
+                                    "storage unavailable: cannot hold more of this stream; try again later")
             self._log.append(raw, arrival)
             return
         if not self._held:
@@ -382,7 +400,8 @@ class Session:
             self._spill()  # the clock is slow to come (storage lagging, a new call not yet recorded): to disk
         elif self._held_bytes > PENDING_MEMORY_BYTES:
             if self.call_id is None:
-                raise ProtocolClose(1008, "no usable AudioMetadata (call id) in the first messages")
+                raise ProtocolClose(CloseCode.POLICY_VIOLATION,
+                                    "no usable AudioMetadata (call id) in the first messages")
             self._spill()
 
     def _peek(self, raw: str | bytes, arrival: float) -> bool:
@@ -394,10 +413,11 @@ class Session:
             self._held_bad_run = 0
             if kind == p.AUDIO_DATA:
                 if self._held_fmt is not None and not self._claiming:
+                    p.audio_data(msg)  # a frame the replay will reject must not decide where the clock starts
                     self._note_audio(msg, arrival)
             elif kind == p.AUDIO_METADATA:
                 if self._held_fmt is None:
-                    fmt = p.audio_metadata(msg, self.ctx.settings.max_frame_bytes)
+                    fmt = p.audio_metadata(msg, self.config.max_frame_bytes)
                     self._held_fmt = fmt
                     if self.call_id is None:
                         self.call_id = self._call_id_from(fmt)
@@ -410,7 +430,7 @@ class Session:
                     return False
             else:
                 self._ignored += 1
-                self.ctx.metrics.ignored += 1
+                self.metrics.ignored += 1
                 return False
         except p.FrameError as exc:
             if exc.fatal:  # the socket closes now rather than after the clock is known
@@ -418,7 +438,7 @@ class Session:
                 raise ProtocolClose(exc.close_code, str(exc)) from None
             self._held_bad_run += 1
             if self._held_bad_run > MAX_CONSECUTIVE_BAD:  # the replay counts each of them
-                raise ProtocolClose(1007, f"{self._held_bad_run} invalid frames in a row") from None
+                raise ProtocolClose(CloseCode.INVALID_DATA, f"{self._held_bad_run} invalid frames in a row") from None
         return True
 
     def _note_audio(self, msg: dict[str, Any], arrival: float) -> None:
@@ -456,17 +476,19 @@ class Session:
         """Memory bound reached while the clock is still unknown: move what is held to the spool's frames log."""
         assert self.call_id is not None
         try:
-            frames_log = self.ctx.sink.spool.frames_log(self.call_id, self.id, self._log_header())
+            frames_log = self.spool.frames_log(self.call_id, self.id, self._log_header())
             for raw, arrival in self._held:
                 frames_log.append(raw, arrival)
         except OSError as exc:
-            self.ctx.metrics.spool_failures += 1
+            self.metrics.spool_failures += 1
             self._held_since = time.monotonic()  # tried again in HELD_IN_MEMORY_SECONDS, not on every message
             log.critical("cannot spool held frames; keeping them in memory", extra={**self.fields,
                                                                                     "error": str(exc)})
             return
         self._log = frames_log
         self._held, self._held_bytes = [], 0
+        if self.closed:  # spilled after the socket went (storage failed later): the log must say how it ended
+            self._end_log()
 
     def _log_header(self) -> dict[str, Any]:
         return {"callConnectionId": self.call_id, "sessionId": self.id, "correlationId": self.correlation_id,
@@ -475,14 +497,14 @@ class Session:
     def _call_id_from(self, fmt: p.AudioFormat) -> str:
         if not fmt.subscription_id:
             raise p.FrameError("no_call_id", "no x-ms-call-connection-id header and no subscriptionId",
-                               fatal=True, close_code=1008)
+                               fatal=True, close_code=CloseCode.POLICY_VIOLATION)
         if not is_valid_call_id(fmt.subscription_id):
             raise p.FrameError("no_call_id", "subscriptionId is not a usable call id", fatal=True,
-                               close_code=1008)
+                               close_code=CloseCode.POLICY_VIOLATION)
         return fmt.subscription_id
 
     def _bad_frame(self, exc: p.FrameError) -> None:
-        self.ctx.metrics.bad_frames[exc.kind] += 1
+        self.metrics.bad_frames[exc.kind] += 1
         n = self._bad[exc.kind] = self._bad[exc.kind] + 1
         if n <= _LOG_FIRST or n % 1000 == 0:
             log.warning("bad frame", extra={**self.fields, "reason": exc.kind, "detail": str(exc)[:200],
@@ -493,7 +515,7 @@ class Session:
             if fmt.same_as(self.fmt):
                 return
             raise p.FrameError("format_change", "AudioMetadata changed the format mid-stream", fatal=True,
-                               close_code=1003)
+                               close_code=CloseCode.UNSUPPORTED_DATA)
         if self.call_id is None:
             self.call_id = self._call_id_from(fmt)
         if self._clock is None:  # replaying a session that ended before any audio: nothing to place
@@ -505,12 +527,13 @@ class Session:
             # or slot grid. Refused here, where the peer can be told, rather than discovered at upload.
             raise p.FrameError("format_change", f"this call is recorded at {stored_rate} Hz in {stored_frame}-byte "
                                f"frames; this session sends {fmt.sample_rate} Hz in {fmt.frame_bytes}-byte frames",
-                               fatal=True, close_code=1003)
+                               fatal=True, close_code=CloseCode.UNSUPPORTED_DATA)
         self.fmt = fmt
         self.timeline = CallTimeline(fmt, chunk_seconds, self._on_chunk, origin=origin)
-        self._clock_fields = {"sampleRate": fmt.sample_rate, "frameBytes": fmt.frame_bytes,
-                              "chunkSeconds": self.timeline.chunk_seconds, "clockOrigin": mf.utc_iso(origin),
-                              "audioChannel": self.channel, "correlationId": self.correlation_id}
+        self._clock_part = mf.Part(call_connection_id=self.call_id or "", sample_rate=fmt.sample_rate,
+                                   frame_bytes=fmt.frame_bytes, chunk_seconds=self.timeline.chunk_seconds,
+                                   clock_origin=mf.utc_iso(origin), correlation_id=self.correlation_id,
+                                   audio_channel=self.channel)  # type: ignore[arg-type]
         self._mark_open()
         log.info("audio format", extra={**self.fields, "sampleRate": fmt.sample_rate,
                                         "frameBytes": fmt.frame_bytes, "channel": self.channel,
@@ -531,84 +554,90 @@ class Session:
                 t = None  # as implausible as a wild audio timestamp (and it would sort ahead of real tones)
         if t is None:  # ACS's DtmfData may carry only the tone: stamp it on the call clock
             t = self._last_ts if self._last_ts is not None else arrival
-        self._dtmf.append({"tone": tone, "timestamp": mf.utc_iso(t), "participantRawId": participant,
-                           "receivedAt": mf.utc_iso(arrival)})
-        self.ctx.metrics.dtmf += 1
+        self._dtmf.append(mf.Dtmf(tone=tone, timestamp=mf.utc_iso(t), participant_raw_id=participant,
+                                  received_at=mf.utc_iso(arrival)))
+        self.metrics.dtmf += 1
         self._manifest_dirty.set()
 
     # -- chunks ---------------------------------------------------------------------------------------------
     def _on_chunk(self, chunk: SealedChunk) -> None:
         assert self.call_id and self.fmt
-        self.ctx.metrics.chunks_sealed += 1
+        self.metrics.chunks_sealed += 1
         self._pending += 1
         self._all_landed.clear()
         self._participants[chunk.stream] = chunk.participant
-        self.ctx.sink.submit(ChunkJob(
-            call_id=self.call_id, blob=chunk_blob(self.call_id, chunk.stream, chunk.seq), stream=chunk.stream,
-            participant=chunk.participant, seq=chunk.seq, start_iso=mf.utc_iso(chunk.start),
-            frame_bytes=self.fmt.frame_bytes, mask=chunk.mask, session_id=self.id, last_arrival=chunk.last_arrival,
-            wav=chunk.wav, owner=self, clock=self._clock_fields,
-        ))
+        ref = mf.ChunkRef(stream=chunk.stream, participant_raw_id=chunk.participant, seq=chunk.seq,
+                          start_time=mf.utc_iso(chunk.start), session_id=self.id)
+        blob = chunk_blob(self.call_id, chunk.stream, chunk.seq)
+        outcome = self.sink.submit(ChunkJob(call_id=self.call_id, blob=blob, frame_bytes=self.fmt.frame_bytes,
+                                            mask=chunk.mask, ref=ref, clock=self._clock_part,
+                                            last_arrival=chunk.last_arrival, wav=chunk.wav))
+        outcome.add_done_callback(partial(self._chunk_outcome, blob, ref))
 
-    def chunk_landed(self, job: ChunkJob, landed: LandedChunk) -> None:
-        self._chunks.setdefault(job.stream, []).append(chunk_entry(job, landed))
-        self._conflicts += landed.conflicts
-        self._chunk_done()
+    def _chunk_outcome(self, blob: str, ref: mf.ChunkRef, outcome: asyncio.Future[LandedChunk]) -> None:
+        """The sink's answer for one chunk: what landed goes into this session's part, a quarantine is named."""
+        if outcome.cancelled():
+            return  # the process is stopping: the chunk is in the spool and the session's part beside it
+        exc = outcome.exception()
+        if isinstance(exc, ChunkQuarantined):
+            self._quarantined.append(mf.QuarantinedChunk(stream=ref.stream, seq=ref.seq, reason=str(exc)[:300]))
+        elif exc is not None:  # the sink resolves with a landing or a quarantine only; anything else is a bug
+            log.error("chunk outcome failed: %r", exc, extra=self.fields)
+        else:
+            landed = outcome.result()
+            self._chunks.setdefault(ref.stream, []).append(landed.entry(blob, ref))
+            self._conflicts += landed.conflicts
 
-    def chunk_quarantined(self, job: ChunkJob, reason: str) -> None:
-        self._quarantined.append({"stream": job.stream, "seq": job.seq, "reason": reason[:300]})
-        self._chunk_done()
-
-    def _chunk_done(self) -> None:
         self._pending -= 1
         if self._pending == 0:
             self._all_landed.set()
         self._manifest_dirty.set()
 
     # -- manifest -------------------------------------------------------------------------------------------
-    def part(self) -> dict[str, Any]:
+    def part(self) -> mf.Part:
         """What this session contributes to the call's manifest (see common.manifest)."""
+        assert self.call_id is not None
         tl = self.timeline
         st = tl.stats if tl else None
-        session = {
-            "id": self.id, "replica": REPLICA, "startedAt": self.started_at, "endedAt": self.ended_at,
-            "complete": self.complete, "cleanClose": self.clean_close, "closeCode": self.close_code,
-            "endReason": self.end_reason,
-            "subscriptionId": self.fmt.subscription_id[:128] if self.fmt and self.fmt.subscription_id else None,
-            "sampleRate": self.fmt.sample_rate if self.fmt else None,
-            "frames": st.frames if st else 0, "badFrames": sum(self._bad.values()), "ignoredMessages": self._ignored,
-            "lateFramesPlaced": st.late_placed if st else 0, "lateFramesDropped": st.late_dropped if st else 0,
-            "duplicateFrames": st.duplicates if st else 0, "gapFrames": st.gap_slots if st else 0,
-            "badTimestamps": st.bad_timestamps if st else 0, "conflictFrames": self._conflicts,
-            "dtmfTones": len(self._dtmf), "dtmfDropped": self._dtmf_dropped,
-            "gapsOmitted": max(0, tl.gap_count - MAX_GAPS_PER_SESSION) if tl else 0,
-            "cappedFrames": st.capped_frames if st else 0,
-            "framesBeforeOrigin": st.before_origin if st else 0,
-            "cappedParticipants": list(st.capped_ids) if st else [],
-            "quarantinedChunks": list(self._quarantined),
-        }
-        return {
-            "callConnectionId": self.call_id,
-            "correlationId": self.correlation_id,
-            "sampleRate": self.fmt.sample_rate if self.fmt else None,
-            "frameBytes": self.fmt.frame_bytes if self.fmt else None,
-            "chunkSeconds": tl.chunk_seconds if tl else None,
-            "clockOrigin": mf.utc_iso(tl.origin) if tl and tl.origin is not None else None,
-            "audioChannel": self.channel,
-            "sessions": [session],
-            "streams": [{"stream": s, "participantRawId": self._participants.get(s), "chunks": list(c)}
-                        for s, c in self._chunks.items()],
-            "gaps": [{"stream": s, "startTime": mf.utc_iso(a), "durationMs": round(d * 1000), "sessionId": self.id}
-                     for s, a, d in (tl.gaps(MAX_GAPS_PER_SESSION) if tl else [])],
-            "gapsOf": [self.id],
-            "dtmf": list(self._dtmf),
-        }
+        fmt = self.fmt
+        session = mf.Session(
+            id=self.id, replica=REPLICA, started_at=self.started_at, ended_at=self.ended_at,
+            complete=self.complete, clean_close=self.clean_close, close_code=self.close_code,
+            end_reason=self.end_reason,
+            subscription_id=fmt.subscription_id[:128] if fmt and fmt.subscription_id else None,
+            sample_rate=fmt.sample_rate if fmt else None,
+            bad_frames=sum(self._bad.values()), ignored_messages=self._ignored, conflict_frames=self._conflicts,
+            dtmf_tones=len(self._dtmf), dtmf_dropped=self._dtmf_dropped,
+            quarantined_chunks=list(self._quarantined),
+            **({} if st is None or tl is None else dict(
+                frames=st.frames, late_frames_placed=st.late_placed, late_frames_dropped=st.late_dropped,
+                duplicate_frames=st.duplicates, gap_frames=st.gap_slots, bad_timestamps=st.bad_timestamps,
+                gaps_omitted=max(0, tl.gap_count - MAX_GAPS_PER_SESSION), capped_frames=st.capped_frames,
+                frames_before_origin=st.before_origin, capped_participants=list(st.capped_ids))),
+        )
+        return mf.Part(
+            call_connection_id=self.call_id,
+            correlation_id=self.correlation_id,
+            sample_rate=fmt.sample_rate if fmt else None,
+            frame_bytes=fmt.frame_bytes if fmt else None,
+            chunk_seconds=tl.chunk_seconds if tl else None,
+            clock_origin=mf.utc_iso(tl.origin) if tl and tl.origin is not None else None,
+            audio_channel=self.channel,  # type: ignore[arg-type]
+            sessions=[session],
+            streams=[mf.Stream(stream=s, participant_raw_id=self._participants.get(s), chunks=list(c))
+                     for s, c in self._chunks.items()],
+            gaps=[mf.Gap(stream=s, start_time=mf.utc_iso(a), duration_ms=round(d * 1000), session_id=self.id)
+                  for s, a, d in (tl.gaps(MAX_GAPS_PER_SESSION) if tl else [])],
+            gaps_of=[self.id],
+            dtmf=list(self._dtmf),
+        )
 
     async def _manifest_loop(self) -> None:
         """One writer per session. Writes coalesce: at most one per MANIFEST_MIN_INTERVAL while streaming (the
         chunks of four participants sealed together cost one write), immediately once the socket closed. A
         session that carried nothing writes nothing: an empty socket neither creates nor changes a manifest."""
         attempt = 0
+        policy = self._retry_policy
         while True:
             await self._manifest_dirty.wait()
             self._manifest_dirty.clear()
@@ -620,8 +649,8 @@ class Session:
                     return
                 continue
             try:
-                self._cached = await self.ctx.store.merge_manifest(self.call_id, self.part(), cached=self._cached)
-                self.ctx.metrics.manifest_writes += 1
+                self._cached = await self.store.merge_manifest(self.call_id, self.part(), cached=self._cached)
+                self.metrics.manifest_writes += 1
                 attempt = 0
                 if final:
                     return
@@ -631,13 +660,14 @@ class Session:
                 raise
             except Exception as exc:
                 attempt += 1
-                self.ctx.metrics.upload_retries += 1
+                self.metrics.upload_retries += 1
+                policy.note("manifest update", attempt, exc)
                 log.warning("manifest update failed; will retry", extra={**self.fields, "error": str(exc)[:300]})
                 self._manifest_dirty.set()
-                await asyncio.sleep(backoff(attempt))
+                await asyncio.sleep(policy.delay(attempt))
 
     # -- end ------------------------------------------------------------------------------------------------
-    def close(self, code: int, clean: bool, reason: str | None = None) -> None:
+    def close(self, code: int, clean: bool, reason: EndReason | None = None) -> None:
         """Socket is gone: seal every partial chunk now (nothing received is lost), then finish in background.
         A session still waiting for its clock seals when the loader has replayed what it held."""
         if self.closed:
@@ -645,12 +675,12 @@ class Session:
         self.closed = True
         self.close_code = code
         self.clean_close = clean
-        self.end_reason = reason or (PEER_CLOSED if clean else PEER_LOST)
+        self.end_reason = reason or (EndReason.PEER_CLOSED if clean else EndReason.PEER_LOST)
         self.ended_at = mf.now_iso()
         if self.mode != PENDING and self.timeline is not None:
             self.timeline.flush()
         if self.mode == PENDING and self.call_id is not None:
-            if self._log is None and self._held and not self.ctx.sink.healthy:
+            if self._log is None and self._held and not self.sink.healthy:
                 self._spill()
             if self._log is not None:  # so that a restart replays the session as it ended, not as never closed
                 self._end_log()
@@ -667,10 +697,10 @@ class Session:
         if before_origin:
             log.warning("frames dated before the call clock's origin could not be placed", extra={
                 **self.fields, "frames": before_origin})
-        self.complete = (self.end_reason in _COMPLETE_REASONS and not self._quarantined and self.has_content
+        self.complete = (self.end_reason in mf.COMPLETE_REASONS and not self._quarantined and self.has_content
                          and not before_origin)
         if not self.has_content:
-            self.ctx.metrics.sessions_without_audio += 1
+            self.metrics.sessions_without_audio += 1
         self._finished = True
         self._manifest_dirty.set()
         if self._writer is not None:
@@ -689,7 +719,7 @@ class Session:
                 task.cancel()
         if self.call_id is None:
             return
-        spool = self.ctx.sink.spool
+        spool = self.spool
         try:
             if self.mode == PENDING:
                 if self._log is None:
@@ -703,7 +733,7 @@ class Session:
                 self._replayed.remove()
                 self._replayed = None
         except OSError as exc:
-            self.ctx.metrics.spool_failures += 1
+            self.metrics.spool_failures += 1
             log.critical("cannot spool the session's state", extra={**self.fields, "error": str(exc)})
 
     def _end_log(self) -> None:
@@ -718,43 +748,25 @@ class Session:
         session `never_closed` in the manifest, with the span its landed chunks cover."""
         assert self.call_id is not None
         try:
-            self.ctx.sink.spool.mark_open(self.call_id, self.id, {
-                "id": self.id, "replica": REPLICA, "startedAt": self.started_at})
+            self.spool.mark_open(self.call_id, mf.Session(id=self.id, replica=REPLICA, started_at=self.started_at))
             self._marked = True
         except OSError as exc:
             log.warning("cannot write the open-session marker", extra={**self.fields, "error": str(exc)})
 
     def _unmark_open(self) -> None:
         if self._marked and self.call_id is not None:
-            self.ctx.sink.spool.unmark_open(self.call_id, self.id)
+            self.spool.unmark_open(self.call_id, self.id)
             self._marked = False
 
     def seal_idle(self, idle_seconds: float, now: float) -> None:
         if self.timeline is not None and not self.closed and self.mode == LIVE:
             self.timeline.seal_idle(idle_seconds, now)
 
-
-async def replay_frames_log(ctx: Context, frames_log: FramesLog) -> None:
-    """A session that was still waiting for its clock when its process stopped (or died): replay what it held on
-    the call clock, as the live session would have, and close it as it ended (or as `never_closed`)."""
-    h = frames_log.header
-    session = Session(ctx, h["callConnectionId"], h.get("correlationId"), h.get("channel") or "auto",
-                      session_id=h["sessionId"], started_at=h.get("startedAt"))
-    session._log = frames_log
-    for raw, arrival in frames_log.replay():
-        session._peek(raw, arrival)
-        if session._origin_settled.is_set():
-            break
-    end = frames_log.end_record()
-    session.start()
-    if end is None:
-        session.close(1006, False, NEVER_CLOSED)
-    else:
-        session.close(end.get("closeCode") or 1006, bool(end.get("cleanClose")), end.get("endReason"))
-        session.ended_at = end.get("endedAt") or session.ended_at
-    task = asyncio.create_task(session.finish(), name=f"finish-{session.id}")
-    ctx.finishing[task] = session  # so that a shutdown meanwhile waits for it, then spools what is left
-    task.add_done_callback(lambda t: ctx.finishing.pop(t, None))
-    await task
-    log.info("held frames replayed", extra={**session.fields, "frames": session.timeline.stats.frames
-                                            if session.timeline else 0})
+    def adopt_frames_log(self, frames_log: FramesLog) -> None:
+        """Take over the frames log an earlier process left for this session: peek at its first messages for what
+        the clock loader needs (call id, format, origin); the replay proper runs once the clock is known."""
+        self._log = frames_log
+        for raw, arrival in frames_log.replay():
+            self._peek(raw, arrival)
+            if self._origin_settled.is_set():
+                break

@@ -12,8 +12,11 @@ itself) is *quarantined*: kept in the spool's `_quarantine/` folder, logged at E
 `acs_streamer_chunks_quarantined_total`, named in its session's manifest entry — never dropped, never retried
 forever, never in the way of other calls.
 
+`submit` returns a future of what landed (or `ChunkQuarantined`): the sink knows blobs, bytes and slots, and the
+session, which owns the manifest entries, builds them from the outcome.
+
 On shutdown, whatever has not landed by the deadline stays in the spool (with the owning session's manifest part),
-and the next start uploads it and merges the parts (`recover_spool`). If the spool itself fails, the chunk stays in
+and the next start uploads it and merges the parts (`streamer.recovery`). If the spool itself fails, the chunk stays in
 memory and the failure is logged loudly and counted.
 
 Spool layout (one folder per call; names hashed where a participant id would make them long):
@@ -32,18 +35,19 @@ import contextlib
 import hashlib
 import logging
 import os
-import random
 import struct
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+import msgspec
 import orjson
 
 from common import manifest as mf
+from common.retry import Backoff
 from streamer.metrics import Metrics
 from streamer.store import LandedChunk, PermanentChunkError, RecordingStore, RequestRejected
 
@@ -55,46 +59,56 @@ UPLOAD_TIMEOUT = 15.0  # one attempt; storage that neither answers nor fails is 
 OVERDUE_SECONDS = 2.0  # a chunk still in memory this long after it was sealed: storage hangs or lags; spool it
 
 
-def backoff(attempt: int, base: float = 0.2, cap: float = 5.0) -> float:
-    """Full-jitter exponential backoff (one policy for uploads, manifest writes, clock loads and spool recovery):
-    spreads the retries of many sessions and workers after an outage."""
-    return random.uniform(0, min(cap, base * 2 ** min(attempt, 16)))
-
-
-class ChunkOwner(Protocol):
-    def chunk_landed(self, job: ChunkJob, landed: LandedChunk) -> None: ...
-    def chunk_quarantined(self, job: ChunkJob, reason: str) -> None: ...
+class ChunkQuarantined(Exception):
+    """The chunk can never land as it is; it is kept in the spool's quarantine folder. The message says why."""
 
 
 @dataclass
 class ChunkJob:
+    """One sealed chunk on its way to storage. `ref` says where it goes in the manifest; the sink only keeps it
+    (beside the WAV when spooled) so that the chunk can still be listed after a restart."""
+
     call_id: str
     blob: str
-    stream: str
-    participant: str | None
-    seq: int
-    start_iso: str
     frame_bytes: int
     mask: bytes
-    session_id: str
+    ref: mf.ChunkRef
+    clock: mf.Part | None = field(default=None, repr=False)  # the call clock's fields (shared by a session's jobs)
     last_arrival: float = 0.0  # wall time; 0 for chunks recovered from the spool of an earlier process
     wav: bytes | None = None
     spool_path: str | None = None
-    owner: ChunkOwner | None = field(default=None, repr=False)
     attempts: int = 0
     submitted: float = field(default_factory=time.monotonic)
     quarantined: str | None = None  # why, once the chunk is in quarantine (spool recovery keeps going past it)
-    clock: dict[str, Any] | None = field(default=None, repr=False)  # the call clock's manifest fields (shared)
+    outcome: asyncio.Future[LandedChunk] | None = field(default=None, repr=False)
 
     @property
     def size(self) -> int:
         return len(self.wav) if self.wav is not None else 0
 
-    def sidecar(self) -> dict[str, Any]:
+    def sidecar(self) -> bytes:
         """What the spool keeps beside the WAV, enough to land it and list it after a restart."""
-        return {"call_id": self.call_id, "blob": self.blob, "stream": self.stream, "participant": self.participant,
-                "seq": self.seq, "start_iso": self.start_iso, "frame_bytes": self.frame_bytes,
-                "mask": self.mask.hex(), "session_id": self.session_id, "clock": self.clock}
+        return _sidecar.encode(_Sidecar(call_id=self.call_id, blob=self.blob, frame_bytes=self.frame_bytes,
+                                        mask=self.mask.hex(), ref=self.ref, clock=self.clock))
+
+    @classmethod
+    def from_sidecar(cls, data: bytes, spool_path: str) -> ChunkJob:
+        d = _sidecar_decoder.decode(data)
+        return cls(call_id=d.call_id, blob=d.blob, frame_bytes=d.frame_bytes, mask=bytes.fromhex(d.mask), ref=d.ref,
+                   clock=d.clock, spool_path=spool_path)
+
+
+class _Sidecar(msgspec.Struct, kw_only=True):
+    call_id: str
+    blob: str
+    frame_bytes: int
+    mask: str
+    ref: mf.ChunkRef
+    clock: mf.Part | None = None
+
+
+_sidecar = msgspec.json.Encoder()
+_sidecar_decoder = msgspec.json.Decoder(_Sidecar)
 
 
 def _write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
@@ -204,12 +218,16 @@ class Spool:
     def put_chunk(self, job: ChunkJob) -> None:
         assert job.wav is not None
         # The stream id can be ~350 characters (base64 of a participant id): hashed, so names stay short.
-        tag = hashlib.sha256(job.stream.encode()).hexdigest()[:16]
-        base = str(self._call_dir(job.call_id) / f"c.{tag}.{job.seq:06d}.{uuid.uuid4().hex[:8]}")
+        base = str(self._call_dir(job.call_id) / self._chunk_name(job))
         _write_atomic(Path(base + ".wav"), job.wav)
-        _write_atomic(Path(base + ".json"), orjson.dumps(job.sidecar()))
+        _write_atomic(Path(base + ".json"), job.sidecar())
         job.spool_path = base
         job.wav = None
+
+    @staticmethod
+    def _chunk_name(job: ChunkJob) -> str:
+        tag = hashlib.sha256(job.ref.stream.encode()).hexdigest()[:16]
+        return f"c.{tag}.{job.ref.seq:06d}.{uuid.uuid4().hex[:8]}"
 
     @staticmethod
     def read_chunk(job: ChunkJob) -> bytes:
@@ -225,22 +243,22 @@ class Spool:
     def quarantine(self, job: ChunkJob, reason: str) -> Path:
         """Keep a chunk that can never land as it is, with why, for an operator to inspect or re-home."""
         folder = self.root / QUARANTINE / job.call_id
-        name = f"c.{hashlib.sha256(job.stream.encode()).hexdigest()[:16]}.{job.seq:06d}.{uuid.uuid4().hex[:8]}"
+        name = self._chunk_name(job)
         data = job.wav if job.wav is not None else self.read_chunk(job)
         _write_atomic(folder / f"{name}.wav", data)
-        _write_atomic(folder / f"{name}.json", orjson.dumps({**job.sidecar(), "reason": reason,
+        _write_atomic(folder / f"{name}.json", orjson.dumps({**orjson.loads(job.sidecar()), "reason": reason,
                                                              "quarantinedAt": mf.now_iso()}))
         if job.spool_path:
             self.remove_chunk(job)
         job.wav = None
         return folder / f"{name}.wav"
 
-    def put_part(self, call_id: str, session_id: str, part: dict[str, Any]) -> None:
-        _write_atomic(self._call_dir(call_id) / f"part.{session_id}.json", orjson.dumps(part))
+    def put_part(self, call_id: str, session_id: str, part: mf.Part) -> None:
+        _write_atomic(self._call_dir(call_id) / f"part.{session_id}.json", mf.dumps(part))
 
-    def mark_open(self, call_id: str, session_id: str, info: dict[str, Any]) -> None:
+    def mark_open(self, call_id: str, session: mf.Session) -> None:
         # No fsync: the marker has to survive the process, not the node (a node loss takes the spool with it).
-        _write_atomic(self._call_dir(call_id) / f"open.{session_id}.json", orjson.dumps(info), sync=False)
+        _write_atomic(self._call_dir(call_id) / f"open.{session.id}.json", mf.dumps(session), sync=False)
 
     def unmark_open(self, call_id: str, session_id: str) -> None:
         (self._call_dir(call_id) / f"open.{session_id}.json").unlink(missing_ok=True)
@@ -273,9 +291,11 @@ class Spool:
                 if not Path(base + ".wav").exists():
                     side.unlink(missing_ok=True)  # wav never completed: nothing to upload
                     continue
-                d = orjson.loads(side.read_bytes())
-                d["mask"] = bytes.fromhex(d["mask"])
-                jobs.append(ChunkJob(**d, spool_path=base))
+                try:
+                    jobs.append(ChunkJob.from_sidecar(side.read_bytes(), base))
+                except ValueError as exc:
+                    log.error("unreadable chunk sidecar left in the spool", extra={"path": str(side),
+                                                                                    "error": str(exc)[:200]})
             if jobs or parts or markers:
                 out[call_dir.name] = (jobs, parts, markers)
         return out
@@ -284,6 +304,7 @@ class Spool:
 class UploadSink:
     def __init__(self, store: RecordingStore, spool: Spool, metrics: Metrics, *, memory_limit: int,
                  workers: int = 32, max_backoff: float = 5.0):
+        self.retry = Backoff(cap=max_backoff, on_retry=metrics.retried)
         self.store = store
         self.spool = spool
         self.metrics = metrics
@@ -293,7 +314,6 @@ class UploadSink:
         self._workers: list[asyncio.Task[None]] = []
         self._outstanding: dict[int, ChunkJob] = {}  # every job not yet landed or quarantined
         self._delayed: dict[int, asyncio.TimerHandle] = {}  # jobs waiting out their backoff
-        self._max_backoff = max_backoff
         self._idle = asyncio.Event()
         self._idle.set()
         self._storage_up = asyncio.Event()
@@ -303,9 +323,10 @@ class UploadSink:
         self.lagging = False  # a chunk waited too long: new chunks go to disk until storage answers again
 
     # -- intake ---------------------------------------------------------------------------------------------
-    def submit(self, job: ChunkJob) -> None:
+    def submit(self, job: ChunkJob) -> asyncio.Future[LandedChunk]:
         """Never blocks and never raises: memory if it fits and storage is up, else the spool, else memory anyway
-        (loudly)."""
+        (loudly). -> a future of what landed, failed with `ChunkQuarantined` if the chunk can never land."""
+        job.outcome = asyncio.get_running_loop().create_future()
         self.metrics.pending_chunks += 1
         self.metrics.pending_upload_bytes += job.size
         if not self.healthy or self.lagging or self.metrics.pending_upload_bytes > self.memory_limit:
@@ -313,6 +334,7 @@ class UploadSink:
         self._outstanding[id(job)] = job
         self._idle.clear()
         self._queue.put_nowait(job)
+        return job.outcome
 
     def _spool(self, job: ChunkJob) -> bool:
         if job.wav is None:
@@ -371,7 +393,8 @@ class UploadSink:
     def _retry_later(self, job: ChunkJob, exc: Exception) -> None:
         job.attempts += 1
         self.metrics.upload_retries += 1
-        delay = backoff(job.attempts, cap=self._max_backoff)
+        self.retry.note("chunk upload", job.attempts, exc)
+        delay = self.retry.delay(job.attempts)
         if job.attempts <= 3 or job.attempts % 20 == 0:
             log.warning("chunk upload failed; will retry", extra={
                 "callConnectionId": job.call_id, "blob": job.blob, "error": str(exc)[:300],
@@ -406,7 +429,7 @@ class UploadSink:
                     self.healthy = False
                     self._spool_outstanding()
                 attempt += 1
-                await asyncio.sleep(backoff(attempt, cap=self._max_backoff))
+                await asyncio.sleep(self.retry.delay(attempt))
         if not self.healthy:
             log.info("storage answers again; retrying waiting chunks", extra={"chunks": len(self._delayed)})
         self.healthy = True
@@ -456,8 +479,8 @@ class UploadSink:
         self._done(job)
         if job.spool_path:
             self.spool.remove_chunk(job)
-        if job.owner is not None:
-            job.owner.chunk_landed(job, landed)
+        if job.outcome is not None and not job.outcome.done():
+            job.outcome.set_result(landed)
 
     def _quarantine(self, job: ChunkJob, reason: str) -> None:
         self._done(job)
@@ -469,8 +492,8 @@ class UploadSink:
             where = f"not kept: {exc}"
         log.error("chunk quarantined: it can never land as it is; kept for an operator", extra={
             "callConnectionId": job.call_id, "blob": job.blob, "reason": reason[:300], "kept": str(where)})
-        if job.owner is not None:
-            job.owner.chunk_quarantined(job, reason)
+        if job.outcome is not None and not job.outcome.done():
+            job.outcome.set_exception(ChunkQuarantined(reason[:300]))
 
     # -- shutdown -------------------------------------------------------------------------------------------
     async def wait_idle(self, timeout: float) -> bool:
@@ -496,113 +519,3 @@ class UploadSink:
         for job in left:
             self._spool(job)
         return left
-
-
-async def recover_spool(spool: Spool, store: RecordingStore, metrics: Metrics, *, retry_seconds: float = 5.0,
-                        stop: asyncio.Event | None = None) -> int:
-    """Upload what a previous process spooled and merge its manifest parts; sessions it left open (a marker and
-    no part) are marked `never_closed` with the span their chunks cover. Retries until done or `stop`."""
-    recovered = 0
-    pending = spool.scan()
-    attempt = 0
-    while pending:
-        for call_id, (jobs, parts, markers) in list(pending.items()):
-            try:
-                recovered += await _recover_call(spool, store, metrics, call_id, jobs, parts, markers)
-                del pending[call_id]
-            except Exception as exc:
-                log.warning("spool recovery failed; will retry",
-                            extra={"callConnectionId": call_id, "error": str(exc)[:300]})
-        if pending:
-            if stop is not None and stop.is_set():
-                break
-            attempt += 1
-            await asyncio.sleep(min(retry_seconds, backoff(attempt, cap=retry_seconds) + 0.5))
-    return recovered
-
-
-async def _recover_call(spool: Spool, store: RecordingStore, metrics: Metrics, call_id: str, jobs: list[ChunkJob],
-                        parts: list[Path], markers: list[Path]) -> int:
-    landed_entries: dict[str, list[dict[str, Any]]] = {}
-    participants: dict[str, str | None] = {}
-    quarantined: dict[str, list[dict[str, Any]]] = {}
-    done: list[ChunkJob] = []
-    for job in jobs:
-        if job.quarantined is None:
-            try:
-                landed = await store.put_chunk(job.blob, spool.read_chunk(job), job.mask, job.frame_bytes)
-            except (PermanentChunkError, RequestRejected) as exc:
-                job.quarantined = str(exc)[:300]
-                metrics.chunks_quarantined += 1
-                spool.quarantine(job, job.quarantined)
-                log.error("chunk quarantined: it can never land as it is; kept for an operator",
-                          extra={"callConnectionId": call_id, "blob": job.blob, "reason": job.quarantined})
-        if job.quarantined is not None:
-            quarantined.setdefault(job.session_id, []).append(
-                {"stream": job.stream, "seq": job.seq, "reason": job.quarantined})
-            continue
-        metrics.slot_conflicts += landed.conflicts
-        landed_entries.setdefault(job.stream, []).append(chunk_entry(job, landed))
-        participants[job.stream] = job.participant
-        done.append(job)
-    # The call clock travels with every spooled chunk: the manifest may not have survived whatever killed us.
-    clock = next((j.clock for j in jobs if j.clock), None) or {}
-    part: dict[str, Any] = {**clock, "callConnectionId": call_id, "streams": [
-        {"stream": s, "participantRawId": participants[s], "chunks": e} for s, e in landed_entries.items()],
-        "sessions": [{"id": sid, "quarantinedChunks": q} for sid, q in quarantined.items()]}
-    merged = mf.merge(None, part)
-    spooled_sessions = set()
-    for p in parts:
-        saved = orjson.loads(p.read_bytes())
-        for sess in saved.get("sessions", []):
-            # Every chunk of the session has now landed (or is quarantined): it is complete if it ended well.
-            spooled_sessions.add(sess["id"])
-            reason = sess.get("endReason") or ("peer_closed" if sess.get("cleanClose") else "peer_lost")
-            sess["complete"] = (reason in ("peer_closed", "protocol_error") and not sess.get("quarantinedChunks")
-                                and sess["id"] not in quarantined)
-        merged = mf.merge(merged, saved)
-    never_closed = []
-    for marker in markers:
-        info = orjson.loads(marker.read_bytes())
-        if info.get("id") and info["id"] not in spooled_sessions:
-            never_closed.append(info["id"])
-            merged = mf.merge(merged, {"callConnectionId": call_id, "sessions": [
-                {**info, "endReason": "never_closed", "complete": False}]})
-    written = await store.merge_manifest(call_id, merged)
-    if never_closed and written.manifest is not None:
-        spans = _session_spans(written.manifest, set(never_closed))
-        if spans:
-            await store.merge_manifest(call_id, {"callConnectionId": call_id, "sessions": [
-                {"id": sid, "coveredFrom": a, "coveredUntil": b} for sid, (a, b) in spans.items()]},
-                cached=written)
-        log.warning("sessions of a process that died were marked never_closed",
-                    extra={"callConnectionId": call_id, "sessions": never_closed})
-    metrics.manifest_writes += 1
-    for job in done:
-        spool.remove_chunk(job)
-    for p in [*parts, *markers]:
-        p.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        (spool.root / call_id).rmdir()
-    log.info("spool recovered", extra={"callConnectionId": call_id, "chunks": len(done)})
-    return len(done)
-
-
-def _session_spans(manifest: dict[str, Any], ids: set[str]) -> dict[str, tuple[str, str]]:
-    """(first sample, last sample) on the call clock of each session's landed chunks, as ISO-8601."""
-    spans: dict[str, tuple[float, float]] = {}
-    for s in manifest.get("streams", []):
-        for c in s.get("chunks", []):
-            sid = c.get("sessionId")
-            if sid in ids:
-                a = mf.parse_iso(c["startTime"])
-                b = a + c.get("durationMs", 0) / 1000
-                lo, hi = spans.get(sid, (a, b))
-                spans[sid] = (min(lo, a), max(hi, b))
-    return {sid: (mf.utc_iso(a), mf.utc_iso(b)) for sid, (a, b) in spans.items()}
-
-
-def chunk_entry(job: ChunkJob, landed: LandedChunk) -> dict[str, Any]:
-    return {"blob": job.blob, "seq": job.seq, "startTime": job.start_iso, "durationMs": landed.duration_ms,
-            "sha256": landed.sha256, "bytes": landed.bytes, "revision": landed.revision,
-            "sessionId": job.session_id}

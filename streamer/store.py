@@ -10,7 +10,6 @@ with ETag-conditional writes, so no update is lost).
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import itertools
@@ -19,11 +18,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-import orjson
 
+from common import call_state as cs
 from common import manifest as mf
+from common import wav
 from common.layout import call_state_blob, manifest_blob
-from streamer import wav
+from common.retry import Backoff
+from streamer.slots import fill_empty, occupancy, read_occupancy
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ class AzureBlobBackend:
 class CachedManifest:
     """A manifest as a writer last saw it; both None means there was none yet."""
 
-    manifest: dict[str, Any] | None
+    manifest: mf.Manifest | None
     etag: str | None
 
 
@@ -238,6 +239,11 @@ class LandedChunk:
     filled: int = 0  # slots this write added to the stored chunk (all of its slots when it created the blob)
     conflicts: int = 0  # slots this write also had, with other audio: the stored audio was kept
 
+    def entry(self, blob: str, ref: mf.ChunkRef) -> mf.Chunk:
+        """The manifest entry of the chunk as it now stands in storage."""
+        return ref.landed(blob, revision=self.revision, sha256=self.sha256, size=self.bytes,
+                          duration_ms=self.duration_ms)
+
 
 class UnrecoverableClock(Exception):
     """The call's manifest is unusable while chunks of the call exist: a new clock would put new audio into the
@@ -249,27 +255,10 @@ class PermanentChunkError(Exception):
     unreadable, storage refuses the request itself): retrying would block an upload worker forever."""
 
 
-def occupancy(mask: bytes | np.ndarray) -> str:
-    """A chunk's occupied slots (1 = a frame was received there, silent or not) for its blob metadata."""
-    bits = np.frombuffer(mask, dtype=np.uint8) if isinstance(mask, bytes) else mask.astype(np.uint8)
-    return base64.b64encode(np.packbits(bits != 0).tobytes()).decode("ascii")
-
-
-def read_occupancy(meta: dict[str, str], pcm_bytes: int, frame_bytes: int) -> np.ndarray:
-    """Occupied slots of a stored chunk. A chunk written before occupancy was recorded counts as occupied up to
-    its length: silence and "no frame" are both zeros there, so none of it may be replaced."""
-    slots = -(-pcm_bytes // frame_bytes)
-    raw = meta.get("slots")
-    if raw is None:
-        return np.ones(slots, dtype=bool)
-    bits = np.unpackbits(np.frombuffer(base64.b64decode(raw), dtype=np.uint8)).astype(bool)
-    out = np.zeros(max(slots, len(bits)), dtype=bool)
-    out[: len(bits)] = bits
-    return out
-
-
 class RecordingStore:
     """The streamer's two writes, on any BlobBackend."""
+
+    MERGE_RETRY = Backoff(base=0.005, cap=0.2)  # ETag conflicts: another writer of this call just wrote
 
     def __init__(self, backend: BlobBackend):
         self.backend = backend
@@ -307,7 +296,7 @@ class RecordingStore:
                 raise PermanentChunkError(f"{name}: stored chunk has {cur.metadata['slotbytes']}-byte frame slots, "
                                           f"this part {frame_bytes}")
             cur_occ = read_occupancy(cur.metadata, len(cur_pcm), frame_bytes)
-            merged_pcm, merged_occ, filled, conflicts = wav.fill_empty(cur_pcm, cur_occ, new_pcm, new_occ,
+            merged_pcm, merged_occ, filled, conflicts = fill_empty(cur_pcm, cur_occ, new_pcm, new_occ,
                                                                         frame_bytes)
             revision = int(cur.metadata.get("revision", "1"))
             if conflicts:
@@ -332,14 +321,14 @@ class RecordingStore:
         rate, pcm_bytes = wav.info(wav_bytes)  # from the header: decoding would copy the chunk's PCM
         return round(pcm_bytes / 2 / rate * 1000)
 
-    async def merge_manifest(self, call_id: str, part: dict[str, Any], *, attempts: int = 20,
+    async def merge_manifest(self, call_id: str, part: mf.Manifest, *, attempts: int = 20,
                              cached: CachedManifest | None = None) -> CachedManifest:
         """Merge `part` into the stored manifest with an ETag-conditional write, retried on conflicts (another
         session or the spool drainer). With `cached` (what this writer last wrote, or read at connect) the first
         try skips the read; a conflict means someone else wrote since, and the stored manifest is read and merged
         again."""
         name = manifest_blob(call_id)
-        for _ in range(attempts):
+        for attempt in range(1, attempts + 1):
             if cached is not None:
                 base, etag = cached.manifest, cached.etag
                 cached = None
@@ -360,7 +349,7 @@ class RecordingStore:
                     new_etag = await self.backend.replace(name, mf.dumps(merged), etag, {}, "application/json")
                 return CachedManifest(merged, new_etag)
             except (AlreadyExists, PreconditionFailed):
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(self.MERGE_RETRY.delay(attempt))
         raise StorageUnavailable(f"manifest of {call_id}: too many concurrent updates")
 
     async def load_manifest(self, call_id: str) -> CachedManifest:
@@ -387,16 +376,17 @@ class RecordingStore:
         log.error("stored manifest unreadable (%s); kept as %s and rebuilt from what is recorded now", why, name,
                   extra={"callConnectionId": call_id})
 
-    async def read_manifest(self, call_id: str) -> dict[str, Any] | None:
+    async def read_manifest(self, call_id: str) -> mf.Manifest | None:
         return (await self.load_manifest(call_id)).manifest
 
-    async def read_call_state(self, call_id: str) -> dict[str, Any] | None:
-        """The control plane's call state (None if it has none): which calls exist and whether they ended."""
+    async def read_call_state(self, call_id: str) -> cs.CallState | None:
+        """The control plane's call state (None if it has none): which calls exist and whether they ended. One
+        that cannot be read counts as a call that exists and has not ended: the control plane wrote it."""
         cur = await self.backend.get(call_state_blob(call_id))
         if cur is None:
             return None
         try:
-            doc = orjson.loads(cur.data)
-        except orjson.JSONDecodeError:
-            return {}
-        return doc if isinstance(doc, dict) else {}
+            return cs.loads(cur.data)
+        except ValueError as exc:
+            log.warning("call state unreadable: %s", exc, extra={"callConnectionId": call_id})
+            return cs.CallState(call_connection_id=call_id)

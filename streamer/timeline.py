@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from common import wav
 from common.layout import MAX_PARTICIPANT_ID, stream_id
-from streamer import wav
 from streamer.protocol import AudioFormat, FrameError
 
 _wall = time.time

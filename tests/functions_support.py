@@ -7,12 +7,12 @@ import base64
 import contextlib
 import hashlib
 import hmac
-import struct
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import msgspec
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from common import manifest as manifest_model
+from common import wav as wav_module
 from common.layout import chunk_blob, manifest_blob, stream_id
 from devstack.azurite import Azurite
 from function_app.settings import Settings
@@ -47,17 +48,17 @@ def store_for(azurite: Azurite, container: str) -> RecordingStore:
 
 
 def wav(pcm: bytes, rate: int) -> bytes:
-    return (b"RIFF" + struct.pack("<I", 36 + len(pcm)) + b"WAVE" + b"fmt "
-            + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16) + b"data" + struct.pack("<I", len(pcm)) + pcm)
+    return wav_module.encode(pcm, rate)
 
 
 def put_recording(store: RecordingStore, call_id: str, chunks: dict[str | None, dict[int, bytes]], *,
                   rate: int = 16000, chunk_seconds: float = 1.0) -> dict[str, Any]:
     """Uploads chunk WAVs for {participantRawId or None (mixed): {seq: pcm}} and the manifest describing them."""
-    part = manifest_model.empty(call_id)
-    part.update(sampleRate=rate, chunkSeconds=chunk_seconds, clockOrigin="2026-01-01T00:00:00.000Z",
-                audioChannel="mixed" if list(chunks) == [None] else "unmixed")
-    part["sessions"] = [{"id": "s1", "startedAt": "2026-01-01T00:00:00.000Z", "complete": True}]
+    part: dict[str, Any] = {
+        "callConnectionId": call_id, "sampleRate": rate, "chunkSeconds": chunk_seconds,
+        "clockOrigin": "2026-01-01T00:00:00.000Z", "audioChannel": "mixed" if list(chunks) == [None] else "unmixed",
+        "sessions": [{"id": "s1", "startedAt": "2026-01-01T00:00:00.000Z", "complete": True, "frames": 1}],
+        "streams": []}
     for participant, seqs in chunks.items():
         stream = stream_id(participant)
         entries = []
@@ -69,9 +70,9 @@ def put_recording(store: RecordingStore, call_id: str, chunks: dict[str | None, 
                             "durationMs": len(pcm) * 1000 // (2 * rate), "sha256": hashlib.sha256(data).hexdigest(),
                             "bytes": len(data), "revision": 1, "sessionId": "s1"})
         part["streams"].append({"stream": stream, "participantRawId": participant, "chunks": entries})
-    manifest = manifest_model.merge(None, part)
+    manifest = manifest_model.merge(None, msgspec.convert(part, manifest_model.Part))
     store.container.upload_blob(manifest_blob(call_id), manifest_model.dumps(manifest), overwrite=True)
-    return manifest
+    return manifest_model.to_builtins(manifest)
 
 
 # -- a Call Automation REST capture server -------------------------------------------------------------------------

@@ -139,8 +139,8 @@ def test_call_without_audio_yet(host: HostUnderTest) -> None:
     assert audio.status_code == 404 and audio.json()["error"]["code"] == "NoAudioYet"
     # streaming started (the manifest holds the claimed clock) but no chunk has landed yet: still NoAudioYet,
     # not "participant is required for this unmixed recording"
-    m = mf.merge(None, {"callConnectionId": call, "sampleRate": 16000, "chunkSeconds": 10.0,
-                        "clockOrigin": "2026-01-01T00:00:00.000Z", "audioChannel": "mixed"})
+    m = mf.merge(None, mf.Part(call_connection_id=call, sample_rate=16000, chunk_seconds=10.0,
+                               clock_origin="2026-01-01T00:00:00.000Z", audio_channel="mixed"))
     host.runtime.store.container.upload_blob(f"{call}/manifest.json", mf.dumps(m))
     with host.client() as http:
         audio = http.get(f"/recordings/{call}/audio")

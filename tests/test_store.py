@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import msgspec
 import pytest
 
 from common import manifest as mf
-from streamer import wav
+from common import wav
 from streamer.store import (
     AzureBlobBackend,
     MemoryBackend,
@@ -27,15 +28,17 @@ def backend_factory(request, azurite):
     return make
 
 
-def session_part(i: int) -> dict:
-    return {"callConnectionId": "c1", "sessions": [{"id": f"s{i:03d}", "complete": True, "frames": 1}],
-            "streams": [{"stream": "mixed", "participantRawId": None, "chunks": [
-                {"blob": f"c1/mixed/{i:06d}.wav", "seq": i, "sha256": "x", "revision": 1}]}],
-            "gaps": [], "dtmf": [{"tone": str(i % 10), "timestamp": f"t{i}", "participantRawId": None}]}
+def session_part(i: int) -> mf.Part:
+    return msgspec.convert({
+        "callConnectionId": "c1", "sessions": [{"id": f"s{i:03d}", "complete": True, "frames": 1}],
+        "streams": [{"stream": "mixed", "participantRawId": None, "chunks": [
+            {"blob": f"c1/mixed/{i:06d}.wav", "seq": i, "sha256": "0" * 64, "revision": 1, "startTime": f"t{i}",
+             "durationMs": 10, "bytes": 364}]}],
+        "gaps": [], "dtmf": [{"tone": str(i % 10), "timestamp": f"t{i}", "participantRawId": None}]}, mf.Part)
 
 
 def test_concurrent_manifest_updates_are_all_kept(backend_factory):
-    async def run() -> dict:
+    async def run() -> mf.Manifest | None:
         be = backend_factory()
         await be.ensure_container()
         store = RecordingStore(be)
@@ -45,8 +48,9 @@ def test_concurrent_manifest_updates_are_all_kept(backend_factory):
         return m
 
     m = asyncio.run(run())
-    assert [c["seq"] for c in m["streams"][0]["chunks"]] == list(range(12))
-    assert len(m["sessions"]) == 12 and len(m["dtmf"]) == 12 and m["complete"] is True
+    assert m is not None
+    assert [c.seq for c in m.streams[0].chunks] == list(range(12))
+    assert len(m.sessions) == 12 and len(m.dtmf) == 12 and m.complete is True
 
 
 def test_second_write_of_a_chunk_is_merged_never_overwritten(backend_factory):
@@ -122,5 +126,5 @@ def test_memory_backend_outage_raises_storage_unavailable():
     be = MemoryBackend()
     be.fail = True
     with pytest.raises(StorageUnavailable):
-        asyncio.run(RecordingStore(be).merge_manifest("c1", {"callConnectionId": "c1"}))
-    assert mf.empty("c1")["complete"] is False
+        asyncio.run(RecordingStore(be).merge_manifest("c1", mf.Part(call_connection_id="c1")))
+    assert mf.Manifest(call_connection_id="c1").complete is False

@@ -10,6 +10,7 @@ import asyncio
 import json
 import random
 import time
+from concurrent.futures import Future
 
 import httpx
 from hypothesis import HealthCheck, given, settings
@@ -236,8 +237,9 @@ class _NullSink:
         self.jobs: list[object] = []
         self.spool = Spool(Path(tempfile.mkdtemp(prefix="null-sink-spool-")))
 
-    def submit(self, job: object) -> None:
+    def submit(self, job: object) -> Future[object]:
         self.jobs.append(job)
+        return Future()  # never lands: the fuzz only judges the frame path
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -252,15 +254,12 @@ class _NullSink:
 ), min_size=1, max_size=20))
 def test_session_frame_path_only_ever_raises_protocol_close(messages):
     """In process, no sockets: whatever arrives, on_message either handles it or asks to close the socket."""
-    from types import SimpleNamespace
-
     from streamer.metrics import Metrics
-    from streamer.session import ProtocolClose, Session
-    from streamer.settings import Settings
+    from streamer.session import ProtocolClose, Session, SessionConfig
 
-    cfg = Settings.from_env({"STREAMER_AUTH": "disabled", "AZURE_STORAGE_CONNECTION_STRING": "x"})
-    session = Session(SimpleNamespace(settings=cfg, metrics=Metrics(), sink=_NullSink()),  # type: ignore[arg-type]
-                      "fuzz", None, "auto")
+    cfg = SessionConfig()
+    session = Session("fuzz", None, "auto", store=None, sink=_NullSink(), metrics=Metrics(),  # type: ignore[arg-type]
+                      config=cfg)
     session.adopt_clock(time.time(), cfg.chunk_seconds)
     session.on_message(metadata())
     for raw in messages:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -10,7 +11,6 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
-from common import manifest as mf
 from devstack.azurite import Azurite
 from devstack.serve import ServerThread
 from streamer.app import create_app
@@ -179,7 +179,7 @@ def test_shutdown_spools_the_manifest_part_of_a_call_whose_chunks_landed_but_man
     while not any(n.endswith(".wav") for n in backend.blobs) and time.monotonic() < deadline:
         time.sleep(0.05)
     chunk = next(n for n in backend.blobs if n.endswith(".wav"))
-    claimed = mf.loads(backend.blobs[f"{call}/manifest.json"].data)  # only the clock claim landed
+    claimed = json.loads(backend.blobs[f"{call}/manifest.json"].data)  # only the clock claim landed
     assert claimed["sessions"] == [] and claimed["streams"] == []
     server.stop()
 
@@ -188,10 +188,10 @@ def test_shutdown_spools_the_manifest_part_of_a_call_whose_chunks_landed_but_man
     backend.manifests_down = False
     with ServerThread(create_app(settings, backend)):
         deadline = time.monotonic() + 10
-        while not mf.loads(backend.blobs[f"{call}/manifest.json"].data)["sessions"] and time.monotonic() < deadline:
+        while not json.loads(backend.blobs[f"{call}/manifest.json"].data)["sessions"] and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.2)
-    manifest = mf.loads(backend.blobs[f"{call}/manifest.json"].data)
+    manifest = json.loads(backend.blobs[f"{call}/manifest.json"].data)
     assert manifest["complete"] is True
     assert [c["blob"] for s in manifest["streams"] for c in s["chunks"]] == [chunk]
     assert not list((tmp_path / "spool").rglob("*.json"))

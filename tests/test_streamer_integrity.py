@@ -22,9 +22,9 @@ import pytest
 from websockets.asyncio.client import connect
 
 from common import manifest as mf
+from common import wav
 from common.layout import stream_id
 from devstack.azurite import Azurite
-from streamer import wav
 from tests import recording as rec
 from tests.acs_frames import at, audio, iso, metadata, tone_pcm
 from tests.test_streamer_faults import live_then

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common import wav
 from common.layout import stream_id
-from streamer import wav
 from streamer.protocol import AudioFormat
+from streamer.slots import fill_empty
 from streamer.timeline import CallTimeline, SealedChunk
 
 T0 = 1_790_000_000.0  # an epoch near today's, so float precision is what production sees
@@ -38,7 +39,7 @@ class Collect:
             cur = bytes(out[start:start + chunk_bytes])
             mask = np.frombuffer(c.mask, dtype=np.uint8) != 0
             if c.seq in occupied:
-                merged, occupied[c.seq], _, conflicts = wav.fill_empty(cur, occupied[c.seq], pcm, mask, 640)
+                merged, occupied[c.seq], _, conflicts = fill_empty(cur, occupied[c.seq], pcm, mask, 640)
                 assert conflicts == 0, "two parts of one chunk wrote the same slot"
             else:
                 merged, occupied[c.seq] = pcm, mask

@@ -1,44 +1,33 @@
-"""RIFF/WAVE for 16-bit little-endian mono PCM: chunk encoding, and the first-write-wins merge of a chunk."""
+"""Slot occupancy of a chunk: which frame slots hold received audio, and the first-write-wins merge of two parts.
+
+Silence and "no frame" are both zeros in PCM, so a chunk's blob metadata carries its occupancy (`slots`: packed
+bits, base64) and the size of a slot (`slotbytes`); a later part of the same chunk may fill only empty slots.
+"""
 
 from __future__ import annotations
 
-import struct
+import base64
 
 import numpy as np
 
-HEADER_BYTES = 44
+
+def occupancy(mask: bytes | np.ndarray) -> str:
+    """A chunk's occupied slots (1 = a frame was received there, silent or not) for its blob metadata."""
+    bits = np.frombuffer(mask, dtype=np.uint8) if isinstance(mask, bytes) else mask.astype(np.uint8)
+    return base64.b64encode(np.packbits(bits != 0).tobytes()).decode("ascii")
 
 
-def header(pcm_bytes: int, sample_rate: int, channels: int = 1) -> bytes:
-    block_align = channels * 2
-    return struct.pack(
-        "<4sI4s4sIHHIIHH4sI",
-        b"RIFF", 36 + pcm_bytes, b"WAVE",
-        b"fmt ", 16, 1, channels, sample_rate, sample_rate * block_align, block_align, 16,
-        b"data", pcm_bytes,
-    )
-
-
-def encode(pcm: bytes | memoryview, sample_rate: int) -> bytes:
-    """One copy: header + PCM."""
-    return b"".join((header(len(pcm), sample_rate), pcm))
-
-
-def info(wav: bytes) -> tuple[int, int]:
-    """-> (sample_rate, PCM bytes) from the header of a canonical 44-byte-header mono s16 WAV (what `encode` writes)."""
-    if len(wav) < HEADER_BYTES or wav[:4] != b"RIFF" or wav[8:12] != b"WAVE":
-        raise ValueError("not a RIFF/WAVE file")
-    fmt, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", wav, 20)
-    if fmt != 1 or channels != 1 or bits != 16 or wav[36:40] != b"data":
-        raise ValueError("not 16-bit mono PCM with a canonical header")
-    (size,) = struct.unpack_from("<I", wav, 40)
-    return rate, min(size, len(wav) - HEADER_BYTES)
-
-
-def decode(wav: bytes) -> tuple[int, bytes]:
-    """-> (sample_rate, pcm) of a canonical WAV (see `info`)."""
-    rate, size = info(wav)
-    return rate, wav[HEADER_BYTES:HEADER_BYTES + size]
+def read_occupancy(meta: dict[str, str], pcm_bytes: int, frame_bytes: int) -> np.ndarray:
+    """Occupied slots of a stored chunk. A chunk written before occupancy was recorded counts as occupied up to
+    its length: silence and "no frame" are both zeros there, so none of it may be replaced."""
+    slots = -(-pcm_bytes // frame_bytes)
+    raw = meta.get("slots")
+    if raw is None:
+        return np.ones(slots, dtype=bool)
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(raw), dtype=np.uint8)).astype(bool)
+    out = np.zeros(max(slots, len(bits)), dtype=bool)
+    out[: len(bits)] = bits
+    return out
 
 
 def fill_empty(cur_pcm: bytes, cur_occ: np.ndarray, new_pcm: bytes, new_occ: np.ndarray, frame_bytes: int

@@ -1,0 +1,84 @@
+"""The call-state document (`{callId}/call-state.json`), written by the control plane and read by both planes.
+
+The control plane folds what it asked ACS for and every callback event into it (see `function_app.state`); the
+streamer reads it to learn whether a call exists and whether it has ended before a session began.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, field
+
+from common.manifest import Id, Time, _Model
+
+SCHEMA_VERSION = 1
+CallStatus = Literal["connecting", "connected", "disconnected", "failed"]
+StreamingStatus = Literal["requested", "started", "stopped", "failed"]
+TERMINAL: tuple[CallStatus, ...] = ("disconnected", "failed")
+Text = Annotated[str, Meta(max_length=1024)]
+
+
+class Failure(_Model, frozen=True, kw_only=True):
+    """A failure ACS reported (CreateCallFailed, AnswerFailed, MediaStreamingFailed) with its result codes."""
+
+    event: Text
+    code: int | None = None
+    sub_code: int | None = None
+    message: Text | None = None
+    details: Text | None = None
+    at: Time | None = None
+
+
+class EventRef(_Model, frozen=True, kw_only=True):
+    id: Text
+    type: Text
+    time: Time
+
+
+class RejectedEvent(_Model, frozen=True, kw_only=True):
+    """A callback event that contradicts what we know (e.g. CreateCallFailed after CallConnected): kept, not
+    applied."""
+
+    id: Text
+    type: Text
+    time: Time
+    reason: Text
+
+
+class CallState(_Model, kw_only=True):
+    call_connection_id: Id
+    schema_version: int = SCHEMA_VERSION
+    correlation_id: Text | None = None
+    server_call_id: Annotated[str, Meta(max_length=4096)] | None = None
+    direction: Literal["outbound", "inbound"] | None = None
+    target: Text | None = None
+    source: Text | None = None
+    audio_channel: Literal["mixed", "unmixed"] | None = None
+    sample_rate: int | None = None
+    dtmf: bool | None = None
+    status: CallStatus = "connecting"
+    streaming: StreamingStatus | None = None
+    created_at: Time | None = None
+    connected_at: Time | None = None
+    disconnected_at: Time | None = None
+    streaming_started_at: Time | None = None
+    streaming_stopped_at: Time | None = None
+    streaming_updated_at: Time | None = None
+    updated_at: Time | None = None
+    failures: list[Failure] = field(default_factory=list)
+    events: list[EventRef] = field(default_factory=list)
+    rejected_events: list[RejectedEvent] = field(default_factory=list)
+
+    @property
+    def ended(self) -> bool:
+        return self.status in TERMINAL
+
+
+_decoder = msgspec.json.Decoder(CallState)
+
+
+def loads(data: bytes | str) -> CallState:
+    """Decode and validate a stored call state; raises ValueError naming the first field that is wrong."""
+    return _decoder.decode(data)

@@ -1,0 +1,138 @@
+"""The media-streaming WebSocket: upgrade admission, then the frame loop, then the hand-over to the registry.
+
+A raw ASGI callable rather than Starlette's WebSocket wrapper, reached before Starlette's middleware stack
+(`MediaBypass`): the frame loop is the hot path, and every frame's wake-up resumes each coroutine between uvicorn
+and the `await receive()` (ten of them through the stack, three without).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+from websockets.frames import CloseCode
+
+from common.acs_jwt import AcsJwtVerifier, AuthError, bearer_token
+from common.layout import is_valid_call_id
+from common.manifest import EndReason
+from common.transport import channel_hint, is_media_path
+from streamer.registry import SessionRegistry
+from streamer.session import ProtocolClose
+
+log = logging.getLogger(__name__)
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+class MediaStreamEndpoint:
+    """ASGI app for one media-streaming WebSocket: admit, accept, loop on frames, flush on close."""
+
+    def __init__(self, registry: SessionRegistry, verifier: AcsJwtVerifier | None, *, max_active_calls: int,
+                 max_frame_bytes: int):
+        self.registry = registry
+        self.verifier = verifier
+        self.max_active_calls = max_active_calls
+        self.max_frame_bytes = max_frame_bytes
+
+    async def admit(self, call_id: str | None, authorization: str | None, fields: dict[str, Any]) -> str | None:
+        """Upgrade admission: the reason to refuse this upgrade, or None to accept it."""
+        if self.registry.draining:
+            return "draining"
+        if len(self.registry) >= self.max_active_calls:
+            return "at_capacity"
+        if call_id is not None and not is_valid_call_id(call_id):
+            return "bad_call_id"
+        if self.verifier is not None:
+            try:
+                await self.verifier.verify_async(bearer_token(authorization))
+            except AuthError as exc:
+                log.warning("upgrade refused: %s", exc, extra=fields)
+                return "unauthorized"
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        registry = self.registry
+        headers = _headers(scope)
+        call_id = headers.get("x-ms-call-connection-id") or None
+        correlation_id = headers.get("x-ms-call-correlation-id") or None
+        if correlation_id is not None and not is_valid_call_id(correlation_id):
+            correlation_id = None  # stored in the manifest: only a bounded, path-safe id is kept
+        fields = {"callConnectionId": call_id, "correlationId": correlation_id}
+        await receive()  # websocket.connect
+
+        refusal = await self.admit(call_id, headers.get("authorization"), fields)
+        if refusal:
+            registry.metrics.sessions_refused += 1
+            registry.metrics.refusals[refusal] += 1
+            if refusal != "unauthorized":
+                log.warning("upgrade refused: %s", refusal, extra=fields)
+            await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})  # before accept: HTTP 403
+            return
+
+        session = registry.make_session(call_id, correlation_id, channel_hint(scope.get("path", ""),
+                                                                               scope.get("query_string", b"")))
+        session.on_fatal = registry.fatal_closer(session, lambda code, reason: self._close(send, code, reason))
+        await send({"type": "websocket.accept"})
+        registry.opened(session)
+        log.info("stream connected", extra={**session.fields, "channel": session.channel})
+        code, clean = CloseCode.ABNORMAL_CLOSURE, False
+        try:
+            code, clean = await self._frame_loop(session, receive)
+        except ProtocolClose as exc:
+            log.warning("closing stream: %s", exc.reason, extra={**session.fields, "closeCode": exc.code})
+            # flush first: a peer that stops reading can block the close
+            registry.end(session, exc.code, True, EndReason.PROTOCOL_ERROR)
+            await self._close(send, exc.code, exc.reason)
+        except Exception:
+            log.exception("stream handler failed; flushing what was received", extra=session.fields)
+            registry.end(session, CloseCode.INTERNAL_ERROR, False, EndReason.SERVER_ERROR)
+            await self._close(send, CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            # During a drain uvicorn closes the socket itself (1012): that is our restart, not the end of the stream.
+            registry.end(session, code, clean and not registry.draining,
+                         EndReason.DRAIN if registry.draining else None)
+
+    async def _frame_loop(self, session: Any, receive: Receive) -> tuple[int, bool]:
+        """Every message to the session until the peer goes. -> (close code, whether it was a clean close)."""
+        max_bytes = self.max_frame_bytes
+        while True:
+            message = await receive()
+            mtype = message["type"]
+            if mtype == "websocket.receive":
+                raw = message.get("text")
+                if raw is None:
+                    raw = message.get("bytes") or b""
+                if len(raw) > max_bytes:
+                    raise ProtocolClose(CloseCode.MESSAGE_TOO_BIG, f"message of {len(raw)} bytes exceeds {max_bytes}")
+                session.on_message(raw)
+            elif mtype == "websocket.disconnect":
+                code = message.get("code", CloseCode.NO_STATUS_RCVD)
+                # A lost connection (no close frame) arrives as 1006, or from uvicorn as 1005 without a
+                # "reason"; a real close handshake carries the peer's code and a reason (possibly empty).
+                clean = code != CloseCode.ABNORMAL_CLOSURE and not (
+                    code == CloseCode.NO_STATUS_RCVD and "reason" not in message)
+                return (code if clean else CloseCode.ABNORMAL_CLOSURE), clean
+
+    @staticmethod
+    async def _close(send: Send, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(send({"type": "websocket.close", "code": code, "reason": reason[:120]}), 5.0)
+
+
+class MediaBypass:
+    """ASGI wrapper: media WebSockets go straight to their endpoint, everything else to the Starlette app."""
+
+    def __init__(self, media: MediaStreamEndpoint | None, app: ASGIApp):
+        self.media = media  # set by the app's lifespan, before the server accepts connections
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and is_media_path(scope["path"]) and self.media is not None:
+            await self.media(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
