@@ -324,10 +324,35 @@ def test_streamer_identity_and_ingress():
     assert registry["identity"] == "identityId" and "passwordSecretRef" not in registry
 
 
-def test_registry_has_no_admin_user():
-    props = module_scope("registry").resource("Microsoft.ContainerRegistry/registries")["properties"]
+# The writable properties of Microsoft.ContainerRegistry/registries' RegistryProperties, per GA API version, as
+# Azure's published type definitions list them (Azure/bicep-types-az, generated/containerregistry*/.../types.md).
+# A property its version does not define is a BCP037 warning, and ARM drops it.
+REGISTRY_PROPERTIES = {
+    "2023-07-01": {"adminUserEnabled", "dataEndpointEnabled", "encryption", "networkRuleBypassOptions",
+                   "networkRuleSet", "policies", "publicNetworkAccess", "zoneRedundancy"},
+}
+REGISTRY_PROPERTIES["2025-04-01"] = REGISTRY_PROPERTIES["2023-07-01"] | {"anonymousPullEnabled"}
+
+
+def test_registry_has_no_admin_user_and_no_anonymous_pull():
+    scope = module_scope("registry")
+    props = scope.resource("Microsoft.ContainerRegistry/registries")["properties"]
     assert props["adminUserEnabled"] is False
     assert props["anonymousPullEnabled"] is False
+
+
+def test_registry_properties_exist_in_its_api_version():
+    # anonymousPullEnabled was set on registries@2023-07-01, which does not define it (a BCP037 warning).
+    for path in BICEP_FILES:
+        for symbol, res in tree(path).get("resources", {}).items():
+            if res["type"] != "Microsoft.ContainerRegistry/registries":
+                continue
+            version = res["api_version"]
+            assert version in REGISTRY_PROPERTIES, f"{path.name}:{symbol}: registries@{version} not checked here"
+            config = res["config"]
+            unknown = set(config.get("properties", {})) - REGISTRY_PROPERTIES[version]
+            assert not unknown, f"{path.name}:{symbol}: registries@{version} has no {sorted(unknown)}"
+    assert "anonymousPullEnabled" not in REGISTRY_PROPERTIES["2023-07-01"]  # the version this test moved away from
 
 
 def _assignments() -> dict[str, tuple[str, str | None, str]]:
