@@ -8,12 +8,14 @@ from __future__ import annotations
 import ast
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
 from tests.test_infra_bicep import ROOT, main_scope, module_scope
 
 DOCKERFILE = ROOT / "streamer" / "Dockerfile"
+HOOKS = ROOT / "infra" / "hooks"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -334,3 +336,79 @@ def test_azure_yaml_services_and_hook():
         assert (ROOT / hook[os_name]["run"]).is_file()
     params = json.loads((ROOT / "infra" / "bicep" / "main.parameters.json").read_text())["parameters"]
     assert params["streamerImage"]["value"].startswith("${SERVICE_STREAMER_IMAGE_NAME")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# postdeploy hook: retries while the new function code is indexed, and does not wait after its last try
+# ---------------------------------------------------------------------------------------------------------------
+
+HOOK_ENV = {"AZURE_RESOURCE_GROUP": "rg-x", "EVENTGRID_SYSTEM_TOPIC_NAME": "evgt-x", "FUNCTION_APP_NAME": "func-x"}
+
+
+def run_posix_hook(tmp_path: Path, failures: int) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run postdeploy.sh with stand-ins for `az` (fails `failures` times, then succeeds) and `sleep` (returns at
+    once); returns the process and the calls both received, in order."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    count = tmp_path / "az-count"
+    stand_ins = {
+        "az": f'n=$(cat "{count}" 2>/dev/null || echo 0); n=$((n + 1)); echo "$n" > "{count}"\n'
+              f'echo "az $1 $2 $3" >> "{calls}"\n[ "$n" -gt {failures} ]\n',
+        "sleep": f'echo "sleep $1" >> "{calls}"\n',
+    }
+    for name, body in stand_ins.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body)
+        (bin_dir / name).chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), **HOOK_ENV}
+    proc = subprocess.run(["sh", str(HOOKS / "postdeploy.sh")], capture_output=True, text=True, timeout=30, env=env)
+    return proc, calls.read_text().splitlines() if calls.exists() else []
+
+
+def test_posix_hook_gives_up_after_ten_tries_without_a_last_wait(tmp_path: Path):
+    proc, calls = run_posix_hook(tmp_path, failures=100)
+    assert proc.returncode == 1, proc.stderr
+    assert "could not create the IncomingCall subscription" in proc.stderr
+    assert calls.count("az deployment group create") == 10
+    assert calls.count("sleep 15") == 9
+    assert calls[-1] == "az deployment group create", "the hook waited after its last try"
+
+
+def test_posix_hook_stops_retrying_once_it_succeeds(tmp_path: Path):
+    proc, calls = run_posix_hook(tmp_path, failures=2)
+    assert proc.returncode == 0, proc.stderr
+    assert "Event Grid: IncomingCall -> func-x/IncomingCall" in proc.stdout
+    assert calls == ["az deployment group create", "sleep 15"] * 2 + ["az deployment group create"]
+
+
+def sleeps_unguarded(ps1: str) -> list[int]:
+    """Line numbers of `Start-Sleep` calls inside the retry loop that no `if ($attempt -lt ...)` block encloses,
+    i.e. that also run after the last try. Tracks `{` / `}` nesting; enough for the hook's plain PowerShell (no pwsh
+    on this machine to run it)."""
+    found: list[int] = []
+    stack: list[str] = []  # header line of each open block
+    for number, line in enumerate(ps1.splitlines(), 1):
+        code = line.split("#")[0]
+        in_loop = any(h.lstrip().startswith("for ") for h in stack)
+        guarded = any(re.search(r"\bif\s*\(\s*\$attempt\s+-lt\s+", h) for h in stack)
+        if "Start-Sleep" in code and in_loop and not guarded:
+            found.append(number)
+        for ch in code:
+            if ch == "{":
+                stack.append(code)
+            elif ch == "}" and stack:
+                stack.pop()
+    return found
+
+
+def test_windows_hook_does_not_wait_after_its_last_try():
+    old = ("for ($attempt = 1; $attempt -le 10; $attempt++) {\n    az x\n    if ($LASTEXITCODE -eq 0) { exit 0 }\n"
+           "    Start-Sleep -Seconds 15\n}\n")
+    assert sleeps_unguarded(old) == [4]  # negative control: the hook as it was
+    ps1 = (HOOKS / "postdeploy.ps1").read_text()
+    assert "Start-Sleep" in ps1
+    assert sleeps_unguarded(ps1) == []
+    # Same tries and wait as the POSIX hook.
+    sh = (HOOKS / "postdeploy.sh").read_text()
+    assert re.search(r"^\$attempts = 10$", ps1, re.M) and re.search(r"^attempts=10$", sh, re.M)
+    assert "Start-Sleep -Seconds 15" in ps1 and "sleep 15" in sh
