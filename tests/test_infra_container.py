@@ -320,6 +320,7 @@ def test_azure_yaml_services_and_hook():
     assert services["functions"]["host"] == "function" and services["functions"]["language"] == "python"
     streamer = services["streamer"]
     assert streamer["host"] == "containerapp"
+    assert streamer["language"] == "docker", "the streamer is built by its Dockerfile, not as a Python project"
     project = ROOT / streamer["project"]
     assert (project / streamer["docker"]["path"]).resolve() == DOCKERFILE
     assert (project / streamer["docker"]["context"]).resolve() == ROOT
