@@ -12,7 +12,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.test_infra_bicep import ROOT, main_scope, module_scope
+import pytest
+
+from tests.test_infra_bicep import MAIN, ROOT, Scope, main_scope, module_scope, range_violations
 
 DOCKERFILE = ROOT / "streamer" / "Dockerfile"
 HOOKS = ROOT / "infra" / "hooks"
@@ -199,18 +201,55 @@ def test_probes_use_healthz_and_readyz():
     assert 'Route("/healthz"' in routes and 'Route("/readyz"' in routes
 
 
-def test_termination_grace_exceeds_flush_budget():
+# Seconds the termination grace period must leave after the streamer's two SHUTDOWN_GRACE_SECONDS waits: spooling
+# what is left (at most UPLOAD_MEMORY_BYTES to a local disk) and exiting.
+SHUTDOWN_MARGIN_SECONDS = 10
+
+
+def shutdown_grace_waits() -> int:
+    """How many times one SIGTERM can make the streamer wait SHUTDOWN_GRACE_SECONDS, from its code: uvicorn's wait
+    for open connections (timeout_graceful_shutdown) and the lifespan drain, when each is given the setting."""
+    sources = {p: p.read_text() for p in (ROOT / "streamer").rglob("*.py")}
+    uvicorn_wait = any(re.search(r"timeout_graceful_shutdown\s*=\s*[\w.]*shutdown_grace_seconds", t)
+                       for t in sources.values())
+    drain_wait = any(re.search(r"\bdrain\([^)]*shutdown_grace_seconds", t) for t in sources.values())
+    return int(uvicorn_wait) + int(drain_wait)
+
+
+def test_termination_grace_outlasts_the_streamers_shutdown():
     scope = module_scope("streamer")
     template = streamer_app()["properties"]["template"]
     grace = scope.eval(template["terminationGracePeriodSeconds"])
     env = {e["name"]: scope.eval(e.get("value")) for e in streamer_container()["env"]}
     configured = float(env["SHUTDOWN_GRACE_SECONDS"])
+    waits = shutdown_grace_waits()
+    assert waits == 2, "the streamer's SIGTERM path changed: revisit containerapps.bicep's grace period"
     assert isinstance(grace, int)
-    assert grace > configured, (grace, configured)
-    assert grace > code_defaults().shutdown_grace_seconds
-    # main.bicep's own defaults, as `azd up` uses them
+    assert grace >= waits * configured + SHUTDOWN_MARGIN_SECONDS, (grace, configured)
+    assert grace >= waits * code_defaults().shutdown_grace_seconds + SHUTDOWN_MARGIN_SECONDS
+    # The deployed grace period is the one main.bicep is given (azd up's default: 60 s).
     main = main_scope()
-    assert main.param_value("streamerTerminationGracePeriodSeconds") > main.param_value("streamerShutdownGraceSeconds")
+    assert grace == main.param_value("streamerTerminationGracePeriodSeconds") == 60
+    assert configured == main.param_value("streamerShutdownGraceSeconds")
+    # The module refuses a margin below SHUTDOWN_MARGIN_SECONDS (ARM checks it when the deployment starts).
+    decorators = scope.params["shutdownMarginSeconds"]["decorators"]
+    (minimum,) = [d["argument"] for d in decorators if d["type"] == "min_value"]
+    assert minimum >= SHUTDOWN_MARGIN_SECONDS
+
+
+@pytest.mark.parametrize(("flush", "grace", "stops"), [(25, 60, False), (25, 59, True), (25, 30, True),
+                                                       (40, 90, False), (40, 60, True), (1, 12, False)])
+def test_grace_the_streamer_could_outlast_stops_the_deployment(flush: int, grace: int, stops: bool):
+    overrides = {"streamerShutdownGraceSeconds": flush, "streamerTerminationGracePeriodSeconds": grace}
+    assert range_violations(Scope(MAIN, overrides)) == {}  # main's own bounds allow each of these
+    scope = module_scope("streamer", overrides)
+    problems = range_violations(scope)
+    if stops:
+        assert set(problems) == {"shutdownMarginSeconds"}, problems
+    else:
+        assert problems == {}
+        template = scope.resource("Microsoft.App/containerApps")["properties"]["template"]
+        assert scope.eval(template["terminationGracePeriodSeconds"]) == grace
 
 
 def test_scale_rule_suits_long_lived_websockets():

@@ -7,7 +7,7 @@
 // is the per-replica safety cap the streamer enforces while the scaler reacts (estimates and calibration:
 // docs/deploy.md, "Scaling the streamer"). minReplicas >= 1: ACS will not wait for a cold start, and the CPU
 // scaler cannot scale from zero. Scale-in sends SIGTERM; the streamer then flushes every open
-// stream within SHUTDOWN_GRACE_SECONDS, which terminationGracePeriodSeconds must exceed.
+// stream, and terminationGracePeriodSeconds gives it the time that can take (shutdownGraceSeconds below).
 param location string
 param tags object
 param environmentName string
@@ -43,13 +43,20 @@ param cpuScaleThreshold int = 40
 @minValue(1)
 param maxActiveCalls int = 400
 
+// On SIGTERM the streamer may spend SHUTDOWN_GRACE_SECONDS twice: uvicorn waits up to that long for open sockets to
+// close (timeout_graceful_shutdown, streamer/__main__.py), then the lifespan drain flushes and uploads for up to that
+// long again, then spools what is left and exits. So the grace period before SIGKILL is 2 x shutdownGraceSeconds +
+// shutdownMarginSeconds, and the margin is a parameter because ARM checks module parameters against their
+// decorators when the deployment starts: main.bicep passes streamerTerminationGracePeriodSeconds - 2 x
+// streamerShutdownGraceSeconds, so a grace period the streamer could outlast stops the deployment.
+@description('SHUTDOWN_GRACE_SECONDS: SIGTERM flush and upload budget.')
 @minValue(1)
+@maxValue(295)
 param shutdownGraceSeconds int = 25
 
-@description('Must exceed shutdownGraceSeconds: time between SIGTERM and SIGKILL.')
-@minValue(1)
-@maxValue(600)
-param terminationGracePeriodSeconds int = 60
+@description('Seconds the termination grace period leaves after 2 x shutdownGraceSeconds: spooling the rest, exit.')
+@minValue(10)
+param shutdownMarginSeconds int = 10
 
 @description('Optional CIDR allow-list for the ingress (e.g. the ACS media ranges); empty = open, JWT still required.')
 param allowedIngressCidrs array = []
@@ -71,6 +78,8 @@ param logLevel string = 'INFO'
 
 // Where chunks go when storage is unreachable: an EmptyDir volume survives container restarts within a replica.
 var spoolDir = '/spool'
+// Time between SIGTERM and SIGKILL (main.bicep keeps it within 600 s).
+var terminationGracePeriodSeconds = (2 * shutdownGraceSeconds) + shutdownMarginSeconds
 // Public quickstart image, used only until the first `azd deploy` (or `az containerapp update`) sets the real one.
 var placeholderImage = 'mcr.microsoft.com/k8se/quickstart:latest'
 
