@@ -100,25 +100,42 @@ def ignore_patterns(path: Path) -> list[str]:
 
 
 def simple_yaml(text: str) -> dict[str, Any]:
-    """Nested mappings of `key: value` lines (all azure.yaml uses); no lists, no flow style."""
+    """Nested mappings of `key: value` lines, and lists of `- value` or `- key: value` items indented under their key
+    (all azure.yaml uses); no multi-line list items, no flow style."""
     root: dict[str, Any] = {}
-    stack: list[tuple[int, dict[str, Any]]] = [(-1, root)]
+    # (indent, container, its parent mapping, its key there)
+    stack: list[tuple[int, Any, dict[str, Any] | None, str | None]] = [(-1, root, None, None)]
     for raw in text.splitlines():
         line = raw.split(" #")[0].rstrip() if not raw.lstrip().startswith("#") else ""
         if not line.strip():
             continue
         indent = len(line) - len(line.lstrip())
-        assert not line.strip().startswith("- "), f"lists are not supported: {raw!r}"
-        key, _, value = line.strip().partition(":")
+        stripped = line.strip()
         while stack[-1][0] >= indent:
             stack.pop()
-        parent = stack[-1][1]
+        level, container, parent, parent_key = stack[-1]
+        if stripped.startswith("- "):
+            if isinstance(container, dict):  # the first item: the key holds a list, not a mapping
+                assert not container and parent is not None and parent_key is not None, f"misplaced item: {raw!r}"
+                container = parent[parent_key] = []
+                stack[-1] = (level, container, parent, parent_key)
+            key, sep, value = stripped[2:].partition(":")
+            assert not sep or value.strip(), f"nested list items are not supported: {raw!r}"
+            container.append({key.strip(): value.strip().strip("'\"")} if sep else key.strip().strip("'\""))
+            continue
+        assert isinstance(container, dict), f"a mapping entry among list items: {raw!r}"
+        key, _, value = stripped.partition(":")
         if value.strip():
-            parent[key] = value.strip().strip("'\"")
+            container[key] = value.strip().strip("'\"")
         else:
-            parent[key] = {}
-            stack.append((indent, parent[key]))
+            container[key] = {}
+            stack.append((indent, container[key], container, key))
     return root
+
+
+def test_simple_yaml_reads_mappings_and_lists():
+    doc = simple_yaml("a:\n  b: 1  # c\n  steps:\n    - x: y z\n    - w\nd: 'e'\n")
+    assert doc == {"a": {"b": "1", "steps": [{"x": "y z"}, "w"]}, "d": "e"}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -132,6 +149,27 @@ def streamer_app() -> dict[str, Any]:
 def streamer_container() -> dict[str, Any]:
     (container,) = streamer_app()["properties"]["template"]["containers"]
     return container
+
+
+# After the first deploy main.bicep gets the image azd pushed (SERVICE_STREAMER_IMAGE_NAME, main.parameters.json).
+REAL_IMAGE = {"streamerImage": "crexample.azurecr.io/acs-call-recorder/streamer-dev:azd-deploy-1"}
+
+# The port each placeholder image listens on, from its publisher's documentation: the ASP.NET sample uses the
+# default of .NET 8+ images (8080, dotnet/dotnet-docker samples/aspnetapp README); k8se/quickstart, the placeholder
+# before, serves on 80.
+PLACEHOLDER_PORTS = {
+    "mcr.microsoft.com/dotnet/samples:aspnetapp": 8080,
+    "mcr.microsoft.com/k8se/quickstart:latest": 80,
+}
+
+
+def streamer_probes(main_overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The streamer container's probes as deployed with these main.bicep parameters (the real image by default)."""
+    scope = module_scope("streamer", REAL_IMAGE if main_overrides is None else main_overrides)
+    (container,) = scope.resource("Microsoft.App/containerApps")["properties"]["template"]["containers"]
+    probes = scope.eval(container["probes"])
+    assert isinstance(probes, list), container["probes"]
+    return probes
 
 
 def code_defaults():
@@ -178,7 +216,7 @@ def test_ports_agree_everywhere():
     default = code_defaults().port
     scope = module_scope("streamer")
     target = scope.eval(streamer_app()["properties"]["configuration"]["ingress"]["targetPort"])
-    probe_ports = {scope.eval(p["httpGet"]["port"]) for p in streamer_container()["probes"]}
+    probe_ports = {scope.eval(p["httpGet"]["port"]) for p in streamer_probes()}
     env = {e["name"]: scope.eval(e.get("value")) for e in streamer_container()["env"]}
     assert exposed == {default}, (exposed, default)
     assert env_port == {default}
@@ -188,17 +226,55 @@ def test_ports_agree_everywhere():
 
 
 def test_probes_use_healthz_and_readyz():
-    by_type = {p["type"]: p["httpGet"]["path"] for p in streamer_container()["probes"]}
+    probes = streamer_probes()
+    by_type = {p["type"]: p["httpGet"]["path"] for p in probes}
     assert by_type["Liveness"] == "/healthz"
     assert by_type["Readiness"] == "/readyz"
     assert by_type.get("Startup", "/healthz") == "/healthz"
-    for probe in streamer_container()["probes"]:  # Container Apps' documented limits
+    for probe in probes:  # Container Apps' documented limits
         assert 1 <= probe.get("failureThreshold", 3) <= 10, probe
         assert 1 <= probe.get("periodSeconds", 10) <= 240, probe
         assert 0 <= probe.get("initialDelaySeconds", 0) <= 60, probe
         assert probe["type"] == "Readiness" or probe.get("successThreshold", 1) == 1, probe
     routes = (ROOT / "streamer" / "app.py").read_text()
     assert 'Route("/healthz"' in routes and 'Route("/readyz"' in routes
+
+
+def test_first_provision_placeholder_comes_up_on_the_port_the_real_image_keeps():
+    """`azd deploy` (and `az containerapp update --image`) replace the image and nothing else, so the first
+    provision's configuration is the real image's until the next provision: the placeholder must serve on its
+    ingress port, and meet its probes."""
+    def deployed(overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        scope = module_scope("streamer", overrides)
+        app = scope.resource("Microsoft.App/containerApps")
+        (container,) = app["properties"]["template"]["containers"]
+        return scope.eval(container["image"]), {
+            "targetPort": scope.eval(app["properties"]["configuration"]["ingress"]["targetPort"]),
+            "env": {e["name"]: scope.eval(e.get("value")) for e in container["env"]},
+            "probes": scope.eval(container["probes"]),
+        }
+
+    first_image, first = deployed({})  # azd's first provision: SERVICE_STREAMER_IMAGE_NAME is still empty
+    real_image, real = deployed(REAL_IMAGE)
+    assert main_scope().param_value("streamerImage") == ""
+    assert real_image == REAL_IMAGE["streamerImage"]
+    assert first_image in PLACEHOLDER_PORTS, f"placeholder {first_image}: which port does it serve?"
+    # It answers where the ingress (and Container Apps' default TCP probes) look, which is where the streamer listens.
+    assert PLACEHOLDER_PORTS[first_image] == first["targetPort"] == real["targetPort"] == code_defaults().port
+    # No HTTP probes it cannot answer (it has no /readyz); the real image gets them.
+    assert first["probes"] == [] and {p["type"] for p in real["probes"]} == {"Startup", "Liveness", "Readiness"}
+    assert first["env"] == real["env"]
+    # Negative control: the placeholder used before listens on 80, where nothing would reach it.
+    assert PLACEHOLDER_PORTS["mcr.microsoft.com/k8se/quickstart:latest"] != real["targetPort"]
+
+
+def test_azd_up_provisions_again_after_deploying():
+    # The first real revision has the placeholder's configuration (no HTTP probes) until a provision that knows the
+    # image: azd up's own workflow runs it.
+    steps = [step["azd"] for step in simple_yaml((ROOT / "azure.yaml").read_text())["workflows"]["up"]["steps"]]
+    assert steps == ["package --all", "provision", "deploy --all", "provision"], steps
+    params = json.loads((ROOT / "infra" / "bicep" / "main.parameters.json").read_text())["parameters"]
+    assert params["streamerImage"]["value"] == "${SERVICE_STREAMER_IMAGE_NAME=}"
 
 
 # Seconds the termination grace period must leave after the streamer's two SHUTDOWN_GRACE_SECONDS waits: spooling

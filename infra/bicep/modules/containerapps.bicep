@@ -80,8 +80,52 @@ param logLevel string = 'INFO'
 var spoolDir = '/spool'
 // Time between SIGTERM and SIGKILL (main.bicep keeps it within 600 s).
 var terminationGracePeriodSeconds = (2 * shutdownGraceSeconds) + shutdownMarginSeconds
-// Public quickstart image, used only until the first `azd deploy` (or `az containerapp update`) sets the real one.
-var placeholderImage = 'mcr.microsoft.com/k8se/quickstart:latest'
+// Public placeholder image, used only until the first `azd deploy` (or `az containerapp update --image`) sets the
+// real one. Those replace the image and nothing else, so the placeholder has to come up healthy under the ingress
+// the real image keeps: the ASP.NET sample listens on 8080 (the default of .NET 8+ images), the streamer's port.
+// (k8se/quickstart, used before, listens on 80, so nothing answered on 8080 and the first revision never became
+// healthy.) It serves no /readyz, so the HTTP probes are set only with the real image; until then Container Apps
+// probes the ingress port over TCP (its default), which the placeholder and, after the image swap, the streamer
+// pass. `azd up` provisions again after deploying (azure.yaml, workflows), which adds the probes in the same run.
+var placeholderImage = 'mcr.microsoft.com/dotnet/samples:aspnetapp'
+var usePlaceholder = empty(image)
+
+// The streamer's probes (the real image only, see placeholderImage).
+var streamerProbes = [
+  {
+    type: 'Startup'
+    httpGet: {
+      path: '/healthz'
+      port: port
+    }
+    // Container Apps caps failureThreshold at 10: up to ~30 s to start.
+    initialDelaySeconds: 1
+    periodSeconds: 3
+    failureThreshold: 10
+    timeoutSeconds: 2
+  }
+  {
+    type: 'Liveness'
+    httpGet: {
+      path: '/healthz'
+      port: port
+    }
+    periodSeconds: 10
+    failureThreshold: 3
+    timeoutSeconds: 3
+  }
+  {
+    type: 'Readiness'
+    httpGet: {
+      path: '/readyz'
+      port: port
+    }
+    periodSeconds: 5
+    failureThreshold: 2
+    successThreshold: 1
+    timeoutSeconds: 3
+  }
+]
 
 resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' existing = {
   name: logAnalyticsName
@@ -164,7 +208,7 @@ resource streamer 'Microsoft.App/containerApps@2024-03-01' = {
       containers: [
         {
           name: 'streamer'
-          image: empty(image) ? placeholderImage : image
+          image: usePlaceholder ? placeholderImage : image
           resources: {
             cpu: json(cpu)
             memory: memory
@@ -239,41 +283,7 @@ resource streamer 'Microsoft.App/containerApps@2024-03-01' = {
               secretRef: 'appinsights-connection-string'
             }
           ]
-          probes: [
-            {
-              type: 'Startup'
-              httpGet: {
-                path: '/healthz'
-                port: port
-              }
-              // Container Apps caps failureThreshold at 10: up to ~30 s to start.
-              initialDelaySeconds: 1
-              periodSeconds: 3
-              failureThreshold: 10
-              timeoutSeconds: 2
-            }
-            {
-              type: 'Liveness'
-              httpGet: {
-                path: '/healthz'
-                port: port
-              }
-              periodSeconds: 10
-              failureThreshold: 3
-              timeoutSeconds: 3
-            }
-            {
-              type: 'Readiness'
-              httpGet: {
-                path: '/readyz'
-                port: port
-              }
-              periodSeconds: 5
-              failureThreshold: 2
-              successThreshold: 1
-              timeoutSeconds: 3
-            }
-          ]
+          probes: usePlaceholder ? [] : streamerProbes
           volumeMounts: [
             {
               volumeName: 'spool'
