@@ -2,9 +2,11 @@
 reason), and the security properties the issue asks for hold in the parsed templates.
 
 Bicep cannot be compiled here (no bicep CLI offline, see ../shared/reference/local-toolchain.md §4), so the
-helpers below evaluate just enough of pycep's tree: literals, parameter defaults, variables, `string()` and
-main.bicep -> module parameter passing. Anything else (resource properties, outputs) stays a symbolic reference
-such as "communication.outputs.immutableResourceId".
+helpers below evaluate just enough of pycep's tree: literals, parameter defaults, variables, `string()`, `max()`,
+`min()`, `empty()`, integer arithmetic, comparisons and `c ? a : b`, and main.bicep -> module parameter passing
+(with main's parameters overridden as a deployment would). Anything else (resource properties, outputs) stays a
+symbolic reference such as "communication.outputs.immutableResourceId". `range_violations` does what ARM does with
+@minValue/@maxValue when a deployment, a module's included, starts.
 
 The other test_infra_*.py files import these helpers.
 """
