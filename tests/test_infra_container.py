@@ -152,7 +152,7 @@ def streamer_container() -> dict[str, Any]:
 
 
 # After the first deploy main.bicep gets the image azd pushed (SERVICE_STREAMER_IMAGE_NAME, main.parameters.json).
-REAL_IMAGE = {"streamerImage": "crexample.azurecr.io/acs-call-recorder/streamer-dev:azd-deploy-1"}
+REAL_IMAGE = {"streamerImage": "registry.example/acs-call-recorder/streamer-dev:azd-deploy-1"}
 
 # The port each placeholder image listens on, from its publisher's documentation: the ASP.NET sample uses the
 # default of .NET 8+ images (8080, dotnet/dotnet-docker samples/aspnetapp README); k8se/quickstart, the placeholder
@@ -243,7 +243,7 @@ def test_probes_use_healthz_and_readyz():
 def test_first_provision_placeholder_comes_up_on_the_port_the_real_image_keeps():
     """`azd deploy` (and `az containerapp update --image`) replace the image and nothing else, so the first
     provision's configuration is the real image's until the next provision: the placeholder must serve on its
-    ingress port, and meet its probes."""
+    ingress port and get no probe it cannot answer."""
     def deployed(overrides: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         scope = module_scope("streamer", overrides)
         app = scope.resource("Microsoft.App/containerApps")
