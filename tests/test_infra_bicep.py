@@ -2,9 +2,11 @@
 reason), and the security properties the issue asks for hold in the parsed templates.
 
 Bicep cannot be compiled here (no bicep CLI offline, see ../shared/reference/local-toolchain.md §4), so the
-helpers below evaluate just enough of pycep's tree: literals, parameter defaults, variables, `string()` and
-main.bicep -> module parameter passing. Anything else (resource properties, outputs) stays a symbolic reference
-such as "communication.outputs.immutableResourceId".
+helpers below evaluate just enough of pycep's tree: literals, parameter defaults, variables, `string()`, `max()`,
+`min()`, `empty()`, integer arithmetic, comparisons and `c ? a : b`, and main.bicep -> module parameter passing
+(with main's parameters overridden as a deployment would). Anything else (resource properties, outputs) stays a
+symbolic reference such as "communication.outputs.immutableResourceId". `range_violations` does what ARM does with
+@minValue/@maxValue when a deployment, a module's included, starts.
 
 The other test_infra_*.py files import these helpers.
 """
@@ -86,6 +88,19 @@ def ref(value: Any) -> str | None:
     return None
 
 
+OPERATORS: dict[str, Any] = {
+    "add": lambda a, b: a + b,
+    "substract": lambda a, b: a - b,  # sic, pycep's name
+    "multiply": lambda a, b: a * b,
+    "greater_than": lambda a, b: a > b,
+    "greater_than_or_equals": lambda a, b: a >= b,
+    "less_than": lambda a, b: a < b,
+    "less_than_or_equals": lambda a, b: a <= b,
+    "conditional": None,
+    "not": None,
+}
+
+
 class Scope:
     """One Bicep file plus the values its parameters receive (main.bicep passes them to modules)."""
 
@@ -127,13 +142,38 @@ class Scope:
             return value
         if isinstance(value, dict):
             if "function" in value:
-                fn = value["function"]
-                if fn["type"] == "string":
-                    inner = self.eval(fn["parameters"]["value_to_convert"])
-                    return None if inner is None else str(inner).lower() if isinstance(inner, bool) else str(inner)
-                return None
+                return self._function(value["function"])
+            if "operator" in value and value["operator"].get("type") in OPERATORS:
+                return self._operator(value["operator"])
             return ref(value)
         return value
+
+    def _function(self, fn: dict[str, Any]) -> Any:
+        args = [self.eval(a) for a in fn.get("parameters", {}).values()]
+        if fn["type"] == "string":
+            (inner,) = args
+            return None if inner is None else str(inner).lower() if isinstance(inner, bool) else str(inner)
+        if fn["type"] in ("max", "min") and args and all(isinstance(a, int) for a in args):
+            return max(args) if fn["type"] == "max" else min(args)
+        if fn["type"] == "empty" and len(args) == 1 and isinstance(args[0], (str, list, dict)):
+            return len(args[0]) == 0
+        return None
+
+    def _operator(self, op: dict[str, Any]) -> Any:
+        """Integer arithmetic, comparisons, `!` and `c ? a : b` over computable operands, else None. pycep's grammar
+        does not follow Bicep's precedence (`2 * a + 1` parses as `2 * (a + 1)`): the templates parenthesise."""
+        operands = op["operands"]
+        if op["type"] == "conditional":
+            condition = self.eval(operands["condition"])
+            if not isinstance(condition, bool):
+                return None
+            return self.eval(operands["true_value"] if condition else operands["false_value"])
+        values = [self.eval(v) for v in operands.values()] if isinstance(operands, dict) else [self.eval(operands)]
+        if op["type"] == "not":
+            return (not values[0]) if isinstance(values[0], bool) else None
+        if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return None
+        return OPERATORS[op["type"]](*values)
 
 
 @cache
@@ -151,11 +191,29 @@ def module_decl(symbol: str) -> dict[str, Any]:
     return {"path": BICEP_DIR / decl["detail"]["path"], "condition": condition, "params": config["params"]}
 
 
-def module_scope(symbol: str) -> Scope:
-    """A module evaluated with the parameter values main.bicep passes it (resolved in main's scope)."""
+def module_scope(symbol: str, main_overrides: dict[str, Any] | None = None) -> Scope:
+    """A module evaluated with the parameter values main.bicep passes it (resolved in main's scope, with main's own
+    parameters set to `main_overrides` where given, as a deployment's parameters would)."""
     decl = module_decl(symbol)
-    main = main_scope()
+    main = Scope(MAIN, main_overrides) if main_overrides else main_scope()
     return Scope(decl["path"], {name: main.eval(v) for name, v in decl["params"].items()})
+
+
+def range_violations(scope: Scope) -> dict[str, str]:
+    """What ARM refuses when a deployment (a module's included) starts: each integer parameter whose value breaks
+    its @minValue or @maxValue. Values that cannot be computed here are not checked."""
+    out: dict[str, str] = {}
+    for name, param in scope.params.items():
+        value = scope.param_value(name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            continue
+        for decorator in param.get("decorators", []):
+            bound = decorator.get("argument")
+            if decorator["type"] == "min_value" and value < bound:
+                out[name] = f"{value} < @minValue({bound})"
+            elif decorator["type"] == "max_value" and value > bound:
+                out[name] = f"{value} > @maxValue({bound})"
+    return out
 
 
 def role_id(definition: Any) -> str | None:
@@ -216,6 +274,17 @@ def test_module_parameters_are_declared():
         assert passed <= set(declared), f"{symbol}: unknown params {passed - set(declared)}"
         required = {n for n, p in declared.items() if p.get("default") is None}
         assert required <= passed, f"{symbol}: missing required params {required - passed}"
+
+
+def test_default_deployment_passes_every_parameter_range():
+    # main.bicep's defaults (what `azd up` uses), and what main passes each module.
+    assert range_violations(main_scope()) == {}
+    for symbol in main_scope().tree["modules"]:
+        assert range_violations(module_scope(symbol)) == {}, symbol
+    # Negative control: out-of-range values are caught, in main and in what it passes a module.
+    assert range_violations(Scope(MAIN, {"streamerMinReplicas": 0})) == {"streamerMinReplicas": "0 < @minValue(1)"}
+    assert range_violations(module_scope("streamer", {"streamerCpuScaleThreshold": 95})) == \
+        {"cpuScaleThreshold": "95 > @maxValue(90)"}
 
 
 def test_parameters_file_matches_main():
@@ -285,16 +354,39 @@ def test_storage_is_locked_down(symbol: str):
     assert container["properties"]["publicAccess"] == "None"
 
 
-def test_recordings_lifecycle_cools_then_deletes():
-    scope = module_scope("recordingsStorage")
-    assert scope.param_value("lifecycleContainer") == main_scope().param_value("recordingsContainer")
+def lifecycle_days(scope: Scope) -> tuple[Any, Any]:
+    """(tierToCool, delete) daysAfterModificationGreaterThan of the recordings lifecycle rule."""
     policy = scope.resource("Microsoft.Storage/storageAccounts/managementPolicies")
     (rule,) = policy["properties"]["policy"]["rules"]
     actions = rule["definition"]["actions"]["baseBlob"]
-    cool = scope.eval(actions["tierToCool"]["daysAfterModificationGreaterThan"])
-    delete = scope.eval(actions["delete"]["daysAfterModificationGreaterThan"])
+    return (scope.eval(actions["tierToCool"]["daysAfterModificationGreaterThan"]),
+            scope.eval(actions["delete"]["daysAfterModificationGreaterThan"]))
+
+
+def test_recordings_lifecycle_cools_then_deletes():
+    scope = module_scope("recordingsStorage")
+    assert scope.param_value("lifecycleContainer") == main_scope().param_value("recordingsContainer")
+    cool, delete = lifecycle_days(scope)
     assert isinstance(cool, int) and isinstance(delete, int)
     assert 0 < cool < delete, (cool, delete)
+    # The rule says what main.bicep's parameters say.
+    main = main_scope()
+    assert cool == main.param_value("recordingsCoolAfterDays")
+    assert delete == main.param_value("recordingsDeleteAfterDays")
+
+
+@pytest.mark.parametrize(("cool", "delete", "stops"), [(30, 365, False), (30, 31, False), (30, 30, True),
+                                                        (30, 7, True), (1, 2, False)])
+def test_delete_not_after_cool_stops_the_deployment(cool: int, delete: int, stops: bool):
+    overrides = {"recordingsCoolAfterDays": cool, "recordingsDeleteAfterDays": delete}
+    assert range_violations(Scope(MAIN, overrides)) == {}  # main's own bounds allow each of these
+    scope = module_scope("recordingsStorage", overrides)
+    problems = range_violations(scope)
+    if stops:
+        assert set(problems) == {"deleteDaysAfterCool"}, problems
+    else:
+        assert problems == {}
+        assert lifecycle_days(scope) == (cool, delete)
 
 
 def test_function_app_hardening():
@@ -324,10 +416,35 @@ def test_streamer_identity_and_ingress():
     assert registry["identity"] == "identityId" and "passwordSecretRef" not in registry
 
 
-def test_registry_has_no_admin_user():
-    props = module_scope("registry").resource("Microsoft.ContainerRegistry/registries")["properties"]
+# The writable properties of Microsoft.ContainerRegistry/registries' RegistryProperties, per GA API version, as
+# Azure's published type definitions list them (Azure/bicep-types-az, generated/containerregistry*/.../types.md).
+# A property its version does not define is a BCP037 warning, and ARM drops it.
+REGISTRY_PROPERTIES = {
+    "2023-07-01": {"adminUserEnabled", "dataEndpointEnabled", "encryption", "networkRuleBypassOptions",
+                   "networkRuleSet", "policies", "publicNetworkAccess", "zoneRedundancy"},
+}
+REGISTRY_PROPERTIES["2025-04-01"] = REGISTRY_PROPERTIES["2023-07-01"] | {"anonymousPullEnabled"}
+
+
+def test_registry_has_no_admin_user_and_no_anonymous_pull():
+    scope = module_scope("registry")
+    props = scope.resource("Microsoft.ContainerRegistry/registries")["properties"]
     assert props["adminUserEnabled"] is False
     assert props["anonymousPullEnabled"] is False
+
+
+def test_registry_properties_exist_in_its_api_version():
+    # anonymousPullEnabled was set on registries@2023-07-01, which does not define it (a BCP037 warning).
+    for path in BICEP_FILES:
+        for symbol, res in tree(path).get("resources", {}).items():
+            if res["type"] != "Microsoft.ContainerRegistry/registries":
+                continue
+            version = res["api_version"]
+            assert version in REGISTRY_PROPERTIES, f"{path.name}:{symbol}: registries@{version} not checked here"
+            config = res["config"]
+            unknown = set(config.get("properties", {})) - REGISTRY_PROPERTIES[version]
+            assert not unknown, f"{path.name}:{symbol}: registries@{version} has no {sorted(unknown)}"
+    assert "anonymousPullEnabled" not in REGISTRY_PROPERTIES["2023-07-01"]  # the version this test moved away from
 
 
 def _assignments() -> dict[str, tuple[str, str | None, str]]:

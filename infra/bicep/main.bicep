@@ -25,7 +25,7 @@ param recordingsContainer string = 'recordings'
 @minValue(1)
 param recordingsCoolAfterDays int = 30
 
-@description('Lifecycle: delete recordings after this many days (must be larger than recordingsCoolAfterDays).')
+@description('Lifecycle: delete recordings after this many days; must be larger than recordingsCoolAfterDays, or the deployment stops (storage.bicep, deleteDaysAfterCool).')
 @minValue(2)
 param recordingsDeleteAfterDays int = 365
 
@@ -46,11 +46,13 @@ param streamerMaxActiveCalls int = 400
 @maxValue(90)
 param streamerCpuScaleThreshold int = 40
 
-@description('Streamer SIGTERM flush budget; the termination grace period below must exceed it.')
+@description('Streamer SIGTERM flush budget (SHUTDOWN_GRACE_SECONDS); the streamer may spend it twice, see below.')
 @minValue(1)
+@maxValue(295)
 param streamerShutdownGraceSeconds int = 25
 
-@minValue(1)
+@description('Time between SIGTERM and SIGKILL; at least 2 x streamerShutdownGraceSeconds + 10, or the deployment stops (containerapps.bicep, shutdownMarginSeconds).')
+@minValue(12)
 @maxValue(600)
 param streamerTerminationGracePeriodSeconds int = 60
 
@@ -142,7 +144,8 @@ module recordingsStorage 'modules/storage.bicep' = {
     ]
     lifecycleContainer: recordingsContainer
     coolAfterDays: recordingsCoolAfterDays
-    deleteAfterDays: recordingsDeleteAfterDays
+    // A difference, so that the module's @minValue(1) stops a deployment whose deletion would not follow the Cool tier.
+    deleteDaysAfterCool: recordingsDeleteAfterDays - recordingsCoolAfterDays
   }
 }
 
@@ -224,7 +227,9 @@ module streamer 'modules/containerapps.bicep' = {
     maxActiveCalls: streamerMaxActiveCalls
     cpuScaleThreshold: streamerCpuScaleThreshold
     shutdownGraceSeconds: streamerShutdownGraceSeconds
-    terminationGracePeriodSeconds: streamerTerminationGracePeriodSeconds
+    // What the grace period leaves after the streamer's longest shutdown; the module's @minValue stops a deployment
+    // whose grace period the streamer could outlast (SIGKILL mid-flush).
+    shutdownMarginSeconds: streamerTerminationGracePeriodSeconds - (2 * streamerShutdownGraceSeconds)
     allowedIngressCidrs: streamerAllowedIngressCidrs
     storageAccountUrl: recordingsStorage.outputs.blobEndpoint
     recordingsContainer: recordingsContainer

@@ -7,7 +7,8 @@ $functionName = if ($env:INCOMING_CALL_FUNCTION_NAME) { $env:INCOMING_CALL_FUNCT
 $template = Join-Path $PSScriptRoot '..' 'bicep' 'modules' 'incoming-call-subscription.bicep'
 $subscriptionArgs = if ($env:AZURE_SUBSCRIPTION_ID) { @('--subscription', $env:AZURE_SUBSCRIPTION_ID) } else { @() }
 
-for ($attempt = 1; $attempt -le 10; $attempt++) {
+$attempts = 10
+for ($attempt = 1; $attempt -le $attempts; $attempt++) {
     az deployment group create @subscriptionArgs `
         --resource-group $env:AZURE_RESOURCE_GROUP `
         --name incoming-call-subscription `
@@ -18,7 +19,10 @@ for ($attempt = 1; $attempt -le 10; $attempt++) {
         Write-Host "Event Grid: IncomingCall -> $($env:FUNCTION_APP_NAME)/$functionName"
         exit 0
     }
-    Write-Host "retrying in 15 s: the function host may still be indexing the new code ($attempt/10)"
-    Start-Sleep -Seconds 15
+    # No wait after the last try: nothing follows it but the error.
+    if ($attempt -lt $attempts) {
+        Write-Host "retrying in 15 s: the function host may still be indexing the new code ($attempt/$attempts)"
+        Start-Sleep -Seconds 15
+    }
 }
 throw "could not create the IncomingCall subscription; is '$functionName' deployed? (see docs/deploy.md)"

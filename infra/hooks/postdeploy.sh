@@ -9,6 +9,7 @@ set -eu
 function_name="${INCOMING_CALL_FUNCTION_NAME:-IncomingCall}"
 template="$(dirname "$0")/../bicep/modules/incoming-call-subscription.bicep"
 
+attempts=10
 attempt=1
 while :; do
   if az deployment group create \
@@ -23,11 +24,11 @@ while :; do
     echo "Event Grid: IncomingCall -> $FUNCTION_APP_NAME/$function_name"
     exit 0
   fi
-  if [ "$attempt" -ge 10 ]; then
+  if [ "$attempt" -ge "$attempts" ]; then  # no wait after the last try
     echo "could not create the IncomingCall subscription; is '$function_name' deployed? (see docs/deploy.md)" >&2
     exit 1
   fi
-  echo "retrying in 15 s: the function host may still be indexing the new code ($attempt/10)"
+  echo "retrying in 15 s: the function host may still be indexing the new code ($attempt/$attempts)"
   attempt=$((attempt + 1))
   sleep 15
 done

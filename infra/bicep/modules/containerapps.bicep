@@ -7,7 +7,7 @@
 // is the per-replica safety cap the streamer enforces while the scaler reacts (estimates and calibration:
 // docs/deploy.md, "Scaling the streamer"). minReplicas >= 1: ACS will not wait for a cold start, and the CPU
 // scaler cannot scale from zero. Scale-in sends SIGTERM; the streamer then flushes every open
-// stream within SHUTDOWN_GRACE_SECONDS, which terminationGracePeriodSeconds must exceed.
+// stream, and terminationGracePeriodSeconds gives it the time that can take (shutdownGraceSeconds below).
 param location string
 param tags object
 param environmentName string
@@ -43,13 +43,20 @@ param cpuScaleThreshold int = 40
 @minValue(1)
 param maxActiveCalls int = 400
 
+// On SIGTERM the streamer may spend SHUTDOWN_GRACE_SECONDS twice: uvicorn waits up to that long for open sockets to
+// close (timeout_graceful_shutdown, streamer/__main__.py), then the lifespan drain flushes and uploads for up to that
+// long again, then spools what is left and exits. So the grace period before SIGKILL is 2 x shutdownGraceSeconds +
+// shutdownMarginSeconds, and the margin is a parameter because ARM checks module parameters against their
+// decorators when the deployment starts: main.bicep passes streamerTerminationGracePeriodSeconds - 2 x
+// streamerShutdownGraceSeconds, so a grace period the streamer could outlast stops the deployment.
+@description('SHUTDOWN_GRACE_SECONDS: SIGTERM flush and upload budget.')
 @minValue(1)
+@maxValue(295)
 param shutdownGraceSeconds int = 25
 
-@description('Must exceed shutdownGraceSeconds: time between SIGTERM and SIGKILL.')
-@minValue(1)
-@maxValue(600)
-param terminationGracePeriodSeconds int = 60
+@description('Seconds the termination grace period leaves after 2 x shutdownGraceSeconds: spooling the rest, exit.')
+@minValue(10)
+param shutdownMarginSeconds int = 10
 
 @description('Optional CIDR allow-list for the ingress (e.g. the ACS media ranges); empty = open, JWT still required.')
 param allowedIngressCidrs array = []
@@ -71,8 +78,54 @@ param logLevel string = 'INFO'
 
 // Where chunks go when storage is unreachable: an EmptyDir volume survives container restarts within a replica.
 var spoolDir = '/spool'
-// Public quickstart image, used only until the first `azd deploy` (or `az containerapp update`) sets the real one.
-var placeholderImage = 'mcr.microsoft.com/k8se/quickstart:latest'
+// Time between SIGTERM and SIGKILL (main.bicep keeps it within 600 s).
+var terminationGracePeriodSeconds = (2 * shutdownGraceSeconds) + shutdownMarginSeconds
+// Public placeholder image, used only until the first `azd deploy` (or `az containerapp update --image`) sets the
+// real one. Those replace the image and nothing else, so the placeholder has to come up healthy under the ingress
+// the real image keeps: the ASP.NET sample listens on 8080 (the default of .NET 8+ images), the streamer's port.
+// (k8se/quickstart, used before, listens on 80, so nothing answered on 8080 and the first revision never became
+// healthy.) It serves no /readyz, so the HTTP probes are set only with the real image; until then Container Apps
+// probes the ingress port over TCP (its default), which the placeholder and, after the image swap, the streamer
+// pass. `azd up` provisions again after deploying (azure.yaml, workflows), which adds the probes in the same run.
+var placeholderImage = 'mcr.microsoft.com/dotnet/samples:aspnetapp'
+var usePlaceholder = empty(image)
+
+// The streamer's probes (the real image only, see placeholderImage).
+var streamerProbes = [
+  {
+    type: 'Startup'
+    httpGet: {
+      path: '/healthz'
+      port: port
+    }
+    // Container Apps caps failureThreshold at 10: up to ~30 s to start.
+    initialDelaySeconds: 1
+    periodSeconds: 3
+    failureThreshold: 10
+    timeoutSeconds: 2
+  }
+  {
+    type: 'Liveness'
+    httpGet: {
+      path: '/healthz'
+      port: port
+    }
+    periodSeconds: 10
+    failureThreshold: 3
+    timeoutSeconds: 3
+  }
+  {
+    type: 'Readiness'
+    httpGet: {
+      path: '/readyz'
+      port: port
+    }
+    periodSeconds: 5
+    failureThreshold: 2
+    successThreshold: 1
+    timeoutSeconds: 3
+  }
+]
 
 resource workspace 'Microsoft.OperationalInsights/workspaces@2023-09-01' existing = {
   name: logAnalyticsName
@@ -155,7 +208,7 @@ resource streamer 'Microsoft.App/containerApps@2024-03-01' = {
       containers: [
         {
           name: 'streamer'
-          image: empty(image) ? placeholderImage : image
+          image: usePlaceholder ? placeholderImage : image
           resources: {
             cpu: json(cpu)
             memory: memory
@@ -230,41 +283,7 @@ resource streamer 'Microsoft.App/containerApps@2024-03-01' = {
               secretRef: 'appinsights-connection-string'
             }
           ]
-          probes: [
-            {
-              type: 'Startup'
-              httpGet: {
-                path: '/healthz'
-                port: port
-              }
-              // Container Apps caps failureThreshold at 10: up to ~30 s to start.
-              initialDelaySeconds: 1
-              periodSeconds: 3
-              failureThreshold: 10
-              timeoutSeconds: 2
-            }
-            {
-              type: 'Liveness'
-              httpGet: {
-                path: '/healthz'
-                port: port
-              }
-              periodSeconds: 10
-              failureThreshold: 3
-              timeoutSeconds: 3
-            }
-            {
-              type: 'Readiness'
-              httpGet: {
-                path: '/readyz'
-                port: port
-              }
-              periodSeconds: 5
-              failureThreshold: 2
-              successThreshold: 1
-              timeoutSeconds: 3
-            }
-          ]
+          probes: usePlaceholder ? [] : streamerProbes
           volumeMounts: [
             {
               volumeName: 'spool'

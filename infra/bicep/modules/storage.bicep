@@ -18,14 +18,22 @@ param skuName string = 'Standard_GRS'
 @description('Container whose blobs the lifecycle rule manages; empty = no lifecycle rule.')
 param lifecycleContainer string = ''
 
+@description('Lifecycle: move blobs to the Cool tier this many days after their last modification.')
 @minValue(1)
 param coolAfterDays int = 30
 
+// ARM checks every module parameter against its decorators when the deployment starts, whatever expression the
+// caller computed it with. So the lifecycle takes the days between Cool and deletion, not the deletion day: main.bicep
+// passes recordingsDeleteAfterDays - recordingsCoolAfterDays, and a delete-after that is not larger than the
+// cool-after stops the deployment here instead of making a rule whose Cool tier can never apply.
+@description('Lifecycle: delete blobs this many days after they move to the Cool tier.')
 @minValue(1)
-param deleteAfterDays int = 365
+param deleteDaysAfterCool int = 335
 
 @minValue(1)
 param softDeleteDays int = 7
+
+var deleteAfterDays = coolAfterDays + deleteDaysAfterCool
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   // checkov:skip=CKV_AZURE_35:Apps reach storage over its public endpoint (no VNet in this template); auth is Entra ID only, shared keys off
