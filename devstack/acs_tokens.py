@@ -1,6 +1,7 @@
 """An RS256 key pair that signs ACS-style JWTs, and its JWKS — what the simulator and tests use in place of ACS.
 
-Tokens carry what ACS's do (acs-protocol.md §3/§5): iss, aud (ACS immutable resource id), iat/nbf/exp, kid.
+Tokens carry what ACS's do (docs/acs-protocol.md#callback-authentication, #websocket-upgrade): iss, aud (ACS
+immutable resource id), iat/nbf/exp, kid.
 """
 
 from __future__ import annotations

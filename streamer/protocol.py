@@ -1,4 +1,4 @@
-"""ACS media-streaming frames (acs-protocol.md §5): the only module that knows their field names.
+"""ACS media-streaming frames (docs/acs-protocol.md#websocket-messages): the only module that knows their fields.
 
 One `orjson.loads` per frame; base64 is decoded strictly with `pybase64` (SIMD: 0.6 µs per 20-ms frame against
 binascii's 2.6, the largest single cost on the frame path); timestamps go through a cache

@@ -115,7 +115,7 @@ class Capture:
             await websocket.close(code=1008, reason="invalid token")
             conn.closed = True
             return
-        if mode == "talkback":  # bidirectional: both outbound shapes the docs/SDKs use (§5)
+        if mode == "talkback":  # bidirectional: both outbound shapes the docs/SDKs use (docs/acs-protocol.md)
             await websocket.send_text('{"Kind":"AudioData","AudioData":{"Data":"AAAA"},"StopAudio":null}')
             await websocket.send_text('{"kind":"stopAudio","stopAudio":{}}')
         limit = int(mode.split("-", 1)[1]) if mode.startswith("closeafter-") else None
@@ -169,7 +169,7 @@ class Capture:
             time.sleep(0.02)
 
 
-# -- an independent HMAC signer / checker (acs-protocol.md §2.4), written from the spec, not from the simulator --
+# -- an independent HMAC signer / checker (docs/acs-protocol.md#hmac-request-signing), from the spec, not the simulator
 
 def sign(method: str, url_path_and_query: str, host: str, body: bytes, key_b64: str,
          date: str | None = None) -> dict[str, str]:

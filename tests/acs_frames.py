@@ -1,4 +1,5 @@
-"""Test-side builders for ACS media frames (acs-protocol.md §5), written from the spec, not from the streamer."""
+"""Test-side builders for ACS media frames (docs/acs-protocol.md#media-streaming-websocket), written from the spec,
+not from the streamer."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Helpers for the control-plane tests: settings, a store on Azurite, real WAV chunks + manifests, and a capture
-server that speaks Call Automation REST (§2 of the protocol reference) and re-computes the SDK's HMAC itself."""
+server that speaks Call Automation REST (docs/acs-protocol.md#call-automation-rest) and re-computes the SDK's HMAC
+itself."""
 
 from __future__ import annotations
 
@@ -90,7 +91,8 @@ class Captured:
 
 @dataclass
 class AcsCapture:
-    """Answers like ACS (status codes and bodies of §2.1/§2.3); `fail[route] = (status, code, message)` injects
+    """Answers like ACS (status codes and bodies of docs/acs-protocol.md#rest-operations); `fail[route] = (status,
+    code, message)` injects
     CommunicationErrorResponse errors; `answered` makes a second answer of one context fail as ACS does."""
 
     key: str = ACCESS_KEY

@@ -1,7 +1,7 @@
 """Offline checks of infra/bicep: every file parses (tree-sitter-bicep and pycep), checkov passes (every skip has a
 reason), and the security properties the issue asks for hold in the parsed templates.
 
-Bicep cannot be compiled here (no bicep CLI offline, see ../shared/reference/local-toolchain.md §4), so the
+Bicep cannot be compiled here (the bicep CLI is not installable offline), so the
 helpers below evaluate just enough of pycep's tree: literals, parameter defaults, variables, `string()`, `max()`,
 `min()`, `empty()`, integer arithmetic, comparisons and `c ? a : b`, and main.bicep -> module parameter passing
 (with main's parameters overridden as a deployment would). Anything else (resource properties, outputs) stays a

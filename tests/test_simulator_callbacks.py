@@ -1,4 +1,5 @@
-"""Callback and Event Grid fidelity (acs-protocol.md §3, §4), judged on what a receiver actually got.
+"""Callback and Event Grid fidelity (docs/acs-protocol.md#callbacks, #incomingcall-via-event-grid), judged on what a
+receiver actually got.
 
 The reference fixtures below are copied from the protocol notes (Java SDK test fixtures / the Event Grid spec
 example), not from the simulator; events are compared with them field by field. JWTs are checked with the
@@ -21,7 +22,7 @@ from devstack.ports import free_port
 from devstack.simulator import AudioSpec, CallScript, SimulatorServer
 from tests._simulator_fixtures import ISSUER, RESOURCE_ID, Capture, media_options, sdk_client, synth_simulator
 
-# §3, MediaStreamingStarted (Java SDK fixture, verbatim values).
+# docs/acs-protocol.md#callback-event-types: MediaStreamingStarted (Java SDK fixture, verbatim values).
 STARTED_FIXTURE: dict[str, Any] = {
     "id": "d13c62c5-721e-44b9-a680-9866c33db7e7",
     "source": "calling/callConnections/4c1f5600-a9c6-4343-8979-b638a98de98f",
@@ -38,7 +39,7 @@ STARTED_FIXTURE: dict[str, Any] = {
     "subject": "calling/callConnections/4c1f5600-a9c6-4343-8979-b638a98de98f"}
 STREAM_FAILED_RESULT = {"code": 500, "subCode": 8603,
                         "message": "Action failed, not able to establish websocket connection."}
-# §4, IncomingCall in the Event Grid schema (spec example, placeholders).
+# docs/acs-protocol.md#incomingcall-via-event-grid: IncomingCall in the Event Grid schema (spec example, placeholders).
 INCOMING_FIXTURE: dict[str, Any] = {
     "id": "e80026e7-e298-46ba-bc42-dab0eda92581", "topic": "/subscriptions/{subscription-id}/...",
     "subject": "/caller/{caller-id}/recipient/{recipient-id}",
@@ -75,7 +76,7 @@ def _call(client: CallAutomationClient, capture: Capture, name: str, ws_mode: st
 
 
 def _assert_envelope(evt: dict[str, Any], call_id: str, event: str) -> None:
-    """Field-by-field against the §3 fixture's envelope."""
+    """Field-by-field against the callback fixture's envelope."""
     assert set(evt) == set(STARTED_FIXTURE)
     assert evt["source"] == evt["subject"] == f"calling/callConnections/{call_id}"
     assert evt["type"] == f"Microsoft.Communication.{event}"

@@ -1,6 +1,7 @@
-"""Media-stream fidelity (acs-protocol.md §5), judged on the frames a WebSocket server actually received.
+"""Media-stream fidelity (docs/acs-protocol.md#media-streaming-websocket), judged on the frames a WebSocket server
+actually received.
 
-Key sets are compared with ../shared/reference/example-audio-frame.json (the docs' frame), PCM is decoded here and
+Key sets are compared with tests/data/example-audio-frame.json (the docs' example frame), PCM is decoded here and
 hashed here, timestamps are parsed here; the simulator's own record must then agree with what arrived.
 """
 
@@ -31,11 +32,8 @@ from tests._simulator_fixtures import (
     synth_simulator,
 )
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "example-audio-frame.json"
-EXAMPLE_FRAME: dict[str, Any] = json.loads(REFERENCE.read_text()) if REFERENCE.exists() else {
-    # The same frame, inlined so the suite also runs where ../shared is not checked out.
-    "kind": "AudioData", "audioData": {"timestamp": "2022-10-03T19:16:12.925Z", "participantRawID": "8:acs:x",
-                                       "data": "5ADwAOMA", "silent": False}}
+# The example frame of the public media-streaming docs (see docs/acs-protocol.md#websocket-messages).
+EXAMPLE_FRAME: dict[str, Any] = json.loads((Path(__file__).parent / "data" / "example-audio-frame.json").read_text())
 ISO_MS_Z = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 

@@ -1,7 +1,9 @@
-"""REST fidelity of the ACS simulator, driven by the REAL Call Automation SDK (acs-protocol.md §2).
+"""REST fidelity of the ACS simulator, driven by the REAL Call Automation SDK
+(docs/acs-protocol.md#call-automation-rest).
 
 What would catch drift: status codes and bodies the SDK must deserialize, 401 for a wrong key, the HMAC
-recomputed here from the captured bytes with our own code (§2.4), raw response shapes (rawId + kind), api-version,
+recomputed here from the captured bytes with our own code (docs/acs-protocol.md#hmac-request-signing), raw response
+shapes (rawId + kind), api-version,
 repeatability, error bodies.
 """
 

@@ -1,6 +1,6 @@
 """ACS simulator: a local stand-in for Azure Communication Services Call Automation + media streaming.
 
-Development tooling only (never imported by product code). It speaks what ACS speaks (acs-protocol.md §2–5):
+Development tooling only (never imported by product code). It speaks what ACS speaks (docs/acs-protocol.md):
 the REST routes the SDK calls (HMAC-verified), CloudEvents callbacks with RS256 JWTs, the IncomingCall Event Grid
 event, and the media WebSocket as a client. See devstack/simulator/README.md for the module map and what is
 knowingly simplified.

@@ -1,6 +1,6 @@
 """HTTP surface of the simulator: the Call Automation REST routes the SDK uses, the JWKS, and `/sim/*` controls.
 
-REST (acs-protocol.md §2.1), all requiring `?api-version=` (400 without) and a valid HMAC (401):
+REST (docs/acs-protocol.md#rest-operations), all requiring `?api-version=` (400 without) and a valid HMAC (401):
     POST   /calling/callConnections                          create      201 CallConnectionProperties
     POST   /calling/callConnections:answer                   answer      200 CallConnectionProperties
     POST   /calling/callConnections:reject                   reject      204

@@ -1,4 +1,5 @@
-"""Callback events (CloudEvents 1.0, acs-protocol.md §3) and the IncomingCall Event Grid event (§4).
+"""Callback events (CloudEvents 1.0, docs/acs-protocol.md#callbacks) and the IncomingCall Event Grid event
+(docs/acs-protocol.md#incomingcall-via-event-grid).
 
 Callbacks are POSTed as a JSON array of one CloudEvent each:
     {"id", "source": "calling/callConnections/{id}", "type": "Microsoft.Communication.<Event>", "data",
@@ -17,7 +18,8 @@ from typing import Any
 
 PREFIX = "Microsoft.Communication."
 
-# resultInformation per situation. The streaming ones are the Java SDK fixtures' values (§3); the others are
+# resultInformation per situation. The streaming ones are the Java SDK fixtures' values
+# (docs/acs-protocol.md#callback-event-types); the others are
 # plausible values of the same shape (marked UNVERIFIED in the README of the simulator).
 OK = {"code": 200, "subCode": 0, "message": "Action completed successfully."}
 STREAM_FAILED = {"code": 500, "subCode": 8603, "message": "Action failed, not able to establish websocket connection."}

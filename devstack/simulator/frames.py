@@ -1,4 +1,4 @@
-"""ACS media-streaming frames (acs-protocol.md §5) built as JSON text, cheaply.
+"""ACS media-streaming frames (docs/acs-protocol.md#media-streaming-websocket) built as JSON text, cheaply.
 
 The benchmark drives hundreds of concurrent streams with these, so everything that does not change per frame is
 done once: PCM is cut into 20 ms frames, base64-encoded and silence-flagged when an `EncodedTrack` is built, and the

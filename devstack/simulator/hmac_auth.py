@@ -1,4 +1,4 @@
-"""Verify the SDK's HMAC-SHA256 request signature exactly as ACS does (acs-protocol.md §2.4).
+"""Verify the SDK's HMAC-SHA256 request signature exactly as ACS does (docs/acs-protocol.md#hmac-request-signing).
 
     Authorization: HMAC-SHA256 SignedHeaders=x-ms-date;host;x-ms-content-sha256&Signature=<base64>
     string to sign = VERB \\n path_and_query \\n <values of SignedHeaders joined by ';'>

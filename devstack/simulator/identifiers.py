@@ -1,4 +1,4 @@
-"""CommunicationIdentifierModel as the service returns it: always `rawId` and `kind` (acs-protocol.md §2.3).
+"""CommunicationIdentifierModel as the service returns it: always `rawId` and `kind` (docs/acs-protocol.md#identifiers).
 
 The SDK sends identifiers without `kind` (`{"rawId": "4:+1555…", "phoneNumber": {"value": "+1555…"}}`); the
 service's responses and events carry both, and the SDK's deserializer needs `rawId`.

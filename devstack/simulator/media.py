@@ -1,4 +1,5 @@
-"""Send one call's audio to a media-streaming WebSocket the way ACS does (acs-protocol.md §5).
+"""Send one call's audio to a media-streaming WebSocket the way ACS does
+(docs/acs-protocol.md#media-streaming-websocket).
 
 `stream_connection` runs ONE WebSocket connection: connect as the client with the ACS upgrade headers, send
 AudioMetadata, then AudioData for frame `start_frame` onwards on a monotonic schedule (frame k is due at
