@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from common.acs_jwt import DEFAULT_ISSUER, DEFAULT_JWKS_URL
 from common.layout import DEFAULT_CONTAINER
 from common.settings import SettingsError, require_storage, url_setting
+from common.transport import CHANNELS
 
 # The root script the Functions Python worker must import (see docs/control-plane.md, "Layout").
 ENTRY_SCRIPT = "function_entry.py"
@@ -52,7 +53,6 @@ LOCAL_ONLY: frozenset[str] = frozenset({"ACS_ACCESS_KEY", "AZURE_STORAGE_CONNECT
 # Settings whose value in Azure is fixed by this code base (the infra test checks them too).
 FIXED_VALUES: dict[str, str] = {"PYTHON_SCRIPT_FILE_NAME": ENTRY_SCRIPT, "PYTHON_ENABLE_INIT_INDEXING": "1"}
 
-AUDIO_CHANNELS = ("mixed", "unmixed")
 SAMPLE_RATES = (16000, 24000)
 E164_RE = re.compile(r"^\+[1-9][0-9]{6,14}$")
 
@@ -97,7 +97,7 @@ class Settings:
         if caller is not None and not E164_RE.match(caller):
             raise SettingsError(f"ACS_SOURCE_CALLER_ID must be an E.164 number like +15551234567, got {caller!r}")
         channel = (env.get("DEFAULT_AUDIO_CHANNEL") or "mixed").strip().lower()
-        if channel not in AUDIO_CHANNELS:
+        if channel not in CHANNELS:
             raise SettingsError(f"DEFAULT_AUDIO_CHANNEL must be mixed or unmixed, got {channel!r}")
         rate_raw = (env.get("DEFAULT_SAMPLE_RATE") or "16000").strip()
         if rate_raw not in {str(r) for r in SAMPLE_RATES}:

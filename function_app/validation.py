@@ -10,8 +10,9 @@ from typing import Any
 import orjson
 
 from common.layout import is_valid_call_id
+from common.transport import CHANNELS
 from function_app.errors import ApiError, bad_request
-from function_app.settings import AUDIO_CHANNELS, E164_RE, SAMPLE_RATES, Settings
+from function_app.settings import E164_RE, SAMPLE_RATES, Settings
 
 ACS_USER_RE = re.compile(r"^8:acs:[A-Za-z0-9_-]{1,200}$")
 MAX_CONTEXT = 512
@@ -80,7 +81,7 @@ def parse_create_call(body: dict[str, Any], settings: Settings) -> CreateCall:
         raise bad_request("sourceCallerId", "is required to call a phone number (no ACS_SOURCE_CALLER_ID default)")
 
     channel = body.get("audioChannel", settings.default_audio_channel)
-    if channel not in AUDIO_CHANNELS:
+    if channel not in CHANNELS:
         raise bad_request("audioChannel", "must be 'mixed' or 'unmixed'")
     rate = body.get("sampleRate", settings.default_sample_rate)
     if isinstance(rate, bool) or rate not in SAMPLE_RATES:

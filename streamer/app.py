@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from common.acs_jwt import AcsJwtVerifier, AuthConfig, AuthError, bearer_token
 from common.layout import is_valid_call_id
+from common.transport import channel_hint, is_media_path
 from streamer.metrics import Metrics
 from streamer.session import DRAIN, PROTOCOL_ERROR, SERVER_ERROR, ProtocolClose, Session, replay_frames_log
 from streamer.settings import Settings
@@ -49,7 +49,6 @@ def _heap_trimmer() -> Callable[[], object] | None:
     except (OSError, AttributeError):
         return None
     return lambda: trim(0)
-CHANNEL_HINTS = ("mixed", "unmixed")
 
 
 @dataclass
@@ -68,16 +67,6 @@ class Context:
 
 def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-
-
-def _channel_hint(scope: Scope) -> str:
-    """`/ws/mixed`, `/ws/unmixed` or `?audioChannel=…` — set by our function app in the transport URL."""
-    last = scope.get("path", "").rstrip("/").rsplit("/", 1)[-1].lower()
-    if last in CHANNEL_HINTS:
-        return last
-    qs = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    hint = (qs.get("audioChannel") or [""])[0].lower()
-    return hint if hint in CHANNEL_HINTS else "auto"
 
 
 class MediaStreamEndpoint:
@@ -117,7 +106,8 @@ class MediaStreamEndpoint:
             await send({"type": "websocket.close", "code": 1008})  # before accept: HTTP 403
             return
 
-        session = Session(ctx, call_id, correlation_id, _channel_hint(scope))
+        session = Session(ctx, call_id, correlation_id,
+                          channel_hint(scope.get("path", ""), scope.get("query_string", b"")))
 
         def fatal(exc: ProtocolClose) -> None:  # found while the socket is idle (held messages replayed, refusal)
             log.warning("closing stream: %s", exc.reason, extra={**session.fields, "closeCode": exc.code})
@@ -210,10 +200,6 @@ async def replay_held_frames(ctx: Context) -> None:
             raise
         except Exception:
             log.exception("replaying held frames failed; kept for the next start", extra={"path": str(path)})
-
-
-def is_media_path(path: str) -> bool:
-    return path == "/ws" or path.startswith("/ws/")
 
 
 class StreamerApp(Starlette):

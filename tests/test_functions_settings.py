@@ -15,7 +15,8 @@ from azure.core.credentials import AzureKeyCredential
 from azure.core.pipeline.policies import BearerTokenCredentialPolicy
 from azure.storage.blob import UserDelegationKey
 
-from function_app.acs import build_client, streaming_options, transport_url
+from common.transport import transport_url
+from function_app.acs import build_client, streaming_options
 from function_app.sas import UserDelegationSigner
 from function_app.settings import ENV_VARS, FIXED_VALUES, LOCAL_ONLY, Settings, SettingsError
 
@@ -109,7 +110,7 @@ def test_managed_identity_when_there_is_no_key() -> None:
 
 def test_transport_url_tells_the_streamer_the_channel_type() -> None:
     s = Settings.from_env({**MINIMAL, "STREAMER_WSS_URL": "wss://rec.example/ws"})
-    assert transport_url(s, "mixed") == "wss://rec.example/ws/mixed"
+    assert transport_url(s.streamer_wss_url, "mixed") == "wss://rec.example/ws/mixed"
     opts = streaming_options(s, "unmixed", 24000, dtmf=False)
     assert opts.transport_url == "wss://rec.example/ws/unmixed" and opts.enable_dtmf_tones is None
 
