@@ -50,7 +50,7 @@ def streaming_options(settings: Settings, audio_channel: str, sample_rate: int, 
 
 
 def identifier(raw: str) -> CommunicationIdentifier:
-    """A validated target (see `requests.parse_target`): +E164 → phone number, 8:acs:… → ACS user."""
+    """A validated target (see `validation.parse_target`): +E164 → phone number, 8:acs:… → ACS user."""
     if raw.startswith("+"):
         return PhoneNumberIdentifier(raw)
     return CommunicationUserIdentifier(raw)
