@@ -9,7 +9,6 @@ per `min_refetch_seconds`, so a flood of made-up kids cannot turn us into a JWKS
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -44,7 +43,8 @@ def bearer_token(authorization: str | None) -> str:
 
 
 class AcsJwtVerifier:
-    """Thread- and task-safe verifier. `verify` (sync, for Functions) and `verify_async` (streamer) share a cache."""
+    """Task-safe verifier, used from the event loop by both planes (the streamer's upgrades, the function app's
+    async callbacks entry): one key cache, refetched under one lock."""
 
     def __init__(self, config: AuthConfig, *, min_refetch_seconds: float = 10.0, http_timeout: float = 5.0):
         if not config.audience:
@@ -54,7 +54,6 @@ class AcsJwtVerifier:
         self._fetched_at = float("-inf")
         self._min_refetch = min_refetch_seconds
         self._timeout = http_timeout
-        self._lock = threading.Lock()
         self._alock: asyncio.Lock | None = None
 
     # -- key cache -------------------------------------------------------------------------------------------
@@ -73,18 +72,6 @@ class AcsJwtVerifier:
     def _may_refetch(self) -> bool:
         return time.monotonic() - self._fetched_at >= self._min_refetch
 
-    def _fetch_sync(self) -> None:
-        with self._lock:
-            if not self._may_refetch():
-                return
-            try:
-                resp = httpx.get(self.config.jwks_url, timeout=self._timeout)
-                resp.raise_for_status()
-                self._install(resp.json())
-            except (httpx.HTTPError, ValueError) as exc:
-                self._fetched_at = time.monotonic()  # back off; keep the old keys
-                raise AuthError(f"cannot fetch ACS signing keys: {exc.__class__.__name__}") from exc
-
     async def _fetch_async(self) -> None:
         if self._alock is None:
             self._alock = asyncio.Lock()
@@ -97,7 +84,7 @@ class AcsJwtVerifier:
                 resp.raise_for_status()
                 self._install(resp.json())
             except (httpx.HTTPError, ValueError) as exc:
-                self._fetched_at = time.monotonic()
+                self._fetched_at = time.monotonic()  # back off; keep the old keys
                 raise AuthError(f"cannot fetch ACS signing keys: {exc.__class__.__name__}") from exc
 
     # -- verification ----------------------------------------------------------------------------------------
@@ -126,14 +113,6 @@ class AcsJwtVerifier:
             )
         except jwt.PyJWTError as exc:
             raise AuthError(f"invalid token: {exc}") from exc
-
-    def verify(self, token: str) -> dict[str, Any]:
-        kid = self._kid(token)
-        if kid not in self._keys:
-            self._fetch_sync()
-        if kid not in self._keys:
-            raise AuthError(f"unknown signing key {kid!r}")
-        return self._decode(token, self._keys[kid])
 
     async def verify_async(self, token: str) -> dict[str, Any]:
         kid = self._kid(token)

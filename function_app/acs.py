@@ -21,6 +21,7 @@ from azure.communication.callautomation import (
 )
 from azure.core.credentials import AzureKeyCredential
 
+from common.transport import transport_url
 from function_app.settings import Settings
 
 _FORMATS = {16000: AudioFormat.PCM16_K_MONO, 24000: AudioFormat.PCM24_K_MONO}
@@ -35,14 +36,9 @@ def build_client(settings: Settings) -> CallAutomationClient:
     return CallAutomationClient(settings.acs_endpoint, credential)
 
 
-def transport_url(settings: Settings, audio_channel: str) -> str:
-    """The streamer learns the channel type from the path: wss://host/ws/mixed or wss://host/ws/unmixed."""
-    return f"{settings.streamer_wss_url}/{audio_channel}"
-
-
 def streaming_options(settings: Settings, audio_channel: str, sample_rate: int, dtmf: bool) -> MediaStreamingOptions:
     return MediaStreamingOptions(
-        transport_url=transport_url(settings, audio_channel),
+        transport_url=transport_url(settings.streamer_wss_url, audio_channel),  # the streamer reads the channel back
         transport_type=StreamingTransportType.WEBSOCKET,
         content_type=MediaStreamingContentType.AUDIO,
         audio_channel_type=MediaStreamingAudioChannelType(audio_channel),
@@ -54,7 +50,7 @@ def streaming_options(settings: Settings, audio_channel: str, sample_rate: int, 
 
 
 def identifier(raw: str) -> CommunicationIdentifier:
-    """A validated target (see `requests.parse_target`): +E164 → phone number, 8:acs:… → ACS user."""
+    """A validated target (see `validation.parse_target`): +E164 → phone number, 8:acs:… → ACS user."""
     if raw.startswith("+"):
         return PhoneNumberIdentifier(raw)
     return CommunicationUserIdentifier(raw)

@@ -1,5 +1,6 @@
-"""The function entries: bindings (route, methods, auth level) and nothing else. Each one reads the request,
-calls a plain function (calls, incoming, callbacks, recordings) off the event loop, and shapes the answer.
+"""The function entries: bindings (route, methods, auth level) and nothing else. Each one reads and validates the
+request, calls a plain function (calls, incoming, callbacks, recordings) off the event loop, and shapes the answer;
+`http_function` registers it and guards it.
 
 HTTP functions use the HTTP streams types (azurefunctions-extensions-http-fastapi; PYTHON_ENABLE_INIT_INDEXING=1)
 so the stitched WAV is streamed instead of being built in memory. Every HTTP function needs a function key except
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response, StreamingResponse
@@ -26,103 +28,95 @@ MAX_CALLBACK_BYTES = 1024 * 1024
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 log = logging.getLogger("function_app")
 
-
-@app.function_name("CreateCall")
-@app.route(route="calls", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
-async def create_call(req: Request) -> Response:
-    async def run(rt: Runtime) -> Response:
-        body = validation.json_object(await read_body(req, MAX_REQUEST_BYTES))
-        result = await asyncio.to_thread(calls.place_call, rt.acs, rt.store, rt.settings, body, api_base(req))
-        return json_response(201, result, headers={"Location": result["recordingUrl"]})
-
-    return await guarded("CreateCall", run)
+Handler = Callable[[Request, Runtime], Awaitable[Response]]
 
 
-@app.function_name("HangUp")
-@app.route(route="calls/{callConnectionId}", methods=["DELETE"], auth_level=func.AuthLevel.FUNCTION)
-async def hang_up(req: Request) -> Response:
-    async def run(rt: Runtime) -> Response:
-        call_id = validation.parse_call_id(req.path_params.get("callConnectionId"))
-        await asyncio.to_thread(calls.hang_up, rt.acs, call_id)
-        return Response(status_code=204)
+def http_function(name: str, *, route: str, method: str,
+                  auth_level: func.AuthLevel = func.AuthLevel.FUNCTION) -> Callable[[Handler], Handler]:
+    """Registers `handler(req, rt)` as the HTTP function `name`. The worker sees an entry whose only parameter is
+    its trigger binding `req`; the entry runs the handler with the per-process runtime through `guarded`, so every
+    failure answers as JSON (never a stack trace). Returns the handler unchanged."""
 
-    return await guarded("HangUp", run)
+    def register(handler: Handler) -> Handler:
+        async def entry(req: Request) -> Response:
+            return await guarded(name, lambda rt: handler(req, rt))
 
+        entry.__name__ = entry.__qualname__ = handler.__name__
+        entry.__doc__ = handler.__doc__
+        app.function_name(name)(app.route(route=route, methods=[method], auth_level=auth_level)(entry))
+        return handler
 
-async def _streaming(req: Request, start: bool) -> Response:
-    async def run(rt: Runtime) -> Response:
-        call_id = validation.parse_call_id(req.path_params.get("callConnectionId"))
-        body = validation.json_object(await read_body(req, MAX_REQUEST_BYTES), required=False)
-        result = await asyncio.to_thread(calls.set_streaming, rt.acs, call_id, body, start)
-        return json_response(202, result)
-
-    return await guarded("StartStreaming" if start else "StopStreaming", run)
+    return register
 
 
-@app.function_name("StartStreaming")
-@app.route(route="calls/{callConnectionId}/streaming/start", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
-async def start_streaming(req: Request) -> Response:
-    return await _streaming(req, start=True)
+@http_function("CreateCall", route="calls", method="POST")
+async def create_call(req: Request, rt: Runtime) -> Response:
+    body = validation.json_object(await read_body(req, MAX_REQUEST_BYTES))
+    call = validation.parse_create_call(body, rt.settings)
+    result = await asyncio.to_thread(calls.place_call, rt.acs, rt.store, rt.settings, call, api_base(req))
+    return json_response(201, result, headers={"Location": result["recordingUrl"]})
 
 
-@app.function_name("StopStreaming")
-@app.route(route="calls/{callConnectionId}/streaming/stop", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
-async def stop_streaming(req: Request) -> Response:
-    return await _streaming(req, start=False)
+@http_function("HangUp", route="calls/{callConnectionId}", method="DELETE")
+async def hang_up(req: Request, rt: Runtime) -> Response:
+    call_id = validation.parse_call_id(req.path_params.get("callConnectionId"))
+    await asyncio.to_thread(calls.hang_up, rt.acs, call_id)
+    return Response(status_code=204)
 
 
-@app.function_name("Callbacks")
-@app.route(route="callbacks", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
-async def acs_callbacks(req: Request) -> Response:
-    async def run(rt: Runtime) -> Response:
-        if rt.verifier is not None:
-            try:
-                await rt.verifier.verify_async(bearer_token(req.headers.get("authorization")))
-            except AuthError as exc:
-                log.warning("refused a callback: %s", exc)
-                raise ApiError(401, "Unauthorized", "missing or invalid ACS token") from None
-        events = callbacks.parse_events(await read_body(req, MAX_CALLBACK_BYTES))
-        changed = await asyncio.to_thread(callbacks.handle_events, rt.store, events)
-        return json_response(200, {"received": len(events), "applied": changed})
-
-    return await guarded("Callbacks", run)
+async def _streaming(req: Request, rt: Runtime, start: bool) -> Response:
+    call_id = validation.parse_call_id(req.path_params.get("callConnectionId"))
+    body = validation.json_object(await read_body(req, MAX_REQUEST_BYTES), required=False)
+    context = validation.parse_operation_context(body)
+    return json_response(202, await asyncio.to_thread(calls.set_streaming, rt.acs, call_id, context, start))
 
 
-@app.function_name("ListRecordings")
-@app.route(route="recordings", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
-async def list_recordings(req: Request) -> Response:
-    async def run(rt: Runtime) -> Response:
-        limit = validation.parse_limit(req.query_params.get("limit"))
-        token = req.query_params.get("pageToken")
-        return json_response(200, await asyncio.to_thread(recordings.list_recordings, rt.store, limit, token))
-
-    return await guarded("ListRecordings", run)
+@http_function("StartStreaming", route="calls/{callConnectionId}/streaming/start", method="POST")
+async def start_streaming(req: Request, rt: Runtime) -> Response:
+    return await _streaming(req, rt, start=True)
 
 
-@app.function_name("GetRecording")
-@app.route(route="recordings/{callConnectionId}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
-async def get_recording(req: Request) -> Response:
-    async def run(rt: Runtime) -> Response:
-        call_id = validation.parse_call_id(req.path_params.get("callConnectionId"))
-        body = await asyncio.to_thread(recordings.get_recording, rt.store, call_id, api_base(req),
-                                       rt.settings.sas_ttl_seconds)
-        return json_response(200, body)
-
-    return await guarded("GetRecording", run)
+@http_function("StopStreaming", route="calls/{callConnectionId}/streaming/stop", method="POST")
+async def stop_streaming(req: Request, rt: Runtime) -> Response:
+    return await _streaming(req, rt, start=False)
 
 
-@app.function_name("GetRecordingAudio")
-@app.route(route="recordings/{callConnectionId}/audio", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
-async def get_recording_audio(req: Request) -> Response:
-    async def run(rt: Runtime) -> Response:
-        call_id = validation.parse_call_id(req.path_params.get("callConnectionId"))
-        participant = req.query_params.get("participant")
-        wav, filename = await asyncio.to_thread(recordings.open_audio, rt.store, call_id, participant)
-        headers = {"Content-Length": str(wav.content_length),
-                   "Content-Disposition": f'attachment; filename="{filename}"'}
-        return StreamingResponse(wav.body(), media_type="audio/wav", headers=headers)
+@http_function("Callbacks", route="callbacks", method="POST", auth_level=func.AuthLevel.ANONYMOUS)
+async def acs_callbacks(req: Request, rt: Runtime) -> Response:
+    if rt.verifier is not None:
+        try:
+            await rt.verifier.verify_async(bearer_token(req.headers.get("authorization")))
+        except AuthError as exc:
+            log.warning("refused a callback: %s", exc)
+            raise ApiError(401, "Unauthorized", "missing or invalid ACS token") from None
+    events = callbacks.parse_events(await read_body(req, MAX_CALLBACK_BYTES))
+    changed = await asyncio.to_thread(callbacks.handle_events, rt.store, events)
+    return json_response(200, {"received": len(events), "applied": changed})
 
-    return await guarded("GetRecordingAudio", run)
+
+@http_function("ListRecordings", route="recordings", method="GET")
+async def list_recordings(req: Request, rt: Runtime) -> Response:
+    limit = validation.parse_limit(req.query_params.get("limit"))
+    token = req.query_params.get("pageToken")
+    return json_response(200, await asyncio.to_thread(recordings.list_recordings, rt.store, limit, token))
+
+
+@http_function("GetRecording", route="recordings/{callConnectionId}", method="GET")
+async def get_recording(req: Request, rt: Runtime) -> Response:
+    call_id = validation.parse_call_id(req.path_params.get("callConnectionId"))
+    body = await asyncio.to_thread(recordings.get_recording, rt.store, call_id, api_base(req),
+                                   rt.settings.sas_ttl_seconds)
+    return json_response(200, body)
+
+
+@http_function("GetRecordingAudio", route="recordings/{callConnectionId}/audio", method="GET")
+async def get_recording_audio(req: Request, rt: Runtime) -> Response:
+    call_id = validation.parse_call_id(req.path_params.get("callConnectionId"))
+    participant = req.query_params.get("participant")
+    wav, filename = await asyncio.to_thread(recordings.open_audio, rt.store, call_id, participant)
+    headers = {"Content-Length": str(wav.content_length),
+               "Content-Disposition": f'attachment; filename="{filename}"'}
+    return StreamingResponse(wav.body(), media_type="audio/wav", headers=headers)
 
 
 @app.function_name("IncomingCall")

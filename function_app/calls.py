@@ -18,7 +18,7 @@ from function_app import state as state_model
 from function_app.errors import from_acs
 from function_app.settings import Settings
 from function_app.store import RecordingStore
-from function_app.validation import check_allowed, parse_create_call, parse_operation_context
+from function_app.validation import CreateCall
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,9 @@ def remember_call(store: RecordingStore, call_id: str, **fields: Any) -> None:
         log.exception("call %s is live but its state could not be stored", call_id, extra=call_fields(call_id))
 
 
-def place_call(client: CallAutomationClient, store: RecordingStore, settings: Settings, body: dict[str, Any],
+def place_call(client: CallAutomationClient, store: RecordingStore, settings: Settings, req: CreateCall,
                api_base: str) -> dict[str, Any]:
-    req = parse_create_call(body, settings)
-    check_allowed(req.target, settings)
-    explicit_source = body.get("sourceCallerId") is not None
-    source = req.source_caller_id if (req.is_phone or explicit_source) else None
+    source = req.source_caller_id
     try:
         props = client.create_call(
             acs.identifier(req.target),
@@ -65,8 +62,7 @@ def place_call(client: CallAutomationClient, store: RecordingStore, settings: Se
             "correlationId": props.correlation_id, "recordingUrl": f"{api_base}/recordings/{call_id}"}
 
 
-def set_streaming(client: CallAutomationClient, call_id: str, body: dict[str, Any], start: bool) -> dict[str, Any]:
-    context = parse_operation_context(body)
+def set_streaming(client: CallAutomationClient, call_id: str, context: str | None, start: bool) -> dict[str, Any]:
     connection = client.get_call_connection(call_id)
     action = "start_media_streaming" if start else "stop_media_streaming"
     try:

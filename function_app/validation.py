@@ -10,8 +10,9 @@ from typing import Any
 import orjson
 
 from common.layout import is_valid_call_id
+from common.transport import CHANNELS
 from function_app.errors import ApiError, bad_request
-from function_app.settings import AUDIO_CHANNELS, E164_RE, SAMPLE_RATES, Settings
+from function_app.settings import E164_RE, SAMPLE_RATES, Settings
 
 ACS_USER_RE = re.compile(r"^8:acs:[A-Za-z0-9_-]{1,200}$")
 MAX_CONTEXT = 512
@@ -20,16 +21,14 @@ _CREATE_FIELDS = ("target", "sourceCallerId", "audioChannel", "sampleRate", "dtm
 
 @dataclass(frozen=True)
 class CreateCall:
+    """A `POST /api/calls` body, validated, allowed and resolved against the settings' defaults: what to ask ACS."""
+
     target: str
-    source_caller_id: str | None
+    source_caller_id: str | None  # the caller id to send: None for an ACS user called without an explicit one
     audio_channel: str
     sample_rate: int
     dtmf: bool
     operation_context: str | None
-
-    @property
-    def is_phone(self) -> bool:
-        return self.target.startswith("+")
 
 
 def json_object(raw: bytes, *, required: bool = True) -> dict[str, Any]:
@@ -75,12 +74,14 @@ def parse_create_call(body: dict[str, Any], settings: Settings) -> CreateCall:
     source = body.get("sourceCallerId")
     if source is not None and (not isinstance(source, str) or not E164_RE.match(source)):
         raise bad_request("sourceCallerId", "must be an E.164 number like +15551234567")
-    source = source or settings.source_caller_id
-    if target.startswith("+") and not source:
-        raise bad_request("sourceCallerId", "is required to call a phone number (no ACS_SOURCE_CALLER_ID default)")
+    if target.startswith("+"):  # the default caller id is for phone targets only
+        source = source or settings.source_caller_id
+        if not source:
+            raise bad_request("sourceCallerId",
+                              "is required to call a phone number (no ACS_SOURCE_CALLER_ID default)")
 
     channel = body.get("audioChannel", settings.default_audio_channel)
-    if channel not in AUDIO_CHANNELS:
+    if channel not in CHANNELS:
         raise bad_request("audioChannel", "must be 'mixed' or 'unmixed'")
     rate = body.get("sampleRate", settings.default_sample_rate)
     if isinstance(rate, bool) or rate not in SAMPLE_RATES:
@@ -89,6 +90,7 @@ def parse_create_call(body: dict[str, Any], settings: Settings) -> CreateCall:
     if not isinstance(dtmf, bool):
         raise bad_request("dtmf", "must be true or false")
     context = _optional_str(body, "operationContext", MAX_CONTEXT)
+    check_allowed(target, settings)
     return CreateCall(target, source, channel, int(rate), dtmf, context)
 
 

@@ -3,13 +3,17 @@ command prints JSON or a short table, errors go to stderr with exit code 1."""
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ParamSpec
 
 import typer
 
 from recorder_cli.client import ApiFailure, RecorderClient, save_stream
+
+P = ParamSpec("P")
 
 app = typer.Typer(help="Place calls and fetch recordings from the ACS live call recorder.", no_args_is_help=True,
                   add_completion=False)
@@ -29,9 +33,18 @@ def _print(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2))
 
 
-def _fail(exc: ApiFailure) -> typer.Exit:
-    typer.echo(f"error: {exc.message}", err=True)
-    return typer.Exit(1)
+def reports_failures(command: Callable[P, None]) -> Callable[P, None]:
+    """Every command's one error path: an API failure is printed to stderr and exits 1, without a traceback."""
+
+    @functools.wraps(command)  # typer reads the command's parameters through __wrapped__
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            command(*args, **kwargs)
+        except ApiFailure as exc:
+            typer.echo(f"error: {exc.message}", err=True)
+            raise typer.Exit(1) from None
+
+    return run
 
 
 @app.callback()
@@ -46,6 +59,7 @@ def main(
 
 
 @app.command()
+@reports_failures
 def call(
     ctx: typer.Context,
     target: Annotated[str, typer.Argument(help="E.164 number (+15551234567) or ACS user id (8:acs:…)")],
@@ -62,41 +76,33 @@ def call(
         body["sourceCallerId"] = source
     if context:
         body["operationContext"] = context
-    try:
-        _print(_client(ctx).place_call(body))
-    except ApiFailure as exc:
-        raise _fail(exc) from None
+    _print(_client(ctx).place_call(body))
 
 
 @app.command()
+@reports_failures
 def hangup(ctx: typer.Context, call_id: Annotated[str, typer.Argument(help="callConnectionId")]) -> None:
     """End a call for everyone."""
-    try:
-        _client(ctx).hang_up(call_id)
-    except ApiFailure as exc:
-        raise _fail(exc) from None
+    _client(ctx).hang_up(call_id)
     typer.echo(f"hung up {call_id}")
 
 
 @streaming_app.command("start")
+@reports_failures
 def streaming_start(ctx: typer.Context, call_id: Annotated[str, typer.Argument(help="callConnectionId")]) -> None:
     """Ask ACS to (re)start streaming the call's audio."""
-    try:
-        _print(_client(ctx).streaming(call_id, "start"))
-    except ApiFailure as exc:
-        raise _fail(exc) from None
+    _print(_client(ctx).streaming(call_id, "start"))
 
 
 @streaming_app.command("stop")
+@reports_failures
 def streaming_stop(ctx: typer.Context, call_id: Annotated[str, typer.Argument(help="callConnectionId")]) -> None:
     """Ask ACS to stop streaming (the call goes on)."""
-    try:
-        _print(_client(ctx).streaming(call_id, "stop"))
-    except ApiFailure as exc:
-        raise _fail(exc) from None
+    _print(_client(ctx).streaming(call_id, "stop"))
 
 
 @recordings_app.command("list")
+@reports_failures
 def recordings_list(
     ctx: typer.Context,
     limit: Annotated[int, typer.Option(help="Calls per page (1-100)")] = 20,
@@ -104,10 +110,7 @@ def recordings_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON page")] = False,
 ) -> None:
     """Recent calls, newest first."""
-    try:
-        page = _client(ctx).recordings(limit, page_token)
-    except ApiFailure as exc:
-        raise _fail(exc) from None
+    page = _client(ctx).recordings(limit, page_token)
     if as_json:
         _print(page)
         return
@@ -121,15 +124,14 @@ def recordings_list(
 
 
 @recordings_app.command("show")
+@reports_failures
 def recordings_show(ctx: typer.Context, call_id: Annotated[str, typer.Argument(help="callConnectionId")]) -> None:
     """Manifest, call state and short-lived chunk URLs of one call."""
-    try:
-        _print(_client(ctx).recording(call_id))
-    except ApiFailure as exc:
-        raise _fail(exc) from None
+    _print(_client(ctx).recording(call_id))
 
 
 @app.command()
+@reports_failures
 def download(
     ctx: typer.Context,
     call_id: Annotated[str, typer.Argument(help="callConnectionId")],
@@ -138,16 +140,13 @@ def download(
     = None,
 ) -> None:
     """Download one stream of a call stitched into a single WAV, with a progress bar."""
-    try:
-        with _client(ctx).audio(call_id, participant) as (length, name, chunks):
-            target = output or Path(name or f"{call_id}.wav")
-            if length:
-                with typer.progressbar(length=length, label=target.name, show_pos=True) as bar:
-                    written = save_stream(chunks, target, bar.update)
-            else:
-                written = save_stream(chunks, target, lambda _n: None)
-    except ApiFailure as exc:
-        raise _fail(exc) from None
+    with _client(ctx).audio(call_id, participant) as (length, name, chunks):
+        target = output or Path(name or f"{call_id}.wav")
+        if length:
+            with typer.progressbar(length=length, label=target.name, show_pos=True) as bar:
+                written = save_stream(chunks, target, bar.update)
+        else:
+            written = save_stream(chunks, target, lambda _n: None)
     typer.echo(f"wrote {target} ({written} bytes)")
 
 

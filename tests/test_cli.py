@@ -165,3 +165,30 @@ def test_console_script_is_installed(stack: dict[str, str]) -> None:
                           env={**os.environ, "ACSREC_URL": stack["url"], "ACSREC_KEY": KEY})
     assert proc.returncode == 0, proc.stderr
     assert "items" in json.loads(proc.stdout)
+
+
+COMMANDS = {"call": ["+15551234567"], "hangup": ["c1"], "streaming start": ["c1"], "streaming stop": ["c1"],
+            "recordings list": [], "recordings show": ["c1"], "download": ["c1"]}
+
+
+def test_every_command_shares_the_one_error_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import typer
+
+    from recorder_cli.main import reports_failures
+
+    wrapper = reports_failures(lambda: None).__code__.co_qualname
+    registered = {(c.name or c.callback.__name__): c for c in app.registered_commands}
+    for group in app.registered_groups:
+        assert isinstance(group.typer_instance, typer.Typer)
+        registered |= {f"{group.name} {c.name}": c for c in group.typer_instance.registered_commands}
+    assert set(registered) == set(COMMANDS)
+    for name, command in registered.items():
+        assert command.callback.__code__.co_qualname == wrapper, name
+    monkeypatch.chdir(tmp_path)
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens: every command fails the same way
+    for name, rest in COMMANDS.items():
+        args = [*name.split(), *rest]
+        result = CliRunner().invoke(app, ["--url", closed, "--timeout", "5", *args])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (args, result.exception)
+        assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr, args
+    assert not list(tmp_path.iterdir())  # no partial download left behind

@@ -235,3 +235,29 @@ def test_action_bad_input(host: HostUnderTest, method: str, path: str, body: Any
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["field"] == field
     assert host.acs.requests == []
+
+
+USER = "8:acs:2b1f7c1e-5a3d-4c7e-9d61-0c9f3a7e8b10_00000020-aaaa-bbbb"
+
+
+@pytest.mark.parametrize(("body", "source"), [
+    ({"target": "+15551234567"}, "+15550000000"),  # a phone target gets the default caller id
+    ({"target": "4:+15551234567"}, "+15550000000"),
+    ({"target": "+15551234567", "sourceCallerId": "+15559990000"}, "+15559990000"),
+    ({"target": USER}, None),  # an ACS user is called without one, unless the request names one
+    ({"target": USER, "sourceCallerId": "+15559990000"}, "+15559990000"),
+])
+def test_validation_resolves_the_request(body: dict[str, Any], source: str | None) -> None:
+    from function_app.errors import ApiError
+    from function_app.settings import Settings
+    from function_app.validation import parse_create_call
+
+    settings = Settings(acs_endpoint="https://acs.example", streamer_wss_url="wss://rec.example/ws",
+                        callback_url="https://func.example/api/callbacks", source_caller_id="+15550000000",
+                        default_audio_channel="unmixed", default_sample_rate=24000)
+    call = parse_create_call(body, settings)
+    assert call.source_caller_id == source and call.target == body["target"].removeprefix("4:")
+    assert (call.audio_channel, call.sample_rate, call.dtmf, call.operation_context) == ("unmixed", 24000, False, None)
+    with pytest.raises(ApiError) as refused:
+        parse_create_call(body, replace(settings, allowed_targets=("+44",)))
+    assert refused.value.status == 403 and refused.value.field == "target"

@@ -19,6 +19,7 @@ from devstack.azurite import Azurite
 from devstack.functions_host import Keys, build_app, indexed_functions, starlette_path
 from devstack.ports import free_port, wait_for_port
 from devstack.serve import ServerThread
+from function_app.settings import SettingsError
 from tests.functions_support import ACCESS_KEY
 
 REPO = Path(__file__).resolve().parent.parent
@@ -138,6 +139,31 @@ def test_every_http_function_but_callbacks_needs_a_key() -> None:
                 assert resp.status_code != 401 or resp.content  # refused by the JWT check, not by the host
             else:
                 assert resp.status_code == 401 and resp.content == b"", fn.get_function_name()
+
+
+@pytest.mark.parametrize(("failure", "code"), [(SettingsError("ACS_ENDPOINT is required"), "ServerMisconfigured"),
+                                               (RuntimeError("boom"), "InternalError")])
+def test_every_http_function_is_guarded(monkeypatch: pytest.MonkeyPatch, failure: Exception, code: str) -> None:
+    """`http_function` runs every HTTP entry through the guard: whatever fails answers a JSON error, no trace."""
+    import function_app.web
+
+    def broken() -> None:
+        raise failure
+
+    monkeypatch.setattr(function_app.web, "get_runtime", broken)
+    app = build_app(function_entry.app, KEYS, prefix="api")
+    seen = []
+    with ServerThread(app) as server:
+        for fn in indexed_functions(function_entry.app):
+            (trigger,) = [b for b in json.loads(fn.get_function_json())["bindings"] if b["type"].endswith("Trigger")]
+            if trigger["type"] != "httpTrigger":
+                continue
+            path = "/api/" + trigger["route"].replace("{callConnectionId}", "abc")
+            resp = httpx.request(trigger["methods"][0], f"{server.url}{path}", params={"code": "master"})
+            assert resp.status_code == 500, (fn.get_function_name(), resp.text)
+            assert resp.json()["error"]["code"] == code and "boom" not in resp.text, fn.get_function_name()
+            seen.append(fn.get_function_name())
+    assert len(seen) == 8
 
 
 def test_module_runs_with_settings_from_env(azurite: Azurite) -> None:

@@ -4,7 +4,8 @@
     Bicep settings              is a subset of  ENV_VARS + PLATFORM_*     (nothing set that no one reads)
     Bicep settings and LOCAL_ONLY are disjoint                            (no local-only switch reaches Azure)
 
-ENV_VARS / LOCAL_ONLY come from streamer/settings.py and function_app/settings.py, whatever they declare today.
+ENV_VARS / LOCAL_ONLY / FIXED_VALUES are read off each plane's declaration (`DECLARED`: streamer/settings.py,
+function_app/settings.py, the shared ACS-auth and storage settings from common/settings.py), whatever it says today.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from common.settings import Setting
 from tests.test_infra_bicep import ROOT, Scope, main_scope, module_scope
 
 # Settings the Bicep may set although our code never reads them: each is read by the platform.
@@ -50,9 +52,15 @@ def settings_mismatch(env_vars: dict[str, str], local_only: frozenset[str], bice
 
 def code_settings(module: str) -> tuple[dict[str, str], frozenset[str], Any]:
     mod = importlib.import_module(module)
-    env_vars, local_only = mod.ENV_VARS, mod.LOCAL_ONLY
-    assert isinstance(env_vars, dict) and env_vars, f"{module}.ENV_VARS"
-    assert isinstance(local_only, frozenset) and local_only <= set(env_vars), f"{module}.LOCAL_ONLY"
+    declared: tuple[Setting[Any], ...] = mod.DECLARED
+    assert declared and all(isinstance(s, Setting) for s in declared), f"{module}.DECLARED"
+    names = [s.env for s in declared]
+    assert len(names) == len(set(names)), f"{module} declares a setting twice: {names}"
+    env_vars = {s.env: s.doc for s in declared}
+    local_only = frozenset(s.env for s in declared if s.local_only)
+    # The module's views are the declaration's, for the callers that read them.
+    assert (env_vars, local_only) == (mod.ENV_VARS, mod.LOCAL_ONLY), module
+    assert getattr(mod, "FIXED_VALUES", {}) == {s.env: s.fixed for s in declared if s.fixed is not None}, module
     return env_vars, local_only, mod
 
 
@@ -94,7 +102,8 @@ def test_function_settings_match_bicep():
 
 def test_function_fixed_values():
     _, _, mod = code_settings("function_app.settings")
-    fixed = getattr(mod, "FIXED_VALUES", {})
+    fixed = {s.env: s.fixed for s in mod.DECLARED if s.fixed is not None}
+    assert fixed, "the worker's settings are declared with their fixed values"
     scope, props = function_settings()
     for name, value in fixed.items():
         assert scope.eval(props[name]) == value, f"{name}: Bicep {scope.eval(props[name])!r}, code wants {value!r}"

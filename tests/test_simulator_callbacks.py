@@ -8,6 +8,7 @@ product's own verifier against the simulator's JWKS, and with a wrong audience t
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -113,7 +114,7 @@ def test_callbacks_are_cloudevent_arrays_in_order_with_fresh_verified_jwts(
         assert data["serverCallId"] == props.server_call_id and data["correlationId"] == props.correlation_id
         assert data["operationContext"] == "ctx-order"
         token = bearer_token(post.headers["authorization"])
-        claims = verifier.verify(token)
+        claims = asyncio.run(verifier.verify_async(token))
         assert claims["iss"] == ISSUER and claims["aud"] == RESOURCE_ID
         assert claims["exp"] - claims["iat"] == 300
         tokens.append(token)
@@ -130,7 +131,7 @@ def test_callbacks_are_cloudevent_arrays_in_order_with_fresh_verified_jwts(
 
     wrong_audience = AcsJwtVerifier(AuthConfig(issuer=ISSUER, audience="someone-else", jwks_url=sim.jwks_url))
     with pytest.raises(AuthError):
-        wrong_audience.verify(tokens[0])
+        asyncio.run(wrong_audience.verify_async(tokens[0]))
     assert jwt.get_unverified_header(tokens[0])["alg"] == "RS256"
 
 
@@ -222,7 +223,7 @@ def test_incoming_call_event_grid_delivery_and_answer(sim: SimulatorServer, capt
     assert all(e["data"]["correlationId"] == evt["data"]["correlationId"] for e in events)
     assert record["direction"] == "inbound" and record["streams"]["mixed"]["frames"] == 30
     ws = capture.connections_for(props.call_connection_id)
-    verifier.verify(bearer_token(ws[0].headers["authorization"]))
+    asyncio.run(verifier.verify_async(bearer_token(ws[0].headers["authorization"])))
 
 
 def test_create_call_failed_and_answer_failed(sim: SimulatorServer, capture: Capture,

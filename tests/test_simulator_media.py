@@ -7,6 +7,7 @@ hashed here, timestamps are parsed here; the simulator's own record must then ag
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import itertools
@@ -161,7 +162,7 @@ def test_upgrade_headers_and_websocket_jwt(sim: SimulatorServer, capture: Captur
     assert conn.headers["x-ms-call-connection-id"] == props.call_connection_id
     assert conn.headers["x-ms-call-correlation-id"] == props.correlation_id
     verifier = AcsJwtVerifier(AuthConfig(issuer=ISSUER, audience=RESOURCE_ID, jwks_url=sim.jwks_url))
-    claims = verifier.verify(bearer_token(conn.headers["authorization"]))
+    claims = asyncio.run(verifier.verify_async(bearer_token(conn.headers["authorization"])))
     assert claims["exp"] - claims["iat"] == 24 * 3600
     assert "permessage-deflate" not in conn.headers.get("sec-websocket-extensions", "")
 
