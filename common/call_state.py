@@ -6,7 +6,7 @@ streamer reads it to learn whether a call exists and whether it has ended before
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, field
@@ -77,6 +77,10 @@ class CallState(_Model, kw_only=True):
 
 
 _decoder = msgspec.json.Decoder(CallState)
+
+
+def to_builtins(doc: CallState) -> dict[str, Any]:
+    return msgspec.to_builtins(doc)  # type: ignore[no-any-return]
 
 
 def loads(data: bytes | str) -> CallState:

@@ -8,9 +8,12 @@ import logging
 from typing import Any
 from urllib.parse import quote
 
+import msgspec
 from azure.core.exceptions import HttpResponseError
 
+from common.call_state import CallState
 from common.layout import MIXED_STREAM, stream_id
+from common.recording import ChunkLink, RecordingDocument, StreamLinks
 from function_app import state as state_model
 from function_app.errors import ApiError, bad_request
 from function_app.stitch import StitchedWav, StitchError, stitch
@@ -64,21 +67,23 @@ def audio_url(api_base: str, call_id: str, participant: str | None) -> str:
 
 
 def get_recording(store: RecordingStore, call_id: str, api_base: str, ttl_seconds: int) -> dict[str, Any]:
-    doc = store.read_state(call_id)
-    manifest = store.read_manifest(call_id)
-    if doc is None and manifest is None:
+    """The recording document (common.recording): call state, manifest, and a read URL per chunk."""
+    state = store.read_state(call_id)
+    manifest = store.read_manifest_model(call_id)
+    if state is None and manifest is None:
         raise not_found(call_id)
     streams, expires = [], None
-    for s in (manifest or {}).get("streams", []):
+    for s in manifest.streams if manifest else []:
         chunks = []
-        for c in s.get("chunks", []):
-            url, expires = store.read_url(c["blob"], ttl_seconds)
-            chunks.append({"seq": c.get("seq"), "startTime": c.get("startTime"), "durationMs": c.get("durationMs"),
-                           "bytes": c.get("bytes"), "url": url})
-        streams.append({"stream": s["stream"], "participantRawId": s.get("participantRawId"),
-                        "audioUrl": audio_url(api_base, call_id, s.get("participantRawId")), "chunks": chunks})
-    return {"callConnectionId": call_id, "callState": doc, "manifest": manifest, "streams": streams,
-            "urlsExpireAt": expires}
+        for c in s.chunks:
+            url, expires = store.read_url(c.blob, ttl_seconds)
+            chunks.append(ChunkLink(seq=c.seq, start_time=c.start_time, duration_ms=c.duration_ms, size=c.size,
+                                    url=url))
+        streams.append(StreamLinks(stream=s.stream, participant_raw_id=s.participant_raw_id, chunks=chunks,
+                                   audio_url=audio_url(api_base, call_id, s.participant_raw_id)))
+    doc = RecordingDocument(call_connection_id=call_id, manifest=manifest, streams=streams, urls_expire_at=expires,
+                            call_state=msgspec.convert(state, CallState) if state is not None else None)
+    return msgspec.to_builtins(doc)  # type: ignore[no-any-return]
 
 
 def choose_stream(manifest: dict[str, Any], participant: str | None) -> str:

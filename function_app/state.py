@@ -16,12 +16,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from common.manifest import now_iso
+import msgspec
 
-SCHEMA_VERSION = 1
+from common import call_state as cs
+from common.manifest import now_iso, parse_iso
+
 MAX_EVENTS = 200
 EVENT_PREFIX = "Microsoft.Communication."
-TERMINAL = ("disconnected", "failed")
+TERMINAL = cs.TERMINAL
 HANDLED = frozenset({"CallConnected", "CallDisconnected", "CreateCallFailed", "AnswerFailed",
                      "MediaStreamingStarted", "MediaStreamingStopped", "MediaStreamingFailed"})
 _STREAMING = {"MediaStreamingStarted": "started", "MediaStreamingStopped": "stopped",
@@ -31,13 +33,12 @@ log = logging.getLogger(__name__)
 
 
 def new_state(call_id: str) -> dict[str, Any]:
-    return {
-        "schemaVersion": SCHEMA_VERSION, "callConnectionId": call_id, "correlationId": None, "serverCallId": None,
-        "direction": None, "target": None, "source": None, "audioChannel": None, "sampleRate": None,
-        "dtmf": None, "status": "connecting", "streaming": None, "createdAt": None, "connectedAt": None,
-        "disconnectedAt": None, "streamingStartedAt": None, "streamingStoppedAt": None,
-        "streamingUpdatedAt": None, "updatedAt": None, "failures": [], "events": [],
-    }
+    return cs.to_builtins(cs.CallState(call_connection_id=call_id))
+
+
+def checked(doc: dict[str, Any]) -> dict[str, Any]:
+    """The document as the model validates it (raises ValueError naming the field): nothing else is stored."""
+    return cs.to_builtins(msgspec.convert(doc, cs.CallState))
 
 
 def record_request(state: dict[str, Any], **fields: Any) -> None:
@@ -55,11 +56,31 @@ def event_name(event: dict[str, Any]) -> str:
     return kind[len(EVENT_PREFIX):] if kind.startswith(EVENT_PREFIX) else kind
 
 
+def _int(value: Any) -> int | None:
+    return value if type(value) is int else None
+
+
+def _text(value: Any, limit: int = 1024) -> str | None:
+    return value[:limit] if isinstance(value, str) else None
+
+
+def _time(value: Any) -> str:
+    """An event's time as sent (ISO-8601, kept verbatim so events order by it), or now if it is not one."""
+    if isinstance(value, str) and len(value) <= 40:
+        try:
+            parse_iso(value)
+            return value
+        except ValueError:
+            pass
+    return now_iso()
+
+
 def _failure(name: str, data: dict[str, Any], at: str) -> dict[str, Any]:
-    info = data.get("resultInformation") or {}
-    update = data.get("mediaStreamingUpdate") or {}
-    return {"event": name, "code": info.get("code"), "subCode": info.get("subCode"),
-            "message": info.get("message"), "details": update.get("mediaStreamingStatusDetails"), "at": at}
+    info = data.get("resultInformation") if isinstance(data.get("resultInformation"), dict) else {}
+    update = data.get("mediaStreamingUpdate") if isinstance(data.get("mediaStreamingUpdate"), dict) else {}
+    return {"event": name, "code": _int(info.get("code")), "subCode": _int(info.get("subCode")),
+            "message": _text(info.get("message")), "details": _text(update.get("mediaStreamingStatusDetails")),
+            "at": at}
 
 
 def _earliest(state: dict[str, Any], key: str, at: str) -> None:
@@ -77,15 +98,15 @@ def apply_event(state: dict[str, Any], event: dict[str, Any]) -> bool:
     name = event_name(event)
     if name not in HANDLED:
         return False
-    event_id = str(event.get("id") or "")
+    event_id = str(event.get("id") or "")[:1024]
     if event_id and any(e.get("id") == event_id for e in state["events"]):
         return False
     data = event.get("data") or {}
-    at = str(event.get("time") or now_iso())
+    at = _time(event.get("time"))
     state["events"] = [*state["events"], {"id": event_id, "type": name, "time": at}][-MAX_EVENTS:]
     for key in ("correlationId", "serverCallId"):
-        if state.get(key) is None and data.get(key):
-            state[key] = data[key]
+        if state.get(key) is None and isinstance(data.get(key), str) and data[key]:
+            state[key] = data[key][:4096 if key == "serverCallId" else 1024]
 
     if name == "CallConnected":
         _earliest(state, "connectedAt", at)

@@ -10,46 +10,19 @@ at the call's clock origin, which keeps the participants' files of one call alig
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from common import wav
+
 log = logging.getLogger(__name__)
 
-MAX_DATA_BYTES = 0xFFFFFFFF - 36  # RIFF sizes are 32-bit
 _SILENCE_BLOCK = bytes(64 * 1024)
 
 
 class StitchError(ValueError):
     """The manifest cannot be stitched (unknown stream, inconsistent numbers)."""
-
-
-def wav_header(data_bytes: int, sample_rate: int) -> bytes:
-    """Canonical 44-byte header: PCM, mono, 16-bit."""
-    return (b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVE"
-            + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
-            + b"data" + struct.pack("<I", data_bytes))
-
-
-def wav_pcm(blob: bytes) -> tuple[int, bytes]:
-    """(sample rate, PCM bytes) of a mono 16-bit PCM WAV, walking the RIFF chunks rather than assuming 44 bytes."""
-    if len(blob) < 12 or blob[:4] != b"RIFF" or blob[8:12] != b"WAVE":
-        raise StitchError("not a RIFF/WAVE file")
-    pos, rate = 12, None
-    while pos + 8 <= len(blob):
-        cid, size = blob[pos:pos + 4], struct.unpack_from("<I", blob, pos + 4)[0]
-        body = blob[pos + 8:pos + 8 + size]
-        if cid == b"fmt ":
-            fmt, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", body)
-            if fmt != 1 or channels != 1 or bits != 16:
-                raise StitchError(f"unsupported WAV format {fmt}/{channels}ch/{bits}bit")
-        elif cid == b"data":
-            if rate is None:
-                raise StitchError("WAV data before fmt")
-            return rate, body[: len(body) - len(body) % 2]
-        pos += 8 + size + (size & 1)
-    raise StitchError("WAV has no data chunk")
 
 
 def _silence(n: int) -> Iterator[bytes]:
@@ -86,8 +59,10 @@ class StitchedWav:
                 log.warning("chunk %s listed in the manifest is missing; writing silence", name)
             return b""
         try:
-            rate, pcm = wav_pcm(raw)
-        except StitchError as exc:
+            rate, channels, pcm = wav.read(raw)
+            if channels != 1:
+                raise ValueError(f"{channels} channels, not mono")
+        except ValueError as exc:
             log.error("chunk %s is unreadable (%s); writing silence", name, exc)
             return b""
         if rate != self.sample_rate:
@@ -96,7 +71,7 @@ class StitchedWav:
         return pcm
 
     def body(self) -> Iterator[bytes]:
-        yield wav_header(self.data_bytes, self.sample_rate)
+        yield wav.header(self.data_bytes, self.sample_rate)
         for seq in range(self.last_seq):
             pcm = self._pcm(seq)[: self.chunk_bytes]
             if pcm:
@@ -135,6 +110,6 @@ def stitch(manifest: dict[str, Any], stream: str, read_blob: Callable[[str], byt
         seqs.pop()
     last_seq = seqs[-1] if seqs else 0
     result = StitchedWav(rate, chunk_bytes, blobs, last_seq, last_pcm, read_blob)
-    if result.data_bytes > MAX_DATA_BYTES:
+    if result.data_bytes > wav.MAX_DATA_BYTES:
         raise StitchError("recording is too long for one WAV file")
     return result

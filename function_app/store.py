@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +28,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettin
 
 from common import manifest as manifest_model
 from common.layout import call_state_blob, is_valid_call_id, manifest_blob
+from common.retry import Backoff
 from function_app import state as state_model
 from function_app.sas import AccountKeySigner, SasSigner, UserDelegationSigner
 from function_app.settings import Settings
@@ -38,6 +37,7 @@ INDEX_PREFIX = "_calls/"
 _INVERT = 10**13 - 1
 _JSON = ContentSettings(content_type="application/json")
 MAX_WRITE_ATTEMPTS = 12
+WRITE_RETRY = Backoff(base=0.01, cap=0.5)  # another instance wrote the same call state: try again soon
 
 log = logging.getLogger(__name__)
 
@@ -107,32 +107,42 @@ class RecordingStore:
             blob.upload_blob(data, content_settings=_JSON, **conditions)
 
     # -- call state ------------------------------------------------------------------------------------------
+    def _read_state(self, call_id: str) -> tuple[dict[str, Any] | None, str | None]:
+        """The stored call state, validated by the model (defaults filled in), and its ETag."""
+        doc, etag = self._read_json(call_state_blob(call_id))
+        return (None if doc is None else state_model.checked(doc)), etag
+
     def read_state(self, call_id: str) -> dict[str, Any] | None:
-        return self._read_json(call_state_blob(call_id))[0]
+        return self._read_state(call_id)[0]
 
     def update_state(self, call_id: str, change: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        """Read-modify-write with an ETag condition, retried on conflict. `change` mutates and says if it did."""
+        """Read-modify-write with an ETag condition, retried on conflict (the one retry policy, full jitter).
+        `change` mutates and says if it did; what it made is validated by the model before it is written."""
         name = call_state_blob(call_id)
-        for attempt in range(MAX_WRITE_ATTEMPTS):
-            current, etag = self._read_json(name)
+
+        def attempt() -> dict[str, Any]:
+            current, etag = self._read_state(call_id)
             doc = current if current is not None else state_model.new_state(call_id)
             if not change(doc):
                 return doc
+            doc = state_model.checked(doc)
             data = orjson.dumps(doc)
-            try:
-                if etag is None:
-                    self._upload(name, data, overwrite=False)
-                else:
-                    self._upload(name, data, overwrite=True, etag=etag,
-                                 match_condition=MatchConditions.IfNotModified)
-                return doc
-            except (ResourceExistsError, ResourceModifiedError):
-                time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
-            except HttpResponseError as exc:
-                if exc.status_code not in (409, 412):
-                    raise
-                time.sleep(random.uniform(0, 0.02 * (attempt + 1)))
-        raise StoreConflict(f"call state of {call_id} kept changing under us")
+            if etag is None:
+                self._upload(name, data, overwrite=False)
+            else:
+                self._upload(name, data, overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified)
+            return doc
+
+        def conflict(exc: BaseException) -> bool:
+            return isinstance(exc, ResourceExistsError | ResourceModifiedError) or (
+                isinstance(exc, HttpResponseError) and exc.status_code in (409, 412))
+
+        try:
+            return WRITE_RETRY.run_sync("call state update", attempt, retry_if=conflict, attempts=MAX_WRITE_ATTEMPTS)
+        except (ResourceExistsError, ResourceModifiedError, HttpResponseError) as exc:
+            if conflict(exc):
+                raise StoreConflict(f"call state of {call_id} kept changing under us") from None
+            raise
 
     # -- index -----------------------------------------------------------------------------------------------
     def add_to_index(self, call_id: str, created: datetime) -> None:
@@ -152,9 +162,15 @@ class RecordingStore:
         return calls, pages.continuation_token or None
 
     # -- recordings ------------------------------------------------------------------------------------------
-    def read_manifest(self, call_id: str) -> dict[str, Any] | None:
+    def read_manifest_model(self, call_id: str) -> manifest_model.Manifest | None:
+        """The stored manifest, validated by the model (raises ValueError if it is not one)."""
         raw = self.read_blob(manifest_blob(call_id))
-        return manifest_model.to_builtins(manifest_model.loads(raw)) if raw is not None else None
+        return manifest_model.loads(raw) if raw is not None else None
+
+    def read_manifest(self, call_id: str) -> dict[str, Any] | None:
+        """`read_manifest_model` in its JSON shape (what stitching and stream selection walk)."""
+        m = self.read_manifest_model(call_id)
+        return manifest_model.to_builtins(m) if m is not None else None
 
     def read_url(self, name: str, ttl_seconds: int) -> tuple[str, str]:
         expiry = datetime.now(UTC) + timedelta(seconds=ttl_seconds)

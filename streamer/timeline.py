@@ -411,6 +411,3 @@ class CallTimeline:
     def gap_count(self) -> int:
         return sum(len(st.gaps) for st in self._streams.values())
 
-    @property
-    def stream_count(self) -> int:
-        return len(self._streams)

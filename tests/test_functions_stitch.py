@@ -9,8 +9,9 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common import wav as wav_module
 from function_app import state as state_model
-from function_app.stitch import StitchError, stitch, wav_header, wav_pcm
+from function_app.stitch import StitchError, stitch
 from tests.functions_support import wav
 
 RATE = 16000
@@ -48,12 +49,12 @@ def test_wav_parser_walks_riff_chunks() -> None:
     extra = b"LIST" + struct.pack("<I", 5) + b"abcde" + b"\0"  # odd size: padded
     plain = wav(pcm, 24000)
     with_list = plain[:4] + struct.pack("<I", 36 + len(extra) + len(pcm)) + plain[8:36] + extra + plain[36:]
-    assert wav_pcm(with_list) == (24000, pcm)
-    assert wav_header(len(pcm), 24000) + pcm == plain
+    assert wav_module.read(with_list) == (24000, 1, pcm)
+    assert wav_module.header(len(pcm), 24000) + pcm == plain
     for bad in (b"", b"RIFF0000WAVX", plain[:36]):
         try:
-            wav_pcm(bad)
-        except StitchError:
+            wav_module.read(bad)
+        except ValueError:
             continue
         raise AssertionError(f"accepted {bad!r}")
 
