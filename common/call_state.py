@@ -47,7 +47,7 @@ class RejectedEvent(_Model, frozen=True, kw_only=True):
     reason: Text
 
 
-class CallState(_Model, kw_only=True):
+class CallState(_Model, frozen=True, kw_only=True):
     call_connection_id: Id
     schema_version: int = SCHEMA_VERSION
     correlation_id: Text | None = None

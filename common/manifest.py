@@ -55,8 +55,9 @@ class EndReason(enum.StrEnum):
 COMPLETE_REASONS = frozenset({EndReason.PEER_CLOSED, EndReason.PROTOCOL_ERROR})
 
 
-class _Model(Struct, rename="camel", kw_only=True, forbid_unknown_fields=False):
-    """camelCase on the wire, snake_case in Python; unknown fields of a newer writer are ignored on read."""
+class _Model(Struct, rename="camel", kw_only=True, frozen=True, forbid_unknown_fields=False):
+    """camelCase on the wire, snake_case in Python; unknown fields of a newer writer are ignored on read; frozen,
+    so entries can be shared between a stored manifest and a merge of it."""
 
 
 class Chunk(_Model, frozen=True, kw_only=True):
@@ -155,7 +156,7 @@ class Session(_Model, frozen=True, kw_only=True):
         return self.frames > 0
 
 
-class Manifest(_Model, kw_only=True):
+class Manifest(_Model, frozen=True, kw_only=True):
     call_connection_id: Id
     schema_version: int = SCHEMA_VERSION
     correlation_id: Id | None = None
@@ -185,7 +186,7 @@ class Manifest(_Model, kw_only=True):
         return next((s for s in self.streams if s.stream == name), None)
 
 
-class Part(Manifest, kw_only=True):
+class Part(Manifest, frozen=True, kw_only=True):
     """What one writer contributes. `gaps_of`: sessions whose gap list this part carries whole (late frames may
     have filled a gap since), so their older gap entries are replaced rather than kept."""
 
@@ -327,7 +328,7 @@ _part_decoder = msgspec.json.Decoder(Part)
 _session_decoder = msgspec.json.Decoder(Session)
 
 
-def dumps(doc: Manifest) -> bytes:
+def dumps(doc: Struct) -> bytes:
     """Compact JSON (the streamer rewrites it per chunk; `python -m json.tool` pretty-prints it)."""
     return _encoder.encode(doc)
 

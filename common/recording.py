@@ -28,7 +28,7 @@ class StreamLinks(_Model, frozen=True, kw_only=True):
     chunks: list[ChunkLink] = field(default_factory=list)
 
 
-class RecordingDocument(_Model, kw_only=True):
+class RecordingDocument(_Model, frozen=True, kw_only=True):
     call_connection_id: Id
     call_state: CallState | None = None
     manifest: Manifest | None = None

@@ -32,7 +32,11 @@ def remember_call(store: RecordingStore, call_id: str, **fields: Any) -> None:
     created = datetime.now(UTC)
     fields.setdefault("createdAt", utc_iso(created.timestamp()))
     try:
-        store.update_state(call_id, lambda s: state_model.record_request(s, **fields) or True)
+        def record(state: dict[str, Any]) -> bool:
+            state_model.record_request(state, **fields)
+            return True
+
+        store.update_state(call_id, record)
         store.add_to_index(call_id, created)
     except Exception:
         log.exception("call %s is live but its state could not be stored", call_id, extra=call_fields(call_id))

@@ -76,8 +76,12 @@ def _time(value: Any) -> str:
 
 
 def _failure(name: str, data: dict[str, Any], at: str) -> dict[str, Any]:
-    info = data.get("resultInformation") if isinstance(data.get("resultInformation"), dict) else {}
-    update = data.get("mediaStreamingUpdate") if isinstance(data.get("mediaStreamingUpdate"), dict) else {}
+    info: dict[str, Any] = data.get("resultInformation") or {}
+    update: dict[str, Any] = data.get("mediaStreamingUpdate") or {}
+    if not isinstance(info, dict):
+        info = {}
+    if not isinstance(update, dict):
+        update = {}
     return {"event": name, "code": _int(info.get("code")), "subCode": _int(info.get("subCode")),
             "message": _text(info.get("message")), "details": _text(update.get("mediaStreamingStatusDetails")),
             "at": at}

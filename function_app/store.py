@@ -159,7 +159,7 @@ class RecordingStore:
         except ResourceNotFoundError:
             return [], None
         calls = [c for c in (parse_index_blob(n) for n in names) if c]
-        return calls, pages.continuation_token or None
+        return calls, pages.continuation_token or None  # type: ignore[attr-defined]  # ItemPaged.by_page
 
     # -- recordings ------------------------------------------------------------------------------------------
     def read_manifest_model(self, call_id: str) -> manifest_model.Manifest | None:

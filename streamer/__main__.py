@@ -7,6 +7,7 @@ its partial chunks, and the lifespan shutdown uploads or spools everything befor
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 from types import FrameType
@@ -82,7 +83,7 @@ def main() -> int:
         # No X-Forwarded-* rewriting: nothing here reads the client address, and the middleware would sit between
         # uvicorn and every frame's `await receive()` (see streamer.app).
         log_config=None, access_log=False, lifespan="on", proxy_headers=False,
-        timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
     )
     _Server(config, app.state).run()
     return 0

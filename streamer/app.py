@@ -157,5 +157,5 @@ def create_app(settings: Settings, backend: BlobBackend | None = None) -> MediaB
     bypass = MediaBypass(None, starlette)
     starlette.state.runtime = rt
     starlette.state.metrics = metrics
-    bypass.state = starlette.state  # type: ignore[attr-defined]  # for `python -m streamer`'s signal handler
+    bypass.state = starlette.state  # for `python -m streamer`'s signal handler
     return bypass

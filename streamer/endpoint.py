@@ -80,7 +80,8 @@ class MediaStreamEndpoint:
         await send({"type": "websocket.accept"})
         registry.opened(session)
         log.info("stream connected", extra={**session.fields, "channel": session.channel})
-        code, clean = CloseCode.ABNORMAL_CLOSURE, False
+        code: int = CloseCode.ABNORMAL_CLOSURE
+        clean = False
         try:
             code, clean = await self._frame_loop(session, receive)
         except ProtocolClose as exc:
@@ -126,6 +127,8 @@ class MediaStreamEndpoint:
 
 class MediaBypass:
     """ASGI wrapper: media WebSockets go straight to their endpoint, everything else to the Starlette app."""
+
+    state: Any  # the Starlette app's state, for `python -m streamer`'s signal handler
 
     def __init__(self, media: MediaStreamEndpoint | None, app: ASGIApp):
         self.media = media  # set by the app's lifespan, before the server accepts connections

@@ -136,8 +136,10 @@ class _Collector(Collector):
     def collect(self) -> Iterator[Metric]:
         m = self.m
         for attr, (name, kind, text) in _PLAIN.items():
-            family = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
-            yield family(name, text, value=getattr(m, attr))
+            if kind == "counter":
+                yield CounterMetricFamily(name, text, value=getattr(m, attr))
+            else:
+                yield GaugeMetricFamily(name, text, value=getattr(m, attr))
         live = list(m.live_streams())
         for attr, (name, text) in _STREAM.items():
             yield CounterMetricFamily(name, text, value=m.ended_streams[attr] + sum(getattr(s, attr) for s in live))
@@ -146,10 +148,10 @@ class _Collector(Collector):
             ("acs_streamer_refusals_total", "Refused upgrades, by reason", "reason", m.refusals),
             ("acs_streamer_retries_total", "Storage operations retried, by operation", "operation", m.retries),
         ):
-            family = CounterMetricFamily(name, text, labels=[label])
+            labelled = CounterMetricFamily(name, text, labels=[label])
             for key, value in sorted(counts.items()):
-                family.add_metric([key], value)
-            yield family
+                labelled.add_metric([key], value)
+            yield labelled
         yield m.chunk_latency.family("acs_streamer_chunk_latency_seconds",
                                      "Seconds from a chunk's last frame arriving to the chunk landing")
         yield GaugeMetricFamily("acs_streamer_chunk_latency_max_seconds", "Worst chunk latency since start",

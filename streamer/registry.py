@@ -92,7 +92,7 @@ class SessionRegistry:
         else:
             reason = end.get("endReason")
             session.close(end.get("closeCode") or CloseCode.ABNORMAL_CLOSURE, bool(end.get("cleanClose")),
-                          EndReason(reason) if reason in EndReason.__members__.values() else None)
+                          EndReason(reason) if isinstance(reason, str) and reason in set(EndReason) else None)
             session.ended_at = end.get("endedAt") or session.ended_at
         await self._finish(session)
         log.info("held frames replayed", extra={**session.fields, "frames": session.timeline.stats.frames

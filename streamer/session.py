@@ -600,6 +600,11 @@ class Session:
         tl = self.timeline
         st = tl.stats if tl else None
         fmt = self.fmt
+        counts: dict[str, Any] = {} if st is None or tl is None else {
+            "frames": st.frames, "late_frames_placed": st.late_placed, "late_frames_dropped": st.late_dropped,
+            "duplicate_frames": st.duplicates, "gap_frames": st.gap_slots, "bad_timestamps": st.bad_timestamps,
+            "gaps_omitted": max(0, tl.gap_count - MAX_GAPS_PER_SESSION), "capped_frames": st.capped_frames,
+            "frames_before_origin": st.before_origin, "capped_participants": list(st.capped_ids)}
         session = mf.Session(
             id=self.id, replica=REPLICA, started_at=self.started_at, ended_at=self.ended_at,
             complete=self.complete, clean_close=self.clean_close, close_code=self.close_code,
@@ -608,13 +613,7 @@ class Session:
             sample_rate=fmt.sample_rate if fmt else None,
             bad_frames=sum(self._bad.values()), ignored_messages=self._ignored, conflict_frames=self._conflicts,
             dtmf_tones=len(self._dtmf), dtmf_dropped=self._dtmf_dropped,
-            quarantined_chunks=list(self._quarantined),
-            **({} if st is None or tl is None else dict(
-                frames=st.frames, late_frames_placed=st.late_placed, late_frames_dropped=st.late_dropped,
-                duplicate_frames=st.duplicates, gap_frames=st.gap_slots, bad_timestamps=st.bad_timestamps,
-                gaps_omitted=max(0, tl.gap_count - MAX_GAPS_PER_SESSION), capped_frames=st.capped_frames,
-                frames_before_origin=st.before_origin, capped_participants=list(st.capped_ids))),
-        )
+            quarantined_chunks=list(self._quarantined), **counts)
         return mf.Part(
             call_connection_id=self.call_id,
             correlation_id=self.correlation_id,

@@ -288,7 +288,7 @@ class CallTimeline:
             st.buf = None
         if st.buf is None:
             st.buf = np.zeros(fpc * self.frame_bytes, dtype=np.uint8)
-            st.view = memoryview(st.buf).cast("B")
+            st.view = memoryview(st.buf).cast("B")  # type: ignore[arg-type]  # ndarray is a buffer
             st.mask = bytearray(fpc)
             st.last_idx = -1
         idx = slot - k * fpc
@@ -398,13 +398,15 @@ class CallTimeline:
     # -- reporting ------------------------------------------------------------------------------------------
     def gaps(self, limit: int | None = None) -> list[tuple[str, float, float]]:
         """(stream, start epoch seconds, duration seconds) of every silence we filled (the first `limit`)."""
-        assert self.origin is not None or not self._streams
-        out = []
+        if self.origin is None:
+            return []
+        origin = self.origin
+        out: list[tuple[str, float, float]] = []
         for st in self._streams.values():
             for a, b in st.gaps:
                 if limit is not None and len(out) >= limit:
                     return out
-                out.append((st.name, self.origin + a * self.frame_seconds, (b - a) * self.frame_seconds))
+                out.append((st.name, origin + a * self.frame_seconds, (b - a) * self.frame_seconds))
         return out
 
     @property

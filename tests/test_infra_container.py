@@ -286,7 +286,7 @@ def shutdown_grace_waits() -> int:
     """How many times one SIGTERM can make the streamer wait SHUTDOWN_GRACE_SECONDS, from its code: uvicorn's wait
     for open connections (timeout_graceful_shutdown) and the lifespan drain, when each is given the setting."""
     sources = {p: p.read_text() for p in (ROOT / "streamer").rglob("*.py")}
-    uvicorn_wait = any(re.search(r"timeout_graceful_shutdown\s*=\s*[\w.]*shutdown_grace_seconds", t)
+    uvicorn_wait = any(re.search(r"timeout_graceful_shutdown\s*=\s*[\w.(]*shutdown_grace_seconds", t)
                        for t in sources.values())
     drain_wait = any(re.search(r"\bdrain\([^)]*shutdown_grace_seconds", t) for t in sources.values())
     return int(uvicorn_wait) + int(drain_wait)
