@@ -16,13 +16,13 @@ import logging
 import shutil
 import subprocess
 import tempfile
-import wave
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from common import wav
 from devstack.simulator.frames import EncodedTrack, mix_tracks, participant_fragment, samples_per_frame
 
 log = logging.getLogger(__name__)
@@ -102,22 +102,18 @@ def to_int16(x: np.ndarray) -> np.ndarray:
 
 def read_wav(path: str | Path, sample_rate: int) -> np.ndarray:
     """Read a 16-bit PCM WAV (mono or multi-channel, any rate) as mono s16 at `sample_rate`."""
-    with wave.open(str(path), "rb") as w:
-        if w.getsampwidth() != 2:
-            raise ValueError(f"{path}: only 16-bit PCM WAV is supported")
-        channels, rate = w.getnchannels(), w.getframerate()
-        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    try:
+        rate, channels, pcm = wav.read(Path(path).read_bytes())
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    data = np.frombuffer(pcm, dtype="<i2")
     if channels > 1:
         data = data.reshape(-1, channels).mean(axis=1)
     return to_int16(resample(data.astype(np.float64), rate, sample_rate))
 
 
 def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sample_rate)
-        w.writeframes(np.asarray(samples, dtype="<i2").tobytes())
+    Path(path).write_bytes(wav.encode(np.asarray(samples, dtype="<i2").tobytes(), sample_rate))
 
 
 @functools.lru_cache(maxsize=16)
