@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the demo and the tests need on a fresh machine: a venv with the project and its dev
-# dependencies, Azurite (pinned; pure JS, from npm) and, best effort, espeak-ng for speech-like demo audio.
+# dependencies (all of requirements.lock), Azurite (pinned; pure JS, from npm) and, best effort, espeak-ng for
+# speech-like demo audio.
 # Idempotent: a second run only checks. Needs python3 (>= 3.11), node/npm; apt only for espeak-ng.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,11 +13,14 @@ if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv"
   "$PY" -m venv .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+# The venv follows requirements.lock (the one lock file; scripts/lock.py writes it from pyproject.toml): every pin,
+# hash-checked, then the project itself (editable) without dependencies. A new lock or pyproject.toml reinstalls.
+stamp=.venv/.installed-$(cat pyproject.toml requirements.lock | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
-  echo "==> installing Python dependencies"
+  echo "==> installing Python dependencies (requirements.lock)"
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[dev]'
+  .venv/bin/python -m pip install --quiet --require-hashes -r requirements.lock
+  .venv/bin/python -m pip install --quiet --no-deps -e .
   rm -f .venv/.installed-*; touch "$stamp"
 fi
 

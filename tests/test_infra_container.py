@@ -203,6 +203,20 @@ def test_dockerfile_base_user_and_entrypoint():
     assert "--workers" not in runs + json.dumps(entry)
 
 
+def test_image_installs_only_the_streamer_set_of_the_lock():
+    """Dependencies come from streamer/requirements.txt (the lock's `streamer` set, hash-checked; its contents are
+    checked in tests/test_dependencies.py); the project itself goes in without dependencies, so no extra and no
+    unpinned requirement can slip in."""
+    ins = dockerfile_instructions(DOCKERFILE.read_text())
+    installs = [cmd.strip() for k, a in ins if k == "RUN" for cmd in a.split("&&") if "pip install" in cmd]
+    assert installs == ["/opt/venv/bin/pip install --require-hashes -r streamer/requirements.txt",
+                        "/opt/venv/bin/pip install --no-deps ."], installs
+    copies = [a.split()[:-1] for k, a in ins if k == "COPY" and "--from" not in a]
+    first_install = next(i for i, (k, a) in enumerate(ins) if k == "RUN" and "pip install" in a)
+    assert ["streamer/requirements.txt"] in copies
+    assert any(k == "COPY" and a.startswith("streamer/requirements.txt") for k, a in ins[:first_install])
+
+
 def test_one_uvicorn_worker_with_sansio_websockets():
     main = (ROOT / "streamer" / "__main__.py").read_text()
     assert 'ws="websockets-sansio"' in main
@@ -410,19 +424,22 @@ def test_funcignore_keeps_the_function_app_and_drops_the_rest():
         assert not gitignore_excludes(patterns, path), path
     drop = ["streamer/app.py", "infra/bicep/main.bicep", "tests/conftest.py", "devstack/serve.py",
             "benchmarks/run.py", ".venv/bin/python", "local.settings.json", "recorder_cli/main.py",
-            "function_app/__pycache__/app.cpython-311.pyc", "pyproject.toml"]
+            "function_app/__pycache__/app.cpython-311.pyc", "pyproject.toml", "requirements.lock",
+            "streamer/requirements.txt", "scripts/lock.py"]
     for path in drop:
         assert gitignore_excludes(patterns, path), path
     assert (ROOT / "host.json").is_file()
 
 
 def test_function_package_has_requirements():
-    # Flex Consumption builds Python apps remotely from requirements.txt (pyproject.toml is not read).
+    # Flex Consumption builds Python apps remotely from requirements.txt (pyproject.toml is not read). It is the
+    # lock's `functions` set, exported by scripts/lock.py; tests/test_dependencies.py checks it is current.
     req = ROOT / "requirements.txt"
     assert req.is_file(), "requirements.txt (the function app's runtime dependencies) is missing at the repo root"
     names = {re.split(r"[<>=!~\[; ]", ln.strip())[0].lower() for ln in req.read_text().splitlines()
              if ln.strip() and not ln.startswith(("#", "-"))}
-    for needed in ("azure-functions", "azure-communication-callautomation", "azure-identity", "azure-storage-blob"):
+    for needed in ("azure-functions", "azure-communication-callautomation", "azure-identity", "azure-storage-blob",
+                   "starlette"):
         assert needed in names, f"requirements.txt lacks {needed}"
 
 
