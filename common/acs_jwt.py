@@ -98,7 +98,7 @@ class AcsJwtVerifier:
         kid = header.get("kid")
         if not kid:
             raise AuthError("token has no kid")
-        return kid
+        return str(kid)
 
     def _decode(self, token: str, key: Any) -> dict[str, Any]:
         try:

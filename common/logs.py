@@ -31,7 +31,7 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
-JsonFormatter.converter = __import__("time").gmtime  # type: ignore[assignment]
+JsonFormatter.converter = __import__("time").gmtime
 
 
 def setup_logging(level: str = "INFO") -> None:

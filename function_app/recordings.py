@@ -93,7 +93,7 @@ def choose_stream(manifest: dict[str, Any], participant: str | None) -> str:
         if MIXED_STREAM in names:
             return MIXED_STREAM
         if len(names) == 1:
-            return names[0]
+            return str(names[0])
         raw_ids = [s.get("participantRawId") for s in manifest.get("streams", [])]
         raise bad_request("participant", f"is required for this unmixed recording; one of {raw_ids}")
     wanted = MIXED_STREAM if participant == MIXED_STREAM else stream_id(participant)

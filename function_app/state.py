@@ -76,12 +76,9 @@ def _time(value: Any) -> str:
 
 
 def _failure(name: str, data: dict[str, Any], at: str) -> dict[str, Any]:
-    info: dict[str, Any] = data.get("resultInformation") or {}
-    update: dict[str, Any] = data.get("mediaStreamingUpdate") or {}
-    if not isinstance(info, dict):
-        info = {}
-    if not isinstance(update, dict):
-        update = {}
+    raw_info, raw_update = data.get("resultInformation"), data.get("mediaStreamingUpdate")
+    info: dict[str, Any] = raw_info if isinstance(raw_info, dict) else {}
+    update: dict[str, Any] = raw_update if isinstance(raw_update, dict) else {}
     return {"event": name, "code": _int(info.get("code")), "subCode": _int(info.get("subCode")),
             "message": _text(info.get("message")), "details": _text(update.get("mediaStreamingStatusDetails")),
             "at": at}

@@ -61,7 +61,7 @@ def parse_target(value: Any) -> str:
     if value.startswith("4:+"):
         value = value[2:]
     if E164_RE.match(value) or ACS_USER_RE.match(value):
-        return value
+        return str(value)
     raise bad_request("target", "must be an E.164 number (+15551234567) or an ACS user id (8:acs:…)")
 
 

@@ -8,9 +8,7 @@ echo "==> lock (requirements.lock follows pyproject.toml; requirements.txt and s
 .venv/bin/python scripts/lock.py --check
 echo "==> ruff"
 .venv/bin/ruff check .
-# mypy over common/, streamer/ and function_app/ (configured in pyproject.toml, [tool.mypy]).
-# TODO: enabled once the typing pass lands
-# echo "==> mypy"
-# .venv/bin/mypy
+echo "==> mypy (common/, streamer/, function_app/; strict, configured in pyproject.toml)"
+.venv/bin/mypy
 echo "==> pytest"
 exec .venv/bin/python -m pytest "$@"

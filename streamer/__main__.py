@@ -6,6 +6,7 @@ its partial chunks, and the lifespan shutdown uploads or spools everything befor
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import signal
@@ -31,13 +32,14 @@ class _HeaderTimeoutH11(H11Protocol):
     and headers have not all arrived within HEADER_TIMEOUT_SECONDS. Once upgraded, the socket belongs to the
     WebSocket protocol and the timer leaves it alone."""
 
-    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def, override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._header_timer = self.loop.call_later(HEADER_TIMEOUT_SECONDS, self._headers_overdue)
 
     def _headers_overdue(self) -> None:
         transport = self.transport
-        if self.cycle is None and transport.get_protocol() is self and not transport.is_closing():
+        cycle: object | None = self.cycle  # typed as always set; it is None until a request has arrived
+        if cycle is None and transport.get_protocol() is self and not transport.is_closing():
             log.warning("closing a connection that sent no complete request in %ss", HEADER_TIMEOUT_SECONDS)
             transport.close()
 

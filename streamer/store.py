@@ -172,7 +172,7 @@ class AzureBlobBackend:
             )
         except Exception as exc:
             raise self._translate(exc) from exc
-        return props["etag"]
+        return str(props["etag"])
 
     async def get(self, name: str) -> Blob | None:
         from azure.core.exceptions import ResourceNotFoundError
@@ -199,7 +199,7 @@ class AzureBlobBackend:
             )
         except Exception as exc:
             raise self._translate(exc) from exc
-        return props["etag"]
+        return str(props["etag"])
 
     async def ping(self) -> None:
         try:
