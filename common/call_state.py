@@ -17,15 +17,15 @@ SCHEMA_VERSION = 1
 CallStatus = Literal["connecting", "connected", "disconnected", "failed"]
 StreamingStatus = Literal["requested", "started", "stopped", "failed"]
 TERMINAL: tuple[CallStatus, ...] = ("disconnected", "failed")
-Text = Annotated[str, Meta(max_length=1024)]
+Text = Annotated[str, Meta(max_length=65536)]  # a bound, generous: states written before it must still read
 
 
 class Failure(_Model, frozen=True, kw_only=True):
     """A failure ACS reported (CreateCallFailed, AnswerFailed, MediaStreamingFailed) with its result codes."""
 
     event: Text
-    code: int | None = None
-    sub_code: int | None = None
+    code: int | str | None = None  # ACS sends integers; earlier versions stored whatever a callback carried
+    sub_code: int | str | None = None
     message: Text | None = None
     details: Text | None = None
     at: Time | None = None

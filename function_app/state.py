@@ -45,7 +45,7 @@ def record_request(state: dict[str, Any], **fields: Any) -> None:
     """What we asked ACS for (create/answer). Fills fields; never overrides what callbacks already set."""
     for key, value in fields.items():
         if state.get(key) is None and value is not None:
-            state[key] = value
+            state[key] = value[:1024] if isinstance(value, str) else value
     if state.get("streaming") is None:
         state["streaming"] = "requested"
     state["updatedAt"] = now_iso()

@@ -28,12 +28,14 @@ async def recover_spool(spool: Spool, store: RecordingStore, metrics: Metrics, *
     """-> chunks recovered. A call whose recovery fails is tried again after a backoff, the others go on."""
     policy = Backoff(cap=retry_seconds, on_retry=metrics.retried)
     recovered = 0
-    pending = spool.scan()
+    unreadable: set[str] = set()
+    pending = spool.scan(unreadable)
     attempt = 0
     while pending:
         for call_id, (jobs, parts, markers) in list(pending.items()):
             try:
-                recovered += await _recover_call(spool, store, metrics, call_id, jobs, parts, markers)
+                recovered += await _recover_call(spool, store, metrics, call_id, jobs, parts, markers,
+                                                 lost_chunk=call_id in unreadable)
                 del pending[call_id]
             except Exception as exc:
                 log.warning("spool recovery failed; will retry",
@@ -48,7 +50,7 @@ async def recover_spool(spool: Spool, store: RecordingStore, metrics: Metrics, *
 
 
 async def _recover_call(spool: Spool, store: RecordingStore, metrics: Metrics, call_id: str, jobs: list[ChunkJob],
-                        parts: list[Path], markers: list[Path]) -> int:
+                        parts: list[Path], markers: list[Path], *, lost_chunk: bool = False) -> int:
     landed: dict[str, list[mf.Chunk]] = {}
     participants: dict[str, str | None] = {}
     quarantined: dict[str, list[mf.QuarantinedChunk]] = {}
@@ -87,7 +89,8 @@ async def _recover_call(spool: Spool, store: RecordingStore, metrics: Metrics, c
             # Every chunk of the session has now landed (or is quarantined): it is complete if it ended well.
             spooled_sessions.add(sess.id)
             reason = sess.end_reason or (mf.EndReason.PEER_CLOSED if sess.clean_close else mf.EndReason.PEER_LOST)
-            complete = (reason in mf.COMPLETE_REASONS and not sess.quarantined_chunks and sess.id not in quarantined)
+            complete = (reason in mf.COMPLETE_REASONS and not sess.quarantined_chunks and sess.id not in quarantined
+                        and not lost_chunk)
             sessions.append(replace(sess, complete=complete))
         merged = mf.merge(merged, replace(saved, sessions=sessions))
     never_closed = []

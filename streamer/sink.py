@@ -93,7 +93,10 @@ class ChunkJob:
 
     @classmethod
     def from_sidecar(cls, data: bytes, spool_path: str) -> ChunkJob:
-        d = _sidecar_decoder.decode(data)
+        raw = orjson.loads(data)
+        if isinstance(raw, dict) and "ref" not in raw and "start_iso" in raw:
+            raw = _legacy_sidecar(raw)  # spooled by a version before the typed contract: land it all the same
+        d = msgspec.convert(raw, _Sidecar)
         return cls(call_id=d.call_id, blob=d.blob, frame_bytes=d.frame_bytes, mask=bytes.fromhex(d.mask), ref=d.ref,
                    clock=d.clock, spool_path=spool_path)
 
@@ -108,7 +111,16 @@ class _Sidecar(msgspec.Struct, kw_only=True):
 
 
 _sidecar = msgspec.json.Encoder()
-_sidecar_decoder = msgspec.json.Decoder(_Sidecar)
+
+
+def _legacy_sidecar(d: dict[str, Any]) -> dict[str, Any]:
+    """The flat sidecar of earlier versions (stream, participant, seq, start_iso, session_id; clock as manifest
+    fields without the call id) in today's shape."""
+    clock = d.get("clock")
+    return {"call_id": d["call_id"], "blob": d["blob"], "frame_bytes": d["frame_bytes"], "mask": d["mask"],
+            "ref": {"stream": d["stream"], "participantRawId": d.get("participant"), "seq": d["seq"],
+                    "startTime": d["start_iso"], "sessionId": d["session_id"]},
+            "clock": {**clock, "callConnectionId": d["call_id"]} if isinstance(clock, dict) else None}
 
 
 def _write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
@@ -273,9 +285,11 @@ class Spool:
             return []
         return sorted(p for p in self.root.glob("*/frames.*.log") if p.parent.name != QUARANTINE)
 
-    def scan(self) -> dict[str, tuple[list[ChunkJob], list[Path], list[Path]]]:
-        """Everything spooled, per call: (chunk jobs referencing their files, part files, open markers)."""
+    def scan(self, unreadable: set[str] | None = None) -> dict[str, tuple[list[ChunkJob], list[Path], list[Path]]]:
+        """Everything spooled, per call: (chunk jobs referencing their files, part files, open markers). Calls with
+        a chunk whose sidecar cannot be read are added to `unreadable` (the chunk is quarantined)."""
         out: dict[str, tuple[list[ChunkJob], list[Path], list[Path]]] = {}
+        unreadable = set() if unreadable is None else unreadable
         if not self.root.is_dir():
             return out
         for call_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and p.name != QUARANTINE):
@@ -293,9 +307,15 @@ class Spool:
                     continue
                 try:
                     jobs.append(ChunkJob.from_sidecar(side.read_bytes(), base))
-                except ValueError as exc:
-                    log.error("unreadable chunk sidecar left in the spool", extra={"path": str(side),
-                                                                                    "error": str(exc)[:200]})
+                except (ValueError, KeyError, TypeError) as exc:
+                    # Kept for an operator (never retried, never dropped); the call's sessions cannot be complete.
+                    unreadable.add(call_dir.name)
+                    folder = self.root / QUARANTINE / call_dir.name
+                    folder.mkdir(parents=True, exist_ok=True)
+                    for path in (side, Path(base + ".wav")):
+                        os.replace(path, folder / path.name)
+                    log.error("unreadable chunk sidecar quarantined", extra={
+                        "callConnectionId": call_dir.name, "path": str(folder / side.name), "error": str(exc)[:200]})
             if jobs or parts or markers:
                 out[call_dir.name] = (jobs, parts, markers)
         return out

@@ -162,3 +162,66 @@ def test_audio_dated_before_the_claimed_clock_is_counted_and_the_recording_not_c
     m = rec.manifest(s.container, "pre")
     second = next(x for x in m["sessions"] if x["framesBeforeOrigin"])
     assert second["framesBeforeOrigin"] == 50 and second["complete"] is False and m["complete"] is False
+
+
+def test_chunks_spooled_by_a_version_before_the_typed_contract_still_land(tmp_path):
+    """A spool that survives an upgrade (a volume, a devstack restart): the flat sidecars earlier versions wrote
+    are read, their chunks land and are listed, and the session completes only with them."""
+    import orjson
+
+    from common import manifest as mf
+    from common import wav as wav_module
+    from streamer.metrics import Metrics
+    from streamer.recovery import recover_spool
+    from streamer.sink import Spool
+    from streamer.store import MemoryBackend, RecordingStore
+
+    call_dir = tmp_path / "old-call"
+    call_dir.mkdir()
+    pcm = bytes(range(256)) * 5  # 2 frames of 640 bytes
+    base = call_dir / "c.0123456789abcdef.000000.abcd1234"
+    base.with_suffix(".wav").write_bytes(wav_module.encode(pcm, 16000))
+    base.with_suffix(".json").write_bytes(orjson.dumps({  # what the previous version's ChunkJob.sidecar() wrote
+        "call_id": "old-call", "blob": "old-call/mixed/000000.wav", "stream": "mixed", "participant": None, "seq": 0,
+        "start_iso": "2026-01-01T00:00:00.000Z", "frame_bytes": 640, "mask": "0101", "session_id": "s1",
+        "clock": {"sampleRate": 16000, "frameBytes": 640, "chunkSeconds": 10.0,
+                  "clockOrigin": "2026-01-01T00:00:00.000Z", "audioChannel": "mixed", "correlationId": None}}))
+    (call_dir / "part.s1.json").write_bytes(orjson.dumps({
+        "callConnectionId": "old-call", "sessions": [{"id": "s1", "frames": 2, "endReason": "peer_closed",
+                                                      "cleanClose": True}], "gapsOf": ["s1"]}))
+
+    async def run() -> mf.Manifest | None:
+        store = RecordingStore(MemoryBackend())
+        assert await recover_spool(Spool(tmp_path), store, Metrics()) == 1
+        return await store.read_manifest("old-call")
+
+    m = asyncio.run(run())
+    assert m is not None and m.complete and m.clock_origin == "2026-01-01T00:00:00.000Z"
+    assert [(c.seq, c.session_id) for s in m.streams for c in s.chunks] == [(0, "s1")]
+    assert not call_dir.exists() or not list(call_dir.glob("*"))
+
+
+def test_an_unreadable_sidecar_is_quarantined_and_its_call_not_complete(tmp_path):
+    import orjson
+
+    from streamer.metrics import Metrics
+    from streamer.recovery import recover_spool
+    from streamer.sink import QUARANTINE, Spool
+    from streamer.store import MemoryBackend, RecordingStore
+
+    call_dir = tmp_path / "torn"
+    call_dir.mkdir()
+    (call_dir / "c.0123456789abcdef.000000.abcd1234.wav").write_bytes(b"RIFF")
+    (call_dir / "c.0123456789abcdef.000000.abcd1234.json").write_bytes(b'{"call_id": "torn"}')
+    (call_dir / "part.s1.json").write_bytes(orjson.dumps({
+        "callConnectionId": "torn", "sessions": [{"id": "s1", "frames": 2, "endReason": "peer_closed"}]}))
+
+    async def run():
+        store = RecordingStore(MemoryBackend())
+        await recover_spool(Spool(tmp_path), store, Metrics())
+        return await store.read_manifest("torn")
+
+    m = asyncio.run(run())
+    assert m is not None and not m.complete and not m.sessions[0].complete
+    assert sorted(p.name for p in (tmp_path / QUARANTINE / "torn").iterdir()) == [
+        "c.0123456789abcdef.000000.abcd1234.json", "c.0123456789abcdef.000000.abcd1234.wav"]

@@ -196,7 +196,7 @@ def recorded_signals():
 
 
 def _state() -> SimpleNamespace:
-    return SimpleNamespace(ctx_ref={"ctx": SimpleNamespace(draining=False)})
+    return SimpleNamespace(runtime=SimpleNamespace(registry=SimpleNamespace(draining=False)))
 
 
 def test_uvicorn_re_raises_the_signals_it_captured(recorded_signals):
@@ -218,7 +218,7 @@ def test_the_streamer_server_drains_on_sigterm_without_re_raising_it(recorded_si
     with server.capture_signals():
         assert signal.getsignal(signal.SIGTERM) == server.handle_exit
         signal.raise_signal(signal.SIGTERM)
-        assert state.ctx_ref["ctx"].draining  # readiness flips at once
+        assert state.runtime.registry.draining  # readiness flips at once
         assert server.should_exit
         assert signal.SIGTERM not in server._captured_signals
     assert recorded_signals == []  # so a completed drain exits 0, not -15
@@ -229,7 +229,7 @@ def test_the_streamer_server_leaves_sigint_to_uvicorn(recorded_signals):
     server = entry._Server(uvicorn.Config(_asgi), state)
     with server.capture_signals():
         signal.raise_signal(signal.SIGINT)
-        assert state.ctx_ref["ctx"].draining and server.should_exit
+        assert state.runtime.registry.draining and server.should_exit
     assert recorded_signals == [signal.SIGINT]
 
 
@@ -243,7 +243,8 @@ _SERVE = textwrap.dedent("""
     cls = _Server if sys.argv[1] == "streamer" else uvicorn.Server
     config = uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="off", ws="websockets-sansio",
                             loop=sys.argv[2], log_level="info")
-    server = cls(config, types.SimpleNamespace(ctx_ref={})) if cls is _Server else cls(config)
+    state = types.SimpleNamespace(runtime=types.SimpleNamespace(registry=None))
+    server = cls(config, state) if cls is _Server else cls(config)
     server.run()
 """)
 
