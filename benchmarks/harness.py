@@ -59,11 +59,14 @@ def open_fds(pid: int) -> int:
 
 
 def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text -> {'name' or 'name{k="v",...}': value}, read with prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
     return out
 
 

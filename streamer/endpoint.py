@@ -1,4 +1,5 @@
-"""The media-streaming WebSocket: upgrade admission, then the frame loop, then the hand-over to the registry.
+"""The media-streaming WebSocket: upgrade admission (`admit`), then the frame loop (`__call__`), then the hand-over
+to the registry.
 
 A raw ASGI callable rather than Starlette's WebSocket wrapper, reached before Starlette's middleware stack
 (`MediaBypass`): the frame loop is the hot path, and every frame's wake-up resumes each coroutine between uvicorn
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -27,6 +29,15 @@ log = logging.getLogger(__name__)
 
 def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+def disconnect_code(message: Mapping[str, Any]) -> tuple[int, bool]:
+    """-> (close code, whether the peer closed cleanly) of a `websocket.disconnect`. A lost connection (no close
+    frame) arrives as 1006, or from uvicorn as 1005 without a "reason"; a real close handshake carries the peer's
+    code and a reason (possibly empty)."""
+    code = message.get("code", CloseCode.NO_STATUS_RCVD)
+    clean = code != CloseCode.ABNORMAL_CLOSURE and not (code == CloseCode.NO_STATUS_RCVD and "reason" not in message)
+    return (code if clean else CloseCode.ABNORMAL_CLOSURE), clean
 
 
 class MediaStreamEndpoint:
@@ -82,8 +93,24 @@ class MediaStreamEndpoint:
         log.info("stream connected", extra={**session.fields, "channel": session.channel})
         code: int = CloseCode.ABNORMAL_CLOSURE
         clean = False
+        max_bytes = self.max_frame_bytes
         try:
-            code, clean = await self._frame_loop(session, receive)
+            # -- the frame loop: every message to the session until the peer goes. Inline rather than a method of
+            # its own: each frame's wake-up resumes every coroutine between uvicorn and `await receive()`.
+            while True:
+                message = await receive()
+                mtype = message["type"]
+                if mtype == "websocket.receive":
+                    raw = message.get("text")
+                    if raw is None:
+                        raw = message.get("bytes") or b""
+                    if len(raw) > max_bytes:
+                        raise ProtocolClose(CloseCode.MESSAGE_TOO_BIG,
+                                            f"message of {len(raw)} bytes exceeds {max_bytes}")
+                    session.on_message(raw)
+                elif mtype == "websocket.disconnect":
+                    code, clean = disconnect_code(message)
+                    break
         except ProtocolClose as exc:
             log.warning("closing stream: %s", exc.reason, extra={**session.fields, "closeCode": exc.code})
             # flush first: a peer that stops reading can block the close
@@ -97,27 +124,6 @@ class MediaStreamEndpoint:
             # During a drain uvicorn closes the socket itself (1012): that is our restart, not the end of the stream.
             registry.end(session, code, clean and not registry.draining,
                          EndReason.DRAIN if registry.draining else None)
-
-    async def _frame_loop(self, session: Any, receive: Receive) -> tuple[int, bool]:
-        """Every message to the session until the peer goes. -> (close code, whether it was a clean close)."""
-        max_bytes = self.max_frame_bytes
-        while True:
-            message = await receive()
-            mtype = message["type"]
-            if mtype == "websocket.receive":
-                raw = message.get("text")
-                if raw is None:
-                    raw = message.get("bytes") or b""
-                if len(raw) > max_bytes:
-                    raise ProtocolClose(CloseCode.MESSAGE_TOO_BIG, f"message of {len(raw)} bytes exceeds {max_bytes}")
-                session.on_message(raw)
-            elif mtype == "websocket.disconnect":
-                code = message.get("code", CloseCode.NO_STATUS_RCVD)
-                # A lost connection (no close frame) arrives as 1006, or from uvicorn as 1005 without a
-                # "reason"; a real close handshake carries the peer's code and a reason (possibly empty).
-                clean = code != CloseCode.ABNORMAL_CLOSURE and not (
-                    code == CloseCode.NO_STATUS_RCVD and "reason" not in message)
-                return (code if clean else CloseCode.ABNORMAL_CLOSURE), clean
 
     @staticmethod
     async def _close(send: Send, code: int, reason: str) -> None:

@@ -93,14 +93,10 @@ class StreamerUnderTest:
 
     def metrics(self) -> dict[str, float]:
         import httpx
-        from prometheus_client.parser import text_string_to_metric_families
 
-        out = {}
-        for family in text_string_to_metric_families(httpx.get(f"{self.http}/metrics", timeout=5).text):
-            for sample in family.samples:
-                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-        return out
+        from benchmarks.harness import parse_metrics
+
+        return parse_metrics(httpx.get(f"{self.http}/metrics", timeout=5).text)
 
 
 @pytest.fixture

@@ -126,19 +126,24 @@ def test_event_grid_webhook(toy_host: str) -> None:
     assert mixed_case.status_code == 202
 
 
+def http_entries() -> Iterator[tuple[str, str, str]]:
+    """(function name, method, a path that reaches it) of every HTTP function the app indexes."""
+    for fn in indexed_functions(function_entry.app):
+        (trigger,) = [b for b in json.loads(fn.get_function_json())["bindings"] if b["type"].endswith("Trigger")]
+        if trigger["type"] == "httpTrigger":
+            yield fn.get_function_name(), trigger["methods"][0], "/api/" + trigger["route"].replace(
+                "{callConnectionId}", "abc")
+
+
 def test_every_http_function_but_callbacks_needs_a_key() -> None:
     app = build_app(function_entry.app, KEYS, prefix="api")
     with ServerThread(app) as server:
-        for fn in indexed_functions(function_entry.app):
-            (trigger,) = [b for b in json.loads(fn.get_function_json())["bindings"] if b["type"].endswith("Trigger")]
-            if trigger["type"] != "httpTrigger":
-                continue
-            path = "/api/" + trigger["route"].replace("{callConnectionId}", "abc")
-            resp = httpx.request(trigger["methods"][0], f"{server.url}{path}")
-            if fn.get_function_name() == "Callbacks":
+        for name, method, path in http_entries():
+            resp = httpx.request(method, f"{server.url}{path}")
+            if name == "Callbacks":
                 assert resp.status_code != 401 or resp.content  # refused by the JWT check, not by the host
             else:
-                assert resp.status_code == 401 and resp.content == b"", fn.get_function_name()
+                assert resp.status_code == 401 and resp.content == b"", name
 
 
 @pytest.mark.parametrize(("failure", "code"), [(SettingsError("ACS_ENDPOINT is required"), "ServerMisconfigured"),
@@ -154,15 +159,11 @@ def test_every_http_function_is_guarded(monkeypatch: pytest.MonkeyPatch, failure
     app = build_app(function_entry.app, KEYS, prefix="api")
     seen = []
     with ServerThread(app) as server:
-        for fn in indexed_functions(function_entry.app):
-            (trigger,) = [b for b in json.loads(fn.get_function_json())["bindings"] if b["type"].endswith("Trigger")]
-            if trigger["type"] != "httpTrigger":
-                continue
-            path = "/api/" + trigger["route"].replace("{callConnectionId}", "abc")
-            resp = httpx.request(trigger["methods"][0], f"{server.url}{path}", params={"code": "master"})
-            assert resp.status_code == 500, (fn.get_function_name(), resp.text)
-            assert resp.json()["error"]["code"] == code and "boom" not in resp.text, fn.get_function_name()
-            seen.append(fn.get_function_name())
+        for name, method, path in http_entries():
+            resp = httpx.request(method, f"{server.url}{path}", params={"code": "master"})
+            assert resp.status_code == 500, (name, resp.text)
+            assert resp.json()["error"]["code"] == code and "boom" not in resp.text, name
+            seen.append(name)
     assert len(seen) == 8
 
 

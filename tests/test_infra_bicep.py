@@ -199,6 +199,16 @@ def module_scope(symbol: str, main_overrides: dict[str, Any] | None = None) -> S
     return Scope(decl["path"], {name: main.eval(v) for name, v in decl["params"].items()})
 
 
+def module_bounds_check(symbol: str, overrides: dict[str, Any], guard: str, stops: bool) -> Scope:
+    """`overrides` pass main.bicep's own bounds; the module `symbol` refuses them (only `guard` out of range) when
+    `stops`, else accepts them. -> the module's scope, to check what it then deploys."""
+    assert range_violations(Scope(MAIN, overrides)) == {}  # main's own bounds allow each of these
+    scope = module_scope(symbol, overrides)
+    problems = range_violations(scope)
+    assert (set(problems) == {guard}) if stops else (problems == {}), problems
+    return scope
+
+
 def range_violations(scope: Scope) -> dict[str, str]:
     """What ARM refuses when a deployment (a module's included) starts: each integer parameter whose value breaks
     its @minValue or @maxValue. Values that cannot be computed here are not checked."""
@@ -379,13 +389,8 @@ def test_recordings_lifecycle_cools_then_deletes():
                                                         (30, 7, True), (1, 2, False)])
 def test_delete_not_after_cool_stops_the_deployment(cool: int, delete: int, stops: bool):
     overrides = {"recordingsCoolAfterDays": cool, "recordingsDeleteAfterDays": delete}
-    assert range_violations(Scope(MAIN, overrides)) == {}  # main's own bounds allow each of these
-    scope = module_scope("recordingsStorage", overrides)
-    problems = range_violations(scope)
-    if stops:
-        assert set(problems) == {"deleteDaysAfterCool"}, problems
-    else:
-        assert problems == {}
+    scope = module_bounds_check("recordingsStorage", overrides, "deleteDaysAfterCool", stops)
+    if not stops:
         assert lifecycle_days(scope) == (cool, delete)
 
 
