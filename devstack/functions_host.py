@@ -256,7 +256,7 @@ def main(argv: Iterable[str] | None = None) -> None:
 
     from function_entry import app
 
-    function_keys = args.key or [secrets.token_urlsafe(24)]
+    function_keys = args.key or [secrets.token_hex(24)]
     keys = Keys(frozenset(function_keys), args.master_key or secrets.token_urlsafe(24), args.eventgrid_key)
     if not args.key:
         print(f"function key: {function_keys[0]}", flush=True)

@@ -27,7 +27,7 @@ class LocalStack:
     chunk_seconds: float = 10.0
     default_script: CallScript = field(default_factory=CallScript)
     container: str = "recordings"
-    function_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    function_key: str = field(default_factory=lambda: secrets.token_hex(24))  # never starts with "-"
 
     def __post_init__(self) -> None:
         self.azurite: Azurite | None = None
@@ -68,7 +68,7 @@ class LocalStack:
             "CALLBACK_URL": f"{self.functions_url}/api/callbacks",
             "ACS_SOURCE_CALLER_ID": SOURCE_CALLER_ID,
             "DEFAULT_AUDIO_CHANNEL": "mixed", "DEFAULT_SAMPLE_RATE": "16000",
-        }, args=["--port", str(self.functions_port), "--key", self.function_key, "--log-level", "WARNING"],
+        }, args=["--port", str(self.functions_port), f"--key={self.function_key}", "--log-level", "WARNING"],
             log_path=self.workdir / "functions.log").start(
                 f"{self.functions_url}/api/recordings?code={self.function_key}")
         return self

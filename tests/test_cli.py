@@ -76,7 +76,7 @@ def stack(azurite: Azurite, sim: SimulatorServer, media_sink: str) -> Iterator[d
 
 
 def acsrec(stack: dict[str, str], *args: str, key: str = KEY) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, ["--url", stack["url"], "--key", key, *args])
+    result = CliRunner().invoke(app, ["--url", stack["url"], f"--key={key}", *args])
     return result.exit_code, result.stdout, result.stderr
 
 
