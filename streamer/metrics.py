@@ -124,9 +124,11 @@ class Metrics:
         self.retries[what] += 1
 
     def render(self) -> bytes:
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Collector(self))
-        return generate_latest(registry)
+        return generate_latest(self._registry)
+
+    def __post_init__(self) -> None:
+        self._registry = CollectorRegistry(auto_describe=False)  # one per Metrics: the collector reads it live
+        self._registry.register(_Collector(self))
 
 
 class _Collector(Collector):

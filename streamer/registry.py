@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
 
 from websockets.frames import CloseCode
 
@@ -48,10 +49,8 @@ class SessionRegistry:
         self.metrics.active_calls += 1
         session.start()
 
-    def spawn(self, coro: object, name: str | None = None) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[call-overload]
-        if name:
-            task.set_name(name)
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
 
@@ -134,7 +133,8 @@ class SessionRegistry:
             s.spool_part()
         log.info("drained", extra={"spooledChunks": len(left), "spooledSessions": len(unfinished)})
 
-    def fatal_closer(self, session: Session, close: Callable[[int, str], object]) -> Callable[[ProtocolClose], None]:
+    def fatal_closer(self, session: Session, close: Callable[[int, str], Coroutine[Any, Any, Any]]
+                     ) -> Callable[[ProtocolClose], None]:
         """What a session calls when it must close its socket while the socket is idle (held messages replayed,
         the call refused)."""
 
