@@ -47,6 +47,17 @@ class RejectedEvent(_Model, frozen=True, kw_only=True):
     reason: Text
 
 
+class StreamingRequest(_Model, frozen=True, kw_only=True):
+    """A start or stop of media streaming we asked ACS for: by the API (a user) or by the recorder itself (healing
+    a stream that failed). The completeness report tells a requested stop from a failure with these."""
+
+    action: Literal["start", "stop"]
+    by: Literal["api", "recorder"] = "api"
+    at: Time
+    attempt: int | None = None  # the recorder's n-th try to heal one failure
+    error: Text | None = None  # ACS refused the request
+
+
 class CallState(_Model, frozen=True, kw_only=True):
     call_connection_id: Id
     schema_version: int = SCHEMA_VERSION
@@ -70,6 +81,7 @@ class CallState(_Model, frozen=True, kw_only=True):
     failures: list[Failure] = field(default_factory=list)
     events: list[EventRef] = field(default_factory=list)
     rejected_events: list[RejectedEvent] = field(default_factory=list)
+    streaming_requests: list[StreamingRequest] = field(default_factory=list)
 
     @property
     def ended(self) -> bool:

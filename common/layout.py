@@ -3,8 +3,14 @@
     {container}/{callConnectionId}/manifest.json
     {container}/{callConnectionId}/call-state.json          (control plane: call lifecycle)
     {container}/{callConnectionId}/{stream}/{seq:06d}.wav   (self-contained WAV chunks)
+    {container}/{callConnectionId}/recording.json           (control plane: the finished recording's document)
+    {container}/{callConnectionId}/final/{name}.wav         (finished files, written once: `name` is a stream id or
+                                                             `multichannel`; `{name}.{part:03d}.wav` when split)
     {container}/_calls/…                                     (control plane: empty index blobs, newest first,
                                                               for GET /api/recordings; `_` is not a call-id start)
+    {container}/_unfinished/{callConnectionId}               (control plane: empty marker while a call's recording
+                                                              is not ready and announced; the sweep lists these)
+    queue `recording-finalize`                               (either plane: "this call may be ready to finalize")
 
 `stream` is `mixed`, or `p-` + base64url(participantRawId) without padding, which is URL- and path-safe and
 reversible. Chunk `seq` k covers [clockOrigin + k*chunkSeconds, clockOrigin + (k+1)*chunkSeconds) on the call clock
@@ -19,6 +25,11 @@ import re
 MIXED_STREAM = "mixed"
 MANIFEST_NAME = "manifest.json"
 CALL_STATE_NAME = "call-state.json"
+RECORDING_NAME = "recording.json"
+FINAL_FOLDER = "final"
+MULTICHANNEL = "multichannel"  # never a stream id (those are `mixed` or start with `p-`)
+FINALIZE_QUEUE = "recording-finalize"
+UNFINISHED_PREFIX = "_unfinished/"
 DEFAULT_CONTAINER = "recordings"
 
 _PARTICIPANT_PREFIX = "p-"
@@ -61,3 +72,17 @@ def manifest_blob(call_id: str) -> str:
 
 def call_state_blob(call_id: str) -> str:
     return f"{call_id}/{CALL_STATE_NAME}"
+
+
+def recording_blob(call_id: str) -> str:
+    return f"{call_id}/{RECORDING_NAME}"
+
+
+def final_blob(call_id: str, name: str, part: int = 1, parts: int = 1) -> str:
+    """A finished file: `name` is a stream id or MULTICHANNEL; a file split into parts numbers them from 1."""
+    suffix = "" if parts == 1 else f".{part:03d}"
+    return f"{call_id}/{FINAL_FOLDER}/{name}{suffix}.wav"
+
+
+def unfinished_marker(call_id: str) -> str:
+    return f"{UNFINISHED_PREFIX}{call_id}"

@@ -118,13 +118,17 @@ class QuarantinedChunk(_Model, frozen=True, kw_only=True):
 
 class Session(_Model, frozen=True, kw_only=True):
     """One streaming session's entry. Every default is neutral under `merge_session`, so a part may carry only
-    what it knows (spool recovery writes just `quarantinedChunks` or the covered span)."""
+    what it knows (spool recovery writes just `quarantinedChunks` or the covered span).
+
+    `settled`: nothing more will come from this session — every chunk it sealed has landed or is quarantined
+    (its final write, or spool recovery's). A call's recording is finalized once all its sessions are settled."""
 
     id: Id
     replica: Annotated[str, Meta(max_length=256)] | None = None
     started_at: Time | None = None
     ended_at: Time | None = None
     complete: bool = False
+    settled: bool = False
     clean_close: bool = False
     close_code: int | None = None
     end_reason: Annotated[str, Meta(max_length=32, description="an EndReason value")] | None = None

@@ -10,10 +10,11 @@ import msgspec
 
 from common.call_state import CallState
 from common.manifest import Manifest
-from common.recording import RecordingDocument
+from common.recording import Recording, RecordingDocument, RecordingReadyData
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "schema"
-MODELS: dict[str, type] = {"manifest": Manifest, "call-state": CallState, "recording": RecordingDocument}
+MODELS: dict[str, type] = {"manifest": Manifest, "call-state": CallState, "recording": RecordingDocument,
+                           "recording-stored": Recording, "recording-ready-event": RecordingReadyData}
 
 
 def render(model: type) -> bytes:

@@ -256,6 +256,17 @@ class StorageSettings:
         shown_default="system-assigned")
     container: str = setting("RECORDINGS_CONTAINER", DEFAULT_CONTAINER,
                              "container for chunks, manifests, call state and the call index", text)
+    queue_url: str | None = setting(
+        "AZURE_STORAGE_QUEUE_URL", None, "queue endpoint of the `recording-finalize` queue; authenticates with the "
+        "managed identity", https_url, shown_default="derived: `.blob.` → `.queue.` in AZURE_STORAGE_ACCOUNT_URL")
+
+    def queue_account_url(self) -> str | None:
+        """The queue endpoint for the managed identity (None with a connection string, which names its own)."""
+        if self.queue_url:
+            return self.queue_url
+        if self.storage_account_url:
+            return self.storage_account_url.replace(".blob.", ".queue.", 1)
+        return None
 
     def require_storage(self) -> None:
         if not (self.storage_account_url or self.storage_connection_string):

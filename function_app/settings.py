@@ -32,6 +32,7 @@ from common.settings import (
     read,
     setting,
     switch,
+    text,
     url,
 )
 from common.transport import CHANNELS
@@ -58,12 +59,23 @@ def _target_entry(name: str, entry: str) -> None:
         raise SettingsError(f"{name} entry {entry!r} is neither a +prefix nor a raw id")
 
 
-# Read by the Functions Python worker, not by our code; their values are fixed by this code base.
+# The connection the queue trigger (FinalizeRecording) names; the host reads `<name>__queueServiceUri` etc.
+QUEUE_CONNECTION = "RecordingsStorage"
+
+# Read by the Functions Python worker or host, not by our code; the fixed ones are fixed by this code base.
 WORKER_SETTINGS: tuple[Setting[Any], ...] = (
     Setting("PYTHON_SCRIPT_FILE_NAME", f"read by the worker: must be `{ENTRY_SCRIPT}` (a package named "
             "`function_app/` shadows a root `function_app.py`)", fixed=ENTRY_SCRIPT),
     Setting("PYTHON_ENABLE_INIT_INDEXING", "read by the worker: must be `1`, required by the HTTP streams that "
             "stream the stitched WAV", fixed="1"),
+    Setting(f"{QUEUE_CONNECTION}__queueServiceUri", "read by the host: queue endpoint of the finalization "
+            "trigger (managed identity)", shown_default="set by the Bicep"),
+    Setting(f"{QUEUE_CONNECTION}__credential", "read by the host: the trigger authenticates with the managed "
+            "identity", fixed="managedidentity"),
+    Setting(f"{QUEUE_CONNECTION}__clientId", "read by the host: the user-assigned identity of the trigger",
+            shown_default="set by the Bicep"),
+    Setting(QUEUE_CONNECTION, "read by the host: a connection string for the trigger (local stack only)",
+            local_only=True, shown_default="—"),
 )
 
 
@@ -98,6 +110,12 @@ class Settings(StorageSettings, AcsAuthSettings):
                                   "error", switch, shown_default="`enabled`", local_only=True)
     sas_ttl_seconds: int = setting("SAS_TTL_SECONDS", 900, "lifetime of chunk read URLs (60…86400)",
                                    integer_in(60, 86400))
+    events_endpoint: str | None = setting(
+        "RECORDING_EVENTS_ENDPOINT", None, "Event Grid topic endpoint for `AcsCallRecorder.RecordingReady`; unset: "
+        "no event (logged once)", https_url, shown_default="— (no events)")
+    events_key: str | None = setting(
+        "RECORDING_EVENTS_KEY", None, "topic access key (a local receiver); without it the managed identity is "
+        "used", text, local_only=True)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
