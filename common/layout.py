@@ -30,6 +30,7 @@ FINAL_FOLDER = "final"
 MULTICHANNEL = "multichannel"  # never a stream id (those are `mixed` or start with `p-`)
 FINALIZE_QUEUE = "recording-finalize"
 UNFINISHED_PREFIX = "_unfinished/"
+CHUNK_TAG = ("recorder-kind", "chunk")  # blob index tag on every chunk: the chunk lifecycle rule matches it
 DEFAULT_CONTAINER = "recordings"
 
 _PARTICIPANT_PREFIX = "p-"

@@ -260,6 +260,15 @@ class StorageSettings:
         "AZURE_STORAGE_QUEUE_URL", None, "queue endpoint of the `recording-finalize` queue; authenticates with the "
         "managed identity", https_url, shown_default="derived: `.blob.` → `.queue.` in AZURE_STORAGE_ACCOUNT_URL")
 
+    def has_queue(self) -> bool:
+        """Whether the finalize queue can be reached: a connection string that names a blob endpoint but no
+        queue endpoint (an Azurite started without its queue service) has none — the SDK would otherwise guess a
+        public endpoint from the account name."""
+        if self.storage_connection_string:
+            keys = {p.split("=", 1)[0].strip().lower() for p in self.storage_connection_string.split(";") if p}
+            return "queueendpoint" in keys or "blobendpoint" not in keys
+        return bool(self.queue_account_url())
+
     def queue_account_url(self) -> str | None:
         """The queue endpoint for the managed identity (None with a connection string, which names its own)."""
         if self.queue_url:

@@ -17,9 +17,11 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response, StreamingResponse
 
 from common.acs_jwt import AuthError, bearer_token
-from function_app import callbacks, calls, incoming, recordings, validation
+from common.layout import FINALIZE_QUEUE
+from function_app import callbacks, calls, finalize, incoming, recordings, validation
 from function_app.errors import ApiError
 from function_app.runtime import Runtime, get_runtime
+from function_app.settings import QUEUE_CONNECTION
 from function_app.web import api_base, guarded, json_response, read_body
 
 MAX_REQUEST_BYTES = 64 * 1024
@@ -68,7 +70,8 @@ async def _streaming(req: Request, rt: Runtime, start: bool) -> Response:
     call_id = validation.parse_call_id(req.path_params.get("callConnectionId"))
     body = validation.json_object(await read_body(req, MAX_REQUEST_BYTES), required=False)
     context = validation.parse_operation_context(body)
-    return json_response(202, await asyncio.to_thread(calls.set_streaming, rt.acs, call_id, context, start))
+    return json_response(202, await asyncio.to_thread(calls.set_streaming, rt.acs, rt.store, call_id, context,
+                                                      start))
 
 
 @http_function("StartStreaming", route="calls/{callConnectionId}/streaming/start", method="POST")
@@ -124,3 +127,25 @@ async def get_recording_audio(req: Request, rt: Runtime) -> Response:
 def incoming_call(event: func.EventGridEvent) -> None:
     rt = get_runtime()
     incoming.handle_incoming(rt.acs, rt.store, rt.settings, event.event_type, event.get_json() or {}, event.id)
+
+
+@app.function_name("FinalizeRecording")
+@app.queue_trigger(arg_name="msg", queue_name=FINALIZE_QUEUE, connection=QUEUE_CONNECTION)
+def finalize_recording(msg: func.QueueMessage) -> None:
+    """A call may be ready to finalize (see function_app.finalize). An exception makes the host retry the
+    message, and after maxDequeueCount (host.json) move it to the poison queue; the sweep asks again later."""
+    try:
+        call_id, force = finalize.parse_request(msg.get_body())
+    except ValueError as exc:
+        log.error("dropping finalize request %s: %s", msg.id, exc)
+        return
+    outcome = get_runtime().finalizer.run(call_id, force=force)
+    log.info("finalize %s: %s (dequeue count %s)", call_id, outcome, msg.dequeue_count,
+             extra={"callConnectionId": call_id})
+
+
+@app.function_name("SweepRecordings")
+@app.timer_trigger(arg_name="timer", schedule="0 */5 * * * *", run_on_startup=False)
+def sweep_recordings(timer: func.TimerRequest) -> None:
+    """Every 5 minutes: ask again for every ended call whose recording is not ready and announced."""
+    get_runtime().finalizer.sweep()

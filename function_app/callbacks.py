@@ -63,8 +63,13 @@ def _log_event(name: str, data: dict[str, Any]) -> None:
         log.info("ignoring callback %s for %s", name, call_id, extra=extra)
 
 
+ENDING = frozenset({"CallDisconnected", "CreateCallFailed", "AnswerFailed"})
+
+
 def handle_events(store: RecordingStore, events: list[dict[str, Any]]) -> int:
-    """Store every tracked event; returns how many changed a call state (duplicates change nothing)."""
+    """Store every tracked event; returns how many changed a call state (duplicates change nothing). A call
+    whose state is terminal after an ending event is put on the finalize queue — after the state is written, so
+    the finalizer sees it (a redelivered event asks again: the request is idempotent)."""
     by_call: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for event in events:
         name = state_model.event_name(event)
@@ -79,6 +84,12 @@ def handle_events(store: RecordingStore, events: list[dict[str, Any]]) -> int:
             applied[:] = [1 for e in evs if state_model.apply_event(doc, e)]
             return bool(applied)
 
-        store.update_state(call_id, fold)
+        doc = store.update_state(call_id, fold)
         changed += len(applied)
+        if doc.get("status") in state_model.TERMINAL and any(state_model.event_name(e) in ENDING for e in evs):
+            try:
+                store.request_finalize(call_id, "call_ended")
+            except Exception:
+                log.exception("could not ask for finalization of %s; the sweep will", call_id,
+                              extra=call_fields(call_id, doc.get("correlationId")))
     return changed

@@ -11,6 +11,8 @@ from azure.communication.callautomation import CallAutomationClient
 
 from common.acs_jwt import AcsJwtVerifier, AuthConfig
 from function_app.acs import build_client
+from function_app.events import build_publisher
+from function_app.finalize import Finalizer
 from function_app.settings import Settings
 from function_app.store import RecordingStore
 
@@ -21,6 +23,7 @@ class Runtime:
     acs: CallAutomationClient
     store: RecordingStore
     verifier: AcsJwtVerifier | None  # None only when CALLBACK_AUTH=disabled
+    finalizer: Finalizer
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -29,7 +32,8 @@ def build_runtime(settings: Settings) -> Runtime:
     if settings.callback_auth:
         verifier = AcsJwtVerifier(AuthConfig(issuer=settings.jwt_issuer, audience=settings.acs_resource_id,
                                              jwks_url=settings.jwks_url))
-    return Runtime(settings, build_client(settings), RecordingStore.from_settings(settings), verifier)
+    store = RecordingStore.from_settings(settings)
+    return Runtime(settings, build_client(settings), store, verifier, Finalizer(store, build_publisher(settings)))
 
 
 _lock = threading.Lock()

@@ -51,6 +51,13 @@ def record_request(state: dict[str, Any], **fields: Any) -> None:
     state["updatedAt"] = now_iso()
 
 
+def record_streaming_request(state: dict[str, Any], action: str, *, by: str = "api", attempt: int | None = None,
+                             error: str | None = None) -> None:
+    entry = {"action": action, "by": by, "at": now_iso(), "attempt": attempt, "error": error}
+    state["streamingRequests"] = [*state.get("streamingRequests", []), entry][-MAX_EVENTS:]
+    state["updatedAt"] = now_iso()
+
+
 def event_name(event: dict[str, Any]) -> str:
     kind = str(event.get("type") or "")
     return kind[len(EVENT_PREFIX):] if kind.startswith(EVENT_PREFIX) else kind

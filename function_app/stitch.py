@@ -79,6 +79,16 @@ class StitchedWav:
             yield from _silence(self.chunk_bytes - len(pcm))
         yield self.last_pcm
 
+    def pcm_at(self, seq: int) -> bytes:
+        """The PCM at chunk `seq` exactly as `body` writes it: a whole chunk (short or missing ones padded with
+        silence) before the last, the last chunk's own length at it, nothing after."""
+        if seq > self.last_seq:
+            return b""
+        if seq == self.last_seq:
+            return self.last_pcm
+        pcm = self._pcm(seq)[: self.chunk_bytes]
+        return pcm if len(pcm) == self.chunk_bytes else pcm + bytes(self.chunk_bytes - len(pcm))
+
 
 def stream_chunks(manifest: dict[str, Any], stream: str) -> dict[int, str]:
     entry = next((s for s in manifest.get("streams", []) if s.get("stream") == stream), None)
@@ -93,8 +103,10 @@ def stream_chunks(manifest: dict[str, Any], stream: str) -> dict[int, str]:
     return chunks
 
 
-def stitch(manifest: dict[str, Any], stream: str, read_blob: Callable[[str], bytes | None]) -> StitchedWav:
-    """Plan the stitched WAV of `stream`. Reads only the last chunk now (its length fixes Content-Length)."""
+def stitch(manifest: dict[str, Any], stream: str, read_blob: Callable[[str], bytes | None], *,
+           max_data_bytes: int | None = wav.MAX_DATA_BYTES) -> StitchedWav:
+    """Plan the stitched WAV of `stream`. Reads only the last chunk now (its length fixes Content-Length).
+    `max_data_bytes=None`: no single-file limit (the finalizer splits long files into parts)."""
     rate, seconds = manifest.get("sampleRate"), manifest.get("chunkSeconds")
     if not isinstance(rate, int) or rate <= 0 or not isinstance(seconds, (int, float)) or seconds <= 0:
         raise StitchError("manifest has no sampleRate/chunkSeconds yet")
@@ -110,6 +122,6 @@ def stitch(manifest: dict[str, Any], stream: str, read_blob: Callable[[str], byt
         seqs.pop()
     last_seq = seqs[-1] if seqs else 0
     result = StitchedWav(rate, chunk_bytes, blobs, last_seq, last_pcm, read_blob)
-    if result.data_bytes > wav.MAX_DATA_BYTES:
-        raise StitchError("recording is too long for one WAV file")
+    if max_data_bytes is not None and result.data_bytes > max_data_bytes:
+        raise StitchError("recording is too long for one WAV file; its finished files are split into parts")
     return result

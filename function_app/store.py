@@ -24,10 +24,21 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
+from azure.storage.blob import BlobBlock, BlobServiceClient, ContainerClient, ContentSettings
+from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 
+from common import call_state as cs
 from common import manifest as manifest_model
-from common.layout import call_state_blob, is_valid_call_id, manifest_blob
+from common import recording as rec_model
+from common.layout import (
+    FINALIZE_QUEUE,
+    UNFINISHED_PREFIX,
+    call_state_blob,
+    is_valid_call_id,
+    manifest_blob,
+    recording_blob,
+    unfinished_marker,
+)
 from common.retry import Backoff
 from function_app import state as state_model
 from function_app.sas import AccountKeySigner, SasSigner, UserDelegationSigner
@@ -60,10 +71,19 @@ def parse_index_blob(name: str) -> tuple[str, str] | None:
     return call_id, manifest_model.utc_iso((_INVERT - int(inverted)) / 1000)
 
 
+class RecordingConflict(RuntimeError):
+    """recording.json changed since it was read: another finalizer is at work."""
+
+
+class FileExists(RuntimeError):
+    """A finished file was already committed (by a racing finalizer); it is never replaced."""
+
+
 class RecordingStore:
-    def __init__(self, container: ContainerClient, signer: SasSigner):
+    def __init__(self, container: ContainerClient, signer: SasSigner, queue: QueueClient | None = None):
         self.container = container
         self.signer = signer
+        self.queue = queue
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RecordingStore:
@@ -73,13 +93,18 @@ class RecordingStore:
             if not key:
                 raise ValueError("AZURE_STORAGE_CONNECTION_STRING must carry an AccountKey (needed to sign SAS)")
             signer: SasSigner = AccountKeySigner(service.account_name or "", key)
+            queue = QueueClient.from_connection_string(
+                settings.storage_connection_string, FINALIZE_QUEUE,
+                message_encode_policy=TextBase64EncodePolicy()) if settings.has_queue() else None
         else:
             from azure.identity import DefaultAzureCredential
 
             credential = DefaultAzureCredential(managed_identity_client_id=settings.azure_client_id)
             service = BlobServiceClient(settings.storage_account_url or "", credential=credential)
             signer = UserDelegationSigner(service)
-        return cls(service.get_container_client(settings.container), signer)
+            queue = QueueClient(settings.queue_account_url() or "", FINALIZE_QUEUE, credential=credential,
+                                message_encode_policy=TextBase64EncodePolicy())
+        return cls(service.get_container_client(settings.container), signer, queue)
 
     # -- raw blobs -------------------------------------------------------------------------------------------
     def read_blob(self, name: str) -> bytes | None:
@@ -115,6 +140,10 @@ class RecordingStore:
     def read_state(self, call_id: str) -> dict[str, Any] | None:
         return self._read_state(call_id)[0]
 
+    def read_state_model(self, call_id: str) -> cs.CallState | None:
+        doc = self.read_state(call_id)
+        return None if doc is None else cs.loads(orjson.dumps(doc))
+
     def update_state(self, call_id: str, change: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         """Read-modify-write with an ETag condition, retried on conflict (the one retry policy, full jitter).
         `change` mutates and says if it did; what it made is validated by the model before it is written."""
@@ -147,6 +176,98 @@ class RecordingStore:
     # -- index -----------------------------------------------------------------------------------------------
     def add_to_index(self, call_id: str, created: datetime) -> None:
         self._upload(index_blob(call_id, created), b"", overwrite=True)
+        self._upload(unfinished_marker(call_id), b"", overwrite=True)
+
+    def unfinished_calls(self, limit: int = 5000) -> list[tuple[str, datetime]]:
+        """Calls whose recording is not ready and announced yet (the sweep's work list), with the marker's age."""
+        out: list[tuple[str, datetime]] = []
+        try:
+            for b in self.container.list_blobs(name_starts_with=UNFINISHED_PREFIX):
+                call_id = b.name[len(UNFINISHED_PREFIX):]
+                if is_valid_call_id(call_id):
+                    out.append((call_id, b.last_modified))
+                if len(out) >= limit:
+                    break
+        except ResourceNotFoundError:
+            pass
+        return out
+
+    def mark_finished(self, call_id: str) -> None:
+        with contextlib.suppress(ResourceNotFoundError):
+            self.container.delete_blob(unfinished_marker(call_id))
+
+    # -- finalization --------------------------------------------------------------------------------------------
+    def request_finalize(self, call_id: str, reason: str, *, force: bool = False) -> None:
+        """Ask a finalizer (the FinalizeRecording queue trigger, on any instance) to look at this call."""
+        if self.queue is None:
+            log.warning("no finalize queue (the storage connection string names none): %s is not finalized "
+                        "until the sweep", call_id, extra={"callConnectionId": call_id})
+            return
+        body = orjson.dumps({"callConnectionId": call_id, "reason": reason, "force": force}).decode()
+        try:
+            self.queue.send_message(body)
+        except ResourceNotFoundError:
+            with contextlib.suppress(ResourceExistsError):
+                self.queue.create_queue()
+            self.queue.send_message(body)
+
+    def read_recording(self, call_id: str) -> tuple[rec_model.Recording | None, str | None]:
+        try:
+            downloader = self.container.get_blob_client(recording_blob(call_id)).download_blob()
+        except ResourceNotFoundError:
+            return None, None
+        return rec_model.loads(downloader.readall()), downloader.properties.etag
+
+    def write_recording(self, doc: rec_model.Recording, etag: str | None) -> str:
+        """Create (etag None: only if absent) or replace (only if unchanged since `etag`) recording.json; raises
+        RecordingConflict otherwise. Returns the new ETag."""
+        blob = self.container.get_blob_client(recording_blob(doc.call_connection_id))
+        data = manifest_model.dumps(doc)
+        try:
+            if etag is None:
+                result = blob.upload_blob(data, content_settings=_JSON, overwrite=False)
+            else:
+                result = blob.upload_blob(data, content_settings=_JSON, overwrite=True, etag=etag,
+                                          match_condition=MatchConditions.IfNotModified)
+        except (ResourceExistsError, ResourceModifiedError) as exc:
+            raise RecordingConflict(str(exc)[:200]) from None
+        except HttpResponseError as exc:
+            if exc.status_code in (409, 412):
+                raise RecordingConflict(str(exc)[:200]) from None
+            raise
+        return str(result["etag"])
+
+    def read_chunk(self, name: str) -> tuple[bytes, dict[str, str]] | None:
+        """A chunk's bytes and metadata (its slot occupancy), in one request."""
+        try:
+            downloader = self.container.get_blob_client(name).download_blob()
+        except ResourceNotFoundError:
+            return None
+        return downloader.readall(), dict(downloader.properties.metadata or {})
+
+    def stage_block(self, name: str, block_id: str, data: bytes) -> None:
+        self.container.get_blob_client(name).stage_block(block_id, data, length=len(data))
+
+    def commit_file(self, name: str, block_ids: list[str], metadata: dict[str, str]) -> None:
+        """Commit a finished file once: If-None-Match: * — an existing file is never replaced (FileExists)."""
+        blob = self.container.get_blob_client(name)
+        try:
+            blob.commit_block_list([BlobBlock(block_id=b) for b in block_ids], metadata=metadata,
+                                   content_settings=ContentSettings(content_type="audio/wav"),
+                                   etag="*", match_condition=MatchConditions.IfMissing)
+        except (ResourceExistsError, ResourceModifiedError) as exc:
+            raise FileExists(name) from exc
+        except HttpResponseError as exc:
+            if exc.status_code in (409, 412):
+                raise FileExists(name) from exc
+            raise
+
+    def file_metadata(self, name: str) -> dict[str, str] | None:
+        try:
+            props = self.container.get_blob_client(name).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        return dict(props.metadata or {}) | {"_size": str(props.size)}
 
     def list_calls(self, limit: int, page_token: str | None) -> tuple[list[tuple[str, str]], str | None]:
         pages = self.container.list_blobs(name_starts_with=INDEX_PREFIX, results_per_page=limit).by_page(

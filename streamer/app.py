@@ -28,7 +28,7 @@ from streamer.registry import SessionRegistry
 from streamer.session import Session, SessionConfig
 from streamer.settings import Settings
 from streamer.sink import Spool, UploadSink
-from streamer.store import AzureBlobBackend, BlobBackend, RecordingStore
+from streamer.store import AzureBlobBackend, AzureFinalizeQueue, BlobBackend, FinalizeQueue, RecordingStore
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,20 @@ async def sweep(registry: SessionRegistry, sink: UploadSink) -> None:
                 log.exception("idle seal failed", extra=s.fields)
 
 
-def create_app(settings: Settings, backend: BlobBackend | None = None) -> MediaBypass:
+def build_queue(settings: Settings) -> FinalizeQueue | None:
+    if not settings.has_queue():
+        log.warning("no queue endpoint in the storage settings: the control plane is not asked to finalize "
+                    "recordings when their last session settles (its sweep still does)")
+        return None
+    return AzureFinalizeQueue(account_url=settings.queue_account_url(),
+                              connection_string=settings.storage_connection_string,
+                              client_id=settings.azure_client_id)
+
+
+def create_app(settings: Settings, backend: BlobBackend | None = None,
+               queue: FinalizeQueue | None = None) -> MediaBypass:
+    """`backend`/`queue`: in-process tests pass their own; by default both come from the settings (a test that
+    passes a backend and no queue runs without one)."""
     metrics = Metrics()
     rt = Runtime()
     config = SessionConfig(chunk_seconds=settings.chunk_seconds, max_frame_bytes=settings.max_frame_bytes,
@@ -80,7 +93,8 @@ def create_app(settings: Settings, backend: BlobBackend | None = None) -> MediaB
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         be = backend or build_backend(settings)
-        store = RecordingStore(be)
+        fq = queue if backend is not None else build_queue(settings)
+        store = RecordingStore(be, fq)
         spool = Spool(settings.spool_dir)
         sink = UploadSink(store, spool, metrics, memory_limit=settings.upload_memory_bytes,
                           workers=settings.upload_concurrency)
@@ -121,6 +135,8 @@ def create_app(settings: Settings, backend: BlobBackend | None = None) -> MediaB
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await be.close()
+            if fq is not None:
+                await fq.close()
 
     async def healthz(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "alive"})

@@ -91,7 +91,7 @@ async def _recover_call(spool: Spool, store: RecordingStore, metrics: Metrics, c
             reason = sess.end_reason or (mf.EndReason.PEER_CLOSED if sess.clean_close else mf.EndReason.PEER_LOST)
             complete = (reason in mf.COMPLETE_REASONS and not sess.quarantined_chunks and sess.id not in quarantined
                         and not lost_chunk)
-            sessions.append(replace(sess, complete=complete))
+            sessions.append(replace(sess, complete=complete, settled=True))
         merged = mf.merge(merged, replace(saved, sessions=sessions))
     never_closed = []
     for marker in markers:
@@ -99,7 +99,7 @@ async def _recover_call(spool: Spool, store: RecordingStore, metrics: Metrics, c
         if info.id not in spooled_sessions:
             never_closed.append(info.id)
             merged = mf.merge(merged, mf.Part(call_connection_id=call_id, sessions=[replace(
-                info, end_reason=mf.EndReason.NEVER_CLOSED, complete=False)]))
+                info, end_reason=mf.EndReason.NEVER_CLOSED, complete=False, settled=True)]))
     written = await store.merge_manifest(call_id, merged)
     if never_closed and written.manifest is not None:
         spans = mf.span_of(written.manifest, set(never_closed))
@@ -110,6 +110,10 @@ async def _recover_call(spool: Spool, store: RecordingStore, metrics: Metrics, c
         log.warning("sessions of a process that died were marked never_closed",
                     extra={"callConnectionId": call_id, "sessions": never_closed})
     metrics.manifest_writes += 1
+    try:
+        await store.settled(call_id, written.manifest)
+    except Exception as exc:
+        log.warning("could not ask for finalization", extra={"callConnectionId": call_id, "error": str(exc)[:300]})
     for job in done:
         spool.remove_chunk(job)
     for p in [*parts, *markers]:

@@ -607,7 +607,8 @@ class Session:
             "frames_before_origin": st.before_origin, "capped_participants": list(st.capped_ids)}
         session = mf.Session(
             id=self.id, replica=REPLICA, started_at=self.started_at, ended_at=self.ended_at,
-            complete=self.complete, clean_close=self.clean_close, close_code=self.close_code,
+            complete=self.complete, settled=self._finished, clean_close=self.clean_close,
+            close_code=self.close_code,
             end_reason=self.end_reason,
             subscription_id=fmt.subscription_id[:128] if fmt and fmt.subscription_id else None,
             sample_rate=fmt.sample_rate if fmt else None,
@@ -705,6 +706,11 @@ class Session:
         if self._writer is not None:
             await self._writer
         self._unmark_open()
+        if self.call_id is not None and self.has_content and self._cached is not None:
+            try:
+                await self.store.settled(self.call_id, self._cached.manifest)
+            except Exception as exc:  # the control plane's sweep asks again; nothing recorded is at stake
+                log.warning("could not ask for finalization", extra={**self.fields, "error": str(exc)[:300]})
         if self._replayed is not None:
             self._replayed.remove()
             self._replayed = None

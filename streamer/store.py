@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+import orjson
 
 from common import call_state as cs
 from common import manifest as mf
 from common import wav
-from common.layout import call_state_blob, manifest_blob
+from common.layout import CHUNK_TAG, FINALIZE_QUEUE, call_state_blob, manifest_blob
 from common.retry import Backoff
 from streamer.slots import fill_empty, occupancy, read_occupancy
 
@@ -47,6 +48,12 @@ class RequestRejected(Exception):
 
 
 _REJECTED = frozenset({400, 411, 413, 414, 431})
+_CHUNK_TAGS = {CHUNK_TAG[0]: CHUNK_TAG[1]}
+
+
+def _tags(content_type: str) -> dict[str, str] | None:
+    """Chunks (the only WAVs the streamer writes) carry the blob index tag the chunk lifecycle rule matches."""
+    return _CHUNK_TAGS if content_type == "audio/wav" else None
 
 
 @dataclass(frozen=True)
@@ -115,6 +122,50 @@ class MemoryBackend:
         pass
 
 
+class FinalizeQueue(Protocol):
+    async def request(self, call_id: str, reason: str) -> None: ...
+    async def close(self) -> None: ...
+
+
+class AzureFinalizeQueue:
+    """Puts "this call may be ready to finalize" on the control plane's `recording-finalize` queue (base64, as
+    the Functions queue trigger expects by default)."""
+
+    def __init__(self, *, account_url: str | None = None, connection_string: str | None = None,
+                 client_id: str | None = None):
+        from azure.storage.queue import TextBase64EncodePolicy
+        from azure.storage.queue.aio import QueueClient
+
+        opts: dict[str, Any] = {"retry_total": 0, "connection_timeout": 5, "read_timeout": 10,
+                                "use_env_settings": False, "message_encode_policy": TextBase64EncodePolicy()}
+        self._credential = None
+        if connection_string:
+            self._queue = QueueClient.from_connection_string(connection_string, FINALIZE_QUEUE, **opts)
+        elif account_url:
+            from azure.identity.aio import DefaultAzureCredential
+
+            self._credential = DefaultAzureCredential(managed_identity_client_id=client_id)
+            self._queue = QueueClient(account_url, FINALIZE_QUEUE, credential=self._credential, **opts)
+        else:
+            raise ValueError("need an account URL or a connection string")
+
+    async def request(self, call_id: str, reason: str) -> None:
+        from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+        body = orjson.dumps({"callConnectionId": call_id, "reason": reason}).decode()
+        try:
+            await self._queue.send_message(body)
+        except ResourceNotFoundError:  # the control plane creates it; a fresh local stack may not have yet
+            with contextlib.suppress(ResourceExistsError):
+                await self._queue.create_queue()
+            await self._queue.send_message(body)
+
+    async def close(self) -> None:
+        await self._queue.close()
+        if self._credential is not None:
+            await self._credential.close()
+
+
 class AzureBlobBackend:
     def __init__(self, container: str, *, account_url: str | None = None, connection_string: str | None = None,
                  client_id: str | None = None):
@@ -167,7 +218,7 @@ class AzureBlobBackend:
 
         try:
             props = await self._container.get_blob_client(name).upload_blob(
-                data, overwrite=False, metadata=metadata,
+                data, overwrite=False, metadata=metadata, tags=_tags(content_type),
                 content_settings=ContentSettings(content_type=content_type),
             )
         except Exception as exc:
@@ -193,7 +244,7 @@ class AzureBlobBackend:
 
         try:
             props = await self._container.get_blob_client(name).upload_blob(
-                data, overwrite=True, metadata=metadata, etag=etag,
+                data, overwrite=True, metadata=metadata, etag=etag, tags=_tags(content_type),
                 match_condition=MatchConditions.IfNotModified,
                 content_settings=ContentSettings(content_type=content_type),
             )
@@ -260,8 +311,22 @@ class RecordingStore:
 
     MERGE_RETRY = Backoff(base=0.005, cap=0.2)  # ETag conflicts: another writer of this call just wrote
 
-    def __init__(self, backend: BlobBackend):
+    def __init__(self, backend: BlobBackend, queue: FinalizeQueue | None = None):
         self.backend = backend
+        self.queue = queue
+
+    async def settled(self, call_id: str, manifest: mf.Manifest | None) -> bool:
+        """After a final manifest write: when every session of the call has settled and the call state (read
+        now, after that write) says the call ended, ask the control plane to finalize. Returns whether it asked."""
+        if self.queue is None or manifest is None or not manifest.sessions:
+            return False
+        if not all(s.settled for s in manifest.sessions):
+            return False
+        state = await self.read_call_state(call_id)
+        if state is None or not state.ended:
+            return False
+        await self.queue.request(call_id, "sessions_settled")
+        return True
 
     async def put_chunk(self, name: str, wav_bytes: bytes, mask: bytes, frame_bytes: int) -> LandedChunk:
         """Store one chunk part. Audio once stored is the truth: a part for a chunk that exists fills only the

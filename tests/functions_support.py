@@ -176,10 +176,13 @@ def start_host(settings: Settings, verifier: Any = None, port: int | None = None
     from devstack.functions_host import Keys, build_app
     from devstack.serve import ServerThread
     from function_app.acs import build_client
+    from function_app.events import build_publisher
+    from function_app.finalize import Finalizer
     from function_app.runtime import Runtime, set_runtime
 
     settings.warn_about_risks()
-    runtime = Runtime(settings, build_client(settings), RecordingStore.from_settings(settings), verifier)
+    store = RecordingStore.from_settings(settings)
+    runtime = Runtime(settings, build_client(settings), store, verifier, Finalizer(store, build_publisher(settings)))
     set_runtime(runtime)
     app = build_app(function_entry.app, Keys(frozenset({FUNCTION_KEY}), MASTER_KEY))
     return ServerThread(app, port=port).start(), runtime

@@ -1,0 +1,215 @@
+"""Finalization: when a call has ended and every streaming session of it has settled, write the finished files and
+the recording document, then announce it.
+
+Who and when. The function app finalizes (queue trigger `FinalizeRecording`), never the streamer: assembling an
+hour of audio is seconds of CPU and a gigabyte of I/O that must not run beside live calls' frames, and the
+control plane owns the call state and the event topic. Either plane asks by putting the call id on the
+`recording-finalize` queue after writing its own condition and then reading the other's:
+- the callbacks, when the call state becomes terminal (CallDisconnected, CreateCallFailed, AnswerFailed);
+- the streamer, when a session's final manifest write leaves every session of the call settled and the call
+  state it then reads is terminal.
+Each side writes before it reads, so whichever comes last sees both conditions: no timer in the common path.
+A request that comes too early (sessions still open) is dropped; the later one follows.
+
+Idempotent: `recording.json` is created `finalizing` only if absent, files are committed only if absent (same
+bytes from any finalizer: deterministic), and `ready` replaces the document only if it is unchanged since this
+finalizer read it — of two racing finalizers one writes `ready` and publishes, the other sees it and stops. A
+finalizer that dies mid-way leaves uncommitted blocks (invisible) and a `finalizing` document; the queue retries
+the message, and the periodic sweep (`sweep`) asks again for every call whose recording is not ready and announced.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import orjson
+
+from common import call_state as cs
+from common import manifest as mf
+from common import wav
+from common.layout import is_valid_call_id
+from common.recording import Recording, RecordingStatus, digest_of
+from common.retry import Backoff
+from function_app import events
+from function_app.assemble import Assembled, assemble
+from function_app.completeness import completeness
+from function_app.events import Publisher
+from function_app.store import RecordingConflict, RecordingStore
+
+SETTLE_SECONDS = 5.0  # a session that began just before the call ended has written its entry by then
+STALE_SECONDS = 600.0  # the sweep finalizes anyway this long after the call ended, naming unsettled sessions
+FORGET_UNKNOWN_SECONDS = 86400.0  # a marker of a call that has no state this long is dropped
+PUBLISH_RETRY = Backoff(base=0.5, cap=8.0)
+PUBLISH_ATTEMPTS = 5
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(enum.StrEnum):
+    FINALIZED = "finalized"
+    ANNOUNCED = "announced"  # ready already; the event went out now
+    ALREADY_DONE = "already_done"
+    RACED = "raced"  # another finalizer wrote ready first
+    CALL_LIVE = "call_live"
+    SESSIONS_OPEN = "sessions_open"
+    UNKNOWN_CALL = "unknown_call"
+
+
+def parse_request(body: str | bytes) -> tuple[str, bool]:
+    """A queue message: {"callConnectionId", "reason", "force"?} -> (call id, force). ValueError if unusable."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise ValueError("finalize request is not JSON") from None
+    call_id = doc.get("callConnectionId") if isinstance(doc, dict) else None
+    if not isinstance(call_id, str) or not is_valid_call_id(call_id):
+        raise ValueError("finalize request has no valid callConnectionId")
+    return call_id, doc.get("force") is True
+
+
+def _empty() -> Assembled:
+    return Assembled([], [], [], [], [], 0, 0)
+
+
+@dataclass
+class Finalizer:
+    store: RecordingStore
+    publisher: Publisher | None
+    settle_seconds: float = SETTLE_SECONDS
+    max_data_bytes: int = wav.MAX_DATA_BYTES
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+    stats: dict[str, Any] = field(default_factory=dict)  # what the last run did (benchmarks, logs)
+
+    def run(self, call_id: str, *, force: bool = False) -> Outcome:
+        extra = {"callConnectionId": call_id}
+        rec, etag = self.store.read_recording(call_id)
+        if rec is not None and rec.status == RecordingStatus.READY:
+            return self._announce(rec, etag)
+        state = self.store.read_state_model(call_id)
+        if state is None:
+            return Outcome.UNKNOWN_CALL
+        if not state.ended:
+            return Outcome.CALL_LIVE
+        try:
+            ended = mf.parse_iso(state.disconnected_at) if state.disconnected_at else self.clock()
+        except ValueError:
+            ended = self.clock()
+        wait = ended + self.settle_seconds - self.clock()
+        if wait > 0:
+            self.sleep(min(wait, self.settle_seconds))
+        manifest = self.store.read_manifest_model(call_id)
+        open_sessions = [s.id for s in manifest.sessions if not s.settled] if manifest else []
+        if open_sessions and not force:
+            log.info("finalize %s: sessions still settling %s; their last write asks again", call_id,
+                     open_sessions, extra=extra)
+            return Outcome.SESSIONS_OPEN
+        started = self.clock()
+        if rec is None:
+            rec = Recording(call_connection_id=call_id, status=RecordingStatus.FINALIZING,
+                            correlation_id=state.correlation_id, finalizing_since=mf.now_iso())
+            try:
+                etag = self.store.write_recording(rec, None)
+            except RecordingConflict:
+                rec, etag = self.store.read_recording(call_id)
+                if rec is not None and rec.status == RecordingStatus.READY:
+                    return self._announce(rec, etag)
+        unmixed = state.audio_channel == "unmixed" or (manifest is not None and any(
+            s.participant_raw_id for s in manifest.streams))
+        built = (assemble(self.store, manifest, multichannel=unmixed, max_data_bytes=self.max_data_bytes)
+                 if manifest is not None else _empty())
+        report = completeness(state, manifest, built.streams, self.clock())
+        if built.mismatched_chunks or built.missing_chunks:
+            note = (f" INTEGRITY: {len(built.mismatched_chunks)} chunk(s) differ from the hash the manifest lists "
+                    f"and {len(built.missing_chunks)} listed chunk(s) are missing; the files hold what is stored.")
+            report = msgspec.structs.replace(report, complete=False, statement=report.statement + note)
+        digest = digest_of(manifest, built.files)
+        ready = Recording(
+            call_connection_id=call_id, status=RecordingStatus.READY,
+            correlation_id=state.correlation_id or (manifest.correlation_id if manifest else None),
+            sample_rate=manifest.sample_rate if manifest else None,
+            clock_origin=manifest.clock_origin if manifest else None, files=built.files,
+            channel_map=built.channel_map, completeness=report, digest=digest,
+            finalizing_since=rec.finalizing_since if rec else None, ready_at=mf.now_iso(),
+            event_id=events.event_id(call_id, digest.value))
+        try:
+            etag = self.store.write_recording(ready, etag)
+        except RecordingConflict:
+            cur, cur_etag = self.store.read_recording(call_id)
+            if cur is not None and cur.status == RecordingStatus.READY:
+                log.info("finalize %s: another finalizer was first", call_id, extra=extra)
+                return Outcome.RACED
+            etag = self.store.write_recording(ready, cur_etag)
+        self.stats = {"seconds": round(self.clock() - started, 3), "files": len(built.files),
+                      "chunkReads": built.chunk_reads, "blocksStaged": built.blocks_staged}
+        log.info("recording of %s is ready: %d file(s), coverage %s", call_id, len(built.files),
+                 report.coverage, extra={**extra, **self.stats})
+        self._announce(ready, etag)
+        return Outcome.FINALIZED
+
+    def _announce(self, rec: Recording, etag: str | None) -> Outcome:
+        call_id = rec.call_connection_id
+        if rec.announced_at is not None or self.publisher is None:
+            self.store.mark_finished(call_id)
+            return Outcome.ALREADY_DONE
+        event = events.ready_event(rec)
+        publisher = self.publisher
+        PUBLISH_RETRY.run_sync("publishing RecordingReady", lambda: publisher.send([event]),
+                               retry_if=lambda _: True, attempts=PUBLISH_ATTEMPTS)
+        announced = msgspec.structs.replace(rec, announced_at=mf.now_iso())
+        for _ in range(5):
+            try:
+                self.store.write_recording(announced, etag)
+                break
+            except RecordingConflict:
+                cur, etag = self.store.read_recording(call_id)
+                if cur is None or cur.announced_at is not None:
+                    break
+                announced = msgspec.structs.replace(cur, announced_at=announced.announced_at)
+        self.store.mark_finished(call_id)
+        log.info("announced the recording of %s (event %s)", call_id, rec.event_id,
+                 extra={"callConnectionId": call_id})
+        return Outcome.ANNOUNCED
+
+    def sweep(self) -> dict[str, int]:
+        """For every call whose recording is not ready and announced: ask a finalizer again when the call has
+        ended (forcing it once the call ended STALE_SECONDS ago). Only reads here; the queue does the work."""
+        counts: dict[str, int] = {}
+        now = self.clock()
+        for call_id, marked in self.store.unfinished_calls():
+            try:
+                state = self.store.read_state_model(call_id)
+                if state is None:
+                    if now - marked.timestamp() > FORGET_UNKNOWN_SECONDS:
+                        self.store.mark_finished(call_id)
+                    verdict = "unknown"
+                elif not state.ended:
+                    verdict = "live"
+                else:
+                    try:
+                        ended = mf.parse_iso(state.disconnected_at) if state.disconnected_at else marked.timestamp()
+                    except ValueError:
+                        ended = marked.timestamp()
+                    force = now - ended > STALE_SECONDS
+                    self.store.request_finalize(call_id, "sweep", force=force)
+                    verdict = "forced" if force else "requested"
+            except Exception:
+                log.exception("sweep could not look at %s", call_id, extra={"callConnectionId": call_id})
+                verdict = "error"
+            counts[verdict] = counts.get(verdict, 0) + 1
+        if counts:
+            log.info("sweep: %s", counts)
+        return counts
+
+
+def state_is_terminal(state: cs.CallState | dict[str, Any] | None) -> bool:
+    if state is None:
+        return False
+    status = state.status if isinstance(state, cs.CallState) else state.get("status")
+    return status in cs.TERMINAL
