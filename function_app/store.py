@@ -254,7 +254,7 @@ class RecordingStore:
         try:
             blob.commit_block_list([BlobBlock(block_id=b) for b in block_ids], metadata=metadata,
                                    content_settings=ContentSettings(content_type="audio/wav"),
-                                   etag="*", match_condition=MatchConditions.IfMissing)
+                                   match_condition=MatchConditions.IfMissing)
         except (ResourceExistsError, ResourceModifiedError) as exc:
             raise FileExists(name) from exc
         except HttpResponseError as exc:

@@ -1,0 +1,321 @@
+"""The finalizer against real Azurite: chunks written by the streamer's own store (occupancy metadata, tags), the
+call state by the function app's store, then `Finalizer.run` — finished files, recording.json, the event."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+import uuid
+import wave
+from io import BytesIO
+from typing import Any
+
+import numpy as np
+import pytest
+from azure.core.messaging import CloudEvent
+from azure.storage.blob import BlobServiceClient, ContainerClient
+
+from common import manifest as mf
+from common import recording as rec_model
+from common import wav
+from common.layout import MULTICHANNEL, final_blob, recording_blob, stream_id
+from common.recording import FileKind, HoleCause, RecordingStatus
+from devstack.azurite import ACCOUNT, ACCOUNT_KEY, Azurite
+from function_app import assemble as assemble_mod
+from function_app.finalize import Finalizer, Outcome
+from function_app.sas import AccountKeySigner
+from function_app.store import RecordingStore
+from streamer.store import AzureBlobBackend
+from streamer.store import RecordingStore as StreamerStore
+from tests.recording import stitched
+
+RATE = 16000
+CHUNK_SECONDS = 1.0
+CHUNK_BYTES = int(RATE * CHUNK_SECONDS) * 2
+FRAME = RATE // 50 * 2
+ORIGIN = 1_800_000_000.0
+A, B = "8:acs:alice", "4:+15551230000"
+
+
+class Events:
+    """Stands in for EventGridPublisherClient here (the local stack's tests use the real SDK and receiver)."""
+
+    def __init__(self, fail: int = 0):
+        self.sent: list[CloudEvent[Any]] = []
+        self.fail = fail
+        self.lock = threading.Lock()
+
+    def send(self, events: list[CloudEvent[Any]]) -> None:
+        with self.lock:
+            if self.fail:
+                self.fail -= 1
+                raise ConnectionError("topic down")
+            self.sent.extend(events)
+
+
+@pytest.fixture(scope="module")
+def container(azurite: Azurite) -> ContainerClient:
+    c = BlobServiceClient.from_connection_string(azurite.connection_string).get_container_client(
+        f"fin{uuid.uuid4().hex[:10]}")
+    c.create_container()
+    return c
+
+
+def fstore(container: ContainerClient) -> RecordingStore:
+    return RecordingStore(container, AccountKeySigner(ACCOUNT, ACCOUNT_KEY))
+
+
+def tone(n_bytes: int, freq: float, seed: int) -> bytes:
+    t = np.arange(n_bytes // 2) / RATE
+    rng = np.random.default_rng(seed)
+    return (np.sin(2 * np.pi * freq * t) * 8000 + rng.integers(-50, 50, t.size)).astype("<i2").tobytes()
+
+
+def write_call(azurite: Azurite, container: ContainerClient, *, streams: dict[str | None, dict[int, bytes]],
+               channel: str = "unmixed", settled: bool = True, ended: bool = True,
+               first_slot: dict[str | None, int] | None = None) -> str:
+    """A call as the streamer and the control plane leave it: chunks (first write), a manifest, a call state."""
+    call_id = f"call-{uuid.uuid4().hex[:12]}"
+    first_slot = first_slot or {}
+
+    async def chunks() -> None:
+        be = AzureBlobBackend(container.container_name, connection_string=azurite.connection_string)
+        st = StreamerStore(be)
+        entries: dict[str, list[mf.Chunk]] = {}
+        for participant, seqs in streams.items():
+            name = stream_id(participant)
+            for seq, pcm in sorted(seqs.items()):
+                slots = -(-len(pcm) // FRAME)
+                mask = bytearray(slots * [1])
+                if seq == min(seqs):
+                    for i in range(first_slot.get(participant, 0)):
+                        mask[i] = 0
+                blob = f"{call_id}/{name}/{seq:06d}.wav"
+                landed = await st.put_chunk(blob, wav.encode(pcm, RATE), bytes(mask), FRAME)
+                ref = mf.ChunkRef(stream=name, participant_raw_id=participant, seq=seq,
+                                  start_time=mf.utc_iso(ORIGIN + seq * CHUNK_SECONDS), session_id="s1")
+                entries.setdefault(name, []).append(landed.entry(blob, ref))
+        part = mf.Part(
+            call_connection_id=call_id, sample_rate=RATE, frame_bytes=FRAME, chunk_seconds=CHUNK_SECONDS,
+            clock_origin=mf.utc_iso(ORIGIN), audio_channel=channel,  # type: ignore[arg-type]
+            sessions=[mf.Session(id="s1", started_at=mf.utc_iso(ORIGIN - 0.5), ended_at=mf.utc_iso(ORIGIN + 60),
+                                 complete=settled, settled=settled, clean_close=True,
+                                 end_reason=mf.EndReason.PEER_CLOSED, frames=100)],
+            streams=[mf.Stream(stream=s, participant_raw_id=streams and next(
+                p for p in streams if stream_id(p) == s), chunks=c) for s, c in entries.items()])
+        await st.merge_manifest(call_id, part)
+        await be.close()
+
+    asyncio.run(chunks())
+
+    def state(doc: dict[str, Any]) -> bool:
+        doc.update(status="disconnected" if ended else "connected", audioChannel=channel,
+                   connectedAt=mf.utc_iso(ORIGIN - 1), correlationId="corr-1")
+        if ended:
+            doc["disconnectedAt"] = mf.utc_iso(ORIGIN + 60.2)
+        return True
+
+    fstore(container).update_state(call_id, state)
+    return call_id
+
+
+def read_wav(container: ContainerClient, blob: str) -> tuple[int, int, bytes]:
+    with wave.open(BytesIO(container.download_blob(blob).readall())) as w:
+        return w.getframerate(), w.getnchannels(), w.readframes(w.getnframes())
+
+
+def test_unmixed_call_gets_a_file_per_speaker_and_a_multichannel_file(azurite: Azurite,
+                                                                        container: ContainerClient) -> None:
+    a = {1: tone(CHUNK_BYTES, 440, 1), 2: tone(CHUNK_BYTES // 2, 440, 2), 4: tone(CHUNK_BYTES, 440, 3)}
+    b = {0: tone(CHUNK_BYTES, 220, 4), 1: tone(CHUNK_BYTES, 220, 5)}
+    call_id = write_call(azurite, container, streams={A: a, B: b})
+    events = Events()
+    fin = Finalizer(fstore(container), events, settle_seconds=0)
+    assert fin.run(call_id) == Outcome.FINALIZED
+
+    rec = rec_model.loads(container.download_blob(recording_blob(call_id)).readall())
+    assert rec.status == RecordingStatus.READY
+    m = mf.to_builtins(mf.loads(container.download_blob(f"{call_id}/manifest.json").readall()))
+    streams = {f.participant_raw_id: f for f in rec.files if f.kind == FileKind.STREAM}
+    assert set(streams) == {A, B}
+    for participant, f in streams.items():
+        rate, channels, pcm = read_wav(container, f.blob)
+        assert (rate, channels) == (RATE, 1)
+        assert pcm == stitched(container, m, stream_id(participant))  # the stitched download, byte for byte
+        data = container.download_blob(f.blob).readall()
+        assert hashlib.sha256(data).hexdigest() == f.sha256 and len(data) == f.size
+    # B spoke first (seq 0): channel 0; A's last chunk ends at 5 s, B's at 2 s: padded
+    assert [c.participant_raw_id for c in rec.channel_map] == [B, A]
+    (multi,) = [f for f in rec.files if f.kind == FileKind.MULTICHANNEL]
+    assert multi.blob == final_blob(call_id, MULTICHANNEL)
+    rate, channels, pcm = read_wav(container, multi.blob)
+    assert (rate, channels) == (RATE, 2)
+    frames = np.frombuffer(pcm, dtype="<i2").reshape(-1, 2)
+    for k, participant in enumerate([B, A]):
+        mono = np.frombuffer(stitched(container, m, stream_id(participant)), dtype="<i2")
+        assert np.array_equal(frames[: mono.size, k], mono)
+        assert not frames[mono.size:, k].any()
+    assert frames.shape[0] == 5 * RATE and multi.duration_ms == 5000
+    # completeness: A sent 2.5 s (seq 1, half of 2, 4); seq 0, 3 and half of 2 are silence the recorder filled
+    cov = {s.participant_raw_id: s for s in rec.completeness.streams} if rec.completeness else {}
+    assert cov[A].duration_ms == 5000 and cov[A].audio_ms == 2500 and cov[A].silence_ms == 2500
+    assert rec.digest == rec_model.digest_of(mf.loads(container.download_blob(f"{call_id}/manifest.json")
+                                                     .readall()), rec.files)
+    (event,) = events.sent
+    assert event.type == "AcsCallRecorder.RecordingReady" and event.subject == f"recordings/{call_id}"
+    assert event.id == rec.event_id and event.data["digest"]["value"] == rec.digest.value  # type: ignore[index]
+    assert all("url" not in f or f["url"] is None for f in event.data["files"])  # type: ignore[index]
+    assert rec.announced_at is not None
+
+    # idempotent: a second request changes nothing and publishes nothing
+    etags = {f.blob: container.get_blob_client(f.blob).get_blob_properties().etag for f in rec.files}
+    assert fin.run(call_id) == Outcome.ALREADY_DONE
+    assert len(events.sent) == 1
+    assert etags == {f.blob: container.get_blob_client(f.blob).get_blob_properties().etag for f in rec.files}
+
+
+def test_mixed_call_has_one_file_and_no_multichannel(azurite: Azurite, container: ContainerClient) -> None:
+    call_id = write_call(azurite, container, streams={None: {0: tone(CHUNK_BYTES, 300, 7), 2: tone(999 * 2, 300, 8)}},
+                         channel="mixed")
+    fin = Finalizer(fstore(container), None, settle_seconds=0)
+    assert fin.run(call_id) == Outcome.FINALIZED
+    rec = rec_model.loads(container.download_blob(recording_blob(call_id)).readall())
+    assert [f.kind for f in rec.files] == [FileKind.STREAM] and not rec.channel_map
+    m = mf.to_builtins(mf.loads(container.download_blob(f"{call_id}/manifest.json").readall()))
+    assert read_wav(container, rec.files[0].blob)[2] == stitched(container, m, "mixed")
+    assert rec.files[0].duration_ms == 2000 + round(999 / RATE * 1000)
+
+
+def test_long_files_are_split_into_parts_at_chunk_boundaries(azurite: Azurite, container: ContainerClient) -> None:
+    a = {i: tone(CHUNK_BYTES, 500 + i, i) for i in range(5)}
+    b = {i: tone(CHUNK_BYTES, 200 + i, 10 + i) for i in range(3)}
+    call_id = write_call(azurite, container, streams={A: a, B: b})
+    fin = Finalizer(fstore(container), None, settle_seconds=0, max_data_bytes=2 * CHUNK_BYTES * 2 + 100)
+    assert fin.run(call_id) == Outcome.FINALIZED
+    rec = rec_model.loads(container.download_blob(recording_blob(call_id)).readall())
+    m = mf.to_builtins(mf.loads(container.download_blob(f"{call_id}/manifest.json").readall()))
+    a_parts = sorted((f for f in rec.files if f.participant_raw_id == A), key=lambda f: f.part)
+    assert [f.part for f in a_parts] == [1, 2] and {f.parts for f in a_parts} == {2}  # 4 chunks per mono part
+    assert a_parts[1].blob == final_blob(call_id, stream_id(A), 2, 2) and a_parts[1].offset_ms == 4000
+    assert b"".join(read_wav(container, f.blob)[2] for f in a_parts) == stitched(container, m, stream_id(A))
+    multi = sorted((f for f in rec.files if f.kind == FileKind.MULTICHANNEL), key=lambda f: f.part)
+    assert len(multi) == 3 and all(f.size - wav.HEADER_BYTES <= 2 * CHUNK_BYTES * 2 + 100 for f in multi)
+    whole = b"".join(read_wav(container, f.blob)[2] for f in multi)
+    assert len(whole) == 5 * CHUNK_BYTES * 2
+
+
+def test_waits_for_the_call_to_end_and_its_sessions_to_settle(azurite: Azurite, container: ContainerClient) -> None:
+    fin = Finalizer(fstore(container), None, settle_seconds=0)
+    live = write_call(azurite, container, streams={None: {0: tone(CHUNK_BYTES, 300, 1)}}, channel="mixed",
+                      ended=False)
+    assert fin.run(live) == Outcome.CALL_LIVE
+    open_ = write_call(azurite, container, streams={None: {0: tone(CHUNK_BYTES, 300, 1)}}, channel="mixed",
+                       settled=False)
+    assert fin.run(open_) == Outcome.SESSIONS_OPEN
+    assert not container.get_blob_client(recording_blob(open_)).exists()
+    assert fin.run(open_, force=True) == Outcome.FINALIZED  # the sweep, long after the call ended
+    rec = rec_model.loads(container.download_blob(recording_blob(open_)).readall())
+    assert rec.completeness is not None and rec.completeness.unsettled_sessions == ["s1"]
+    assert not rec.completeness.complete and "NOT COMPLETE" in rec.completeness.statement
+    assert fin.run("no-such-call") == Outcome.UNKNOWN_CALL
+
+
+def test_two_racing_finalizers_write_one_set_of_files_and_one_event(azurite: Azurite,
+                                                                    container: ContainerClient) -> None:
+    call_id = write_call(azurite, container, streams={A: {0: tone(CHUNK_BYTES, 440, 1)},
+                                                       B: {0: tone(CHUNK_BYTES, 220, 2)}})
+    events = Events()
+    barrier = threading.Barrier(2, timeout=30)
+
+    class Racing(RecordingStore):
+        def write_recording(self, doc: rec_model.Recording, etag: str | None) -> str:
+            if doc.status == RecordingStatus.READY and doc.announced_at is None:
+                barrier.wait()  # both have built every file before either writes ready
+            return super().write_recording(doc, etag)
+
+    store = Racing(container, AccountKeySigner(ACCOUNT, ACCOUNT_KEY))
+    outcomes: list[Outcome] = []
+    threads = [threading.Thread(target=lambda: outcomes.append(Finalizer(store, events, settle_seconds=0)
+                                                                .run(call_id))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(outcomes) == sorted([Outcome.FINALIZED, Outcome.RACED])
+    assert len(events.sent) == 1
+    finals = [b.name for b in container.list_blobs(name_starts_with=f"{call_id}/final/")]
+    assert len(finals) == 3
+
+
+def test_a_finalizer_killed_mid_way_leaves_nothing_visible_and_the_next_one_completes(
+        azurite: Azurite, container: ContainerClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    call_id = write_call(azurite, container, streams={A: {i: tone(CHUNK_BYTES, 440, i) for i in range(4)},
+                                                       B: {i: tone(CHUNK_BYTES, 220, i) for i in range(4)}})
+    monkeypatch.setattr(assemble_mod, "BLOCK_BYTES", CHUNK_BYTES)
+    staged = 0
+
+    class Dying(RecordingStore):
+        def stage_block(self, name: str, block_id: str, data: bytes) -> None:
+            nonlocal staged
+            staged += 1
+            if staged == 6:
+                raise SystemExit("killed")  # what a kill looks like from here: nothing after this runs
+            super().stage_block(name, block_id, data)
+
+    with pytest.raises(SystemExit):
+        Finalizer(Dying(container, AccountKeySigner(ACCOUNT, ACCOUNT_KEY)), None, settle_seconds=0).run(call_id)
+    doc = rec_model.loads(container.download_blob(recording_blob(call_id)).readall())
+    assert doc.status == RecordingStatus.FINALIZING
+    assert not list(container.list_blobs(name_starts_with=f"{call_id}/final/"))  # uncommitted blocks only
+    events = Events(fail=2)  # and the topic is down for two tries
+    assert Finalizer(fstore(container), events, settle_seconds=0).run(call_id) == Outcome.FINALIZED
+    rec = rec_model.loads(container.download_blob(recording_blob(call_id)).readall())
+    assert rec.status == RecordingStatus.READY and len(rec.files) == 3 and len(events.sent) == 1
+    for f in rec.files:
+        assert hashlib.sha256(container.download_blob(f.blob).readall()).hexdigest() == f.sha256
+
+
+def test_a_chunk_changed_after_it_landed_is_reported(azurite: Azurite, container: ContainerClient) -> None:
+    call_id = write_call(azurite, container, streams={None: {0: tone(CHUNK_BYTES, 300, 1),
+                                                             1: tone(CHUNK_BYTES, 300, 2)}}, channel="mixed")
+    blob = container.get_blob_client(f"{call_id}/mixed/000001.wav")
+    blob.upload_blob(wav.encode(tone(CHUNK_BYTES, 999, 3), RATE), overwrite=True)
+    assert Finalizer(fstore(container), None, settle_seconds=0).run(call_id) == Outcome.FINALIZED
+    rec = rec_model.loads(container.download_blob(recording_blob(call_id)).readall())
+    assert rec.completeness is not None and not rec.completeness.complete
+    assert "INTEGRITY" in rec.completeness.statement
+
+
+def test_holes_name_their_cause() -> None:
+    from common import call_state as cs
+    from function_app.completeness import completeness
+
+    t0 = ORIGIN
+    state = cs.CallState(
+        call_connection_id="c1", status="disconnected", connected_at=mf.utc_iso(t0),
+        disconnected_at=mf.utc_iso(t0 + 100),
+        failures=[cs.Failure(event="MediaStreamingFailed", code=500, sub_code=8603, at=mf.utc_iso(t0 + 20.5))],
+        streaming_requests=[cs.StreamingRequest(action="stop", at=mf.utc_iso(t0 + 60.1))])
+
+    def session(sid: str, a: float, b: float, reason: mf.EndReason = mf.EndReason.PEER_CLOSED) -> mf.Session:
+        return mf.Session(id=sid, started_at=mf.utc_iso(t0 + a), ended_at=mf.utc_iso(t0 + b), frames=10,
+                          complete=reason == mf.EndReason.PEER_CLOSED, settled=True, end_reason=reason)
+
+    manifest = mf.Manifest(call_connection_id="c1", sessions=[
+        session("s1", 1, 20), session("s2", 30, 40, mf.EndReason.PEER_LOST), session("s3", 45, 60),
+        session("s4", 70, 99.5)])
+    c = completeness(state, manifest, [], t0 + 200)
+    causes = [(h.cause, h.expected, h.healed, round(h.duration_ms / 1000, 1)) for h in c.holes]
+    assert causes == [
+        (HoleCause.STREAMING_STARTING, True, True, 1.0),
+        (HoleCause.STREAMER_UNREACHABLE, False, True, 10.0),
+        (HoleCause.CONNECTION_LOST, False, True, 5.0),
+        (HoleCause.STOPPED_ON_REQUEST, True, True, 10.0),
+        (HoleCause.STREAMING_ENDING, True, False, 0.5),
+    ]
+    assert c.holes[1].sub_code == 8603
+    assert c.coverage == pytest.approx(73.5 / 100, abs=0.001)
+    assert not c.complete and "NOT COMPLETE" in c.statement and "stopped on request" in c.statement
+    never = completeness(cs.CallState(call_connection_id="c2", status="failed"), None, [], t0)
+    assert never.coverage is None and "never connected" in never.statement
