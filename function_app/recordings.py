@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from typing import Any
 from urllib.parse import quote
 
 import msgspec
 from azure.core.exceptions import HttpResponseError
 
+from common import manifest as mf
 from common.call_state import CallState
 from common.layout import MIXED_STREAM, stream_id
-from common.recording import ChunkLink, RecordingDocument, StreamLinks
+from common.recording import ChunkLink, Recording, RecordingDocument, RecordingStatus, StreamLinks
 from function_app import state as state_model
+from function_app.completeness import completeness, estimated_streams
 from function_app.errors import ApiError, bad_request
 from function_app.stitch import StitchedWav, StitchError, stitch
 from function_app.store import RecordingStore
@@ -56,7 +59,13 @@ def list_recordings(store: RecordingStore, limit: int, page_token: str | None) -
     items = []
     for call_id, created in calls:
         doc = store.read_state(call_id)
-        item = state_model.summary(doc) if doc else {"callConnectionId": call_id}
+        item: dict[str, Any] = state_model.summary(doc) if doc else {"callConnectionId": call_id}
+        item["callStatus"] = item.pop("status", None)
+        rec, _ = store.read_recording(call_id)
+        item["status"] = recording_status(rec, doc, None)
+        done = rec.completeness if rec is not None else None
+        item["coverage"] = done.coverage if done else None
+        item["complete"] = done.complete if done else None
         item["createdAt"] = item.get("createdAt") or created
         items.append(item)
     return {"items": items, "nextPageToken": encode_token(next_marker)}
@@ -66,10 +75,25 @@ def audio_url(api_base: str, call_id: str, participant: str | None) -> str:
     return f"{api_base}/recordings/{call_id}/audio?participant={quote(participant or MIXED_STREAM, safe='')}"
 
 
+def recording_status(rec: Recording | None, state: dict[str, Any] | None,
+                     manifest: mf.Manifest | None) -> RecordingStatus:
+    """ready once recording.json says so; finalizing from the moment the call has ended and (when the manifest
+    is known) its sessions have settled; live before."""
+    if rec is not None:
+        return rec.status
+    if state is None or state.get("status") not in state_model.TERMINAL:
+        return RecordingStatus.LIVE
+    if manifest is not None and not all(s.settled for s in manifest.sessions):
+        return RecordingStatus.LIVE
+    return RecordingStatus.FINALIZING
+
+
 def get_recording(store: RecordingStore, call_id: str, api_base: str, ttl_seconds: int) -> dict[str, Any]:
-    """The recording document (common.recording): call state, manifest, and a read URL per chunk."""
+    """The recording document (common.recording): call state, manifest, the finished recording (or, before it
+    is ready, completeness so far) and read URLs for every file and chunk."""
     state = store.read_state(call_id)
     manifest = store.read_manifest_model(call_id)
+    rec, _ = store.read_recording(call_id)
     if state is None and manifest is None:
         raise not_found(call_id)
     streams, expires = [], None
@@ -81,8 +105,19 @@ def get_recording(store: RecordingStore, call_id: str, api_base: str, ttl_second
                                     url=url))
         streams.append(StreamLinks(stream=s.stream, participant_raw_id=s.participant_raw_id, chunks=chunks,
                                    audio_url=audio_url(api_base, call_id, s.participant_raw_id)))
-    doc = RecordingDocument(call_connection_id=call_id, manifest=manifest, streams=streams, urls_expire_at=expires,
-                            call_state=msgspec.convert(state, CallState) if state is not None else None)
+    call_state = msgspec.convert(state, CallState) if state is not None else None
+    status = recording_status(rec, state, manifest)
+    files = []
+    for f in rec.files if rec is not None and status == RecordingStatus.READY else []:
+        url, expires = store.read_url(f.blob, ttl_seconds)
+        files.append(msgspec.structs.replace(f, url=url))
+    report = rec.completeness if rec is not None and rec.completeness is not None else completeness(
+        call_state, manifest, estimated_streams(manifest), time.time())
+    doc = RecordingDocument(
+        call_connection_id=call_id, status=status, call_state=call_state, manifest=manifest, files=files,
+        channel_map=rec.channel_map if rec else [], completeness=report, digest=rec.digest if rec else None,
+        ready_at=rec.ready_at if rec else None, event_id=rec.event_id if rec else None,
+        announced_at=rec.announced_at if rec else None, streams=streams, urls_expire_at=expires)
     return msgspec.to_builtins(doc)  # type: ignore[no-any-return]
 
 

@@ -93,6 +93,19 @@ class RecorderClient:
             raise ApiFailure(0, f"download failed: {exc}") from None
 
 
+def blob_bytes(url: str, timeout: float = 60.0) -> Iterator[bytes]:
+    """A blob by its short-lived read URL. A client of its own: the function key must never reach storage."""
+    try:
+        with httpx.Client(timeout=timeout) as http, http.stream("GET", url) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                raise ApiFailure(resp.status_code, f"storage answered HTTP {resp.status_code} for a read URL "
+                                 "(expired? run the command again)")
+            yield from resp.iter_bytes(256 * 1024)
+    except httpx.HTTPError as exc:
+        raise ApiFailure(0, f"download failed: {exc}") from None
+
+
 def save_stream(chunks: Iterator[bytes], target: Path, progress: Callable[[int], None]) -> int:
     """Write to a temporary name and rename at the end, so an interrupted download never looks complete."""
     partial = target.with_name(target.name + ".part")

@@ -74,7 +74,7 @@ def test_recent_calls_newest_first_and_paged(host: HostUnderTest, azurite: Azuri
     assert third["nextPageToken"] is None
     assert [i["callConnectionId"] for i in everything["items"]] == newest_first
     item = first["items"][0]
-    assert item["target"] == "+15550000004" and item["status"] == "connecting"
+    assert item["target"] == "+15550000004" and item["callStatus"] == "connecting" and item["status"] == "live"
     assert item["createdAt"] == "2026-03-01T12:04:00.000Z" and item["direction"] == "outbound"
 
 
