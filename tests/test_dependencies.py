@@ -249,6 +249,7 @@ def test_the_planes_do_not_install_each_other():
     for name in ("azure-functions", "azurefunctions-extensions-http-fastapi", "azure-communication-callautomation",
                  "fastapi", "typer", "pytest", "mypy"):
         assert name not in streamer, name
-    for name in ("numpy", "uvloop", "pybase64", "aiohttp", "azure-monitor-opentelemetry", "prometheus-client",
+    # numpy is in both on purpose: the streamer cuts frames with it, the finalizer interleaves the multichannel file
+    for name in ("uvloop", "pybase64", "aiohttp", "azure-monitor-opentelemetry", "prometheus-client",
                  "typer", "pytest", "mypy"):
         assert name not in functions, name

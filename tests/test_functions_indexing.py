@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from function_app.settings import ENTRY_SCRIPT, FIXED_VALUES
+from function_app.settings import ENTRY_SCRIPT, FIXED_VALUES, QUEUE_CONNECTION
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,6 +39,11 @@ EXPECTED_HTTP = {
     "GetRecordingAudio": ("recordings/{callConnectionId}/audio", ["GET"], "FUNCTION"),
 }
 EXPECTED_EVENT_GRID = {"IncomingCall": "event"}
+EXPECTED_OTHER = {  # binding fields the host reads (the queue trigger's connection names app settings)
+    "FinalizeRecording": {"type": "queueTrigger", "name": "msg", "queueName": "recording-finalize",
+                          "connection": "RecordingsStorage"},
+    "SweepRecordings": {"type": "timerTrigger", "name": "timer", "schedule": "0 */5 * * * *"},
+}
 
 # Runs in `python -S` (no site-packages, no .pth: our editable install is invisible), as the worker would.
 WORKER_RULE = r"""
@@ -142,7 +147,11 @@ def test_deployment_package_holds_the_app_and_nothing_else(package: Path) -> Non
 def test_settings_name_the_entry_script(local_settings: dict[str, str]) -> None:
     assert FIXED_VALUES["PYTHON_SCRIPT_FILE_NAME"] == ENTRY_SCRIPT
     for name, value in FIXED_VALUES.items():
+        if name.startswith(f"{QUEUE_CONNECTION}__"):  # the trigger's identity connection: Azure only
+            assert name not in local_settings
+            continue
         assert local_settings[name] == value
+    assert local_settings[QUEUE_CONNECTION] == "UseDevelopmentStorage=true"  # locally a connection string
 
 
 @pytest.mark.parametrize("order", ["consumption", "dedicated"])
@@ -153,7 +162,11 @@ def test_worker_indexes_every_function_with_its_bindings(package: Path, order: s
         assert module_file and Path(module_file).is_relative_to(package), result["modules"]
     assert result["http_v2"] is True
     functions = {f["name"]: f for f in result["indexed"]}
-    assert set(functions) == set(EXPECTED_HTTP) | set(EXPECTED_EVENT_GRID)
+    assert set(functions) == set(EXPECTED_HTTP) | set(EXPECTED_EVENT_GRID) | set(EXPECTED_OTHER)
+    for name, wanted in EXPECTED_OTHER.items():
+        (binding,) = functions[name]["bindings"]
+        assert {k: binding.get(k) for k in wanted} == wanted, name
+        assert functions[name]["types_ok"], name
     for name, (route, methods, auth) in EXPECTED_HTTP.items():
         bindings = functions[name]["bindings"]
         assert bindings[0] == {"direction": "IN", "type": "httpTrigger", "name": "req", "methods": methods,
