@@ -9,18 +9,49 @@ offline). It serves an app's own functions at the URLs the real host uses, built
   SubscriptionValidation` is answered with `{"validationResponse": code}`; `Notification` invokes the function
   once per array element (an object counts as one) and answers 202, or 500 if an invocation raised (Event Grid
   then retries); `Unsubscribe` 202; anything else 400 — the WebJobs Event Grid extension's rules.
+- `queueTrigger` (devstack/host_triggers.py): polls the binding's queue (`%setting%` resolved) through the
+  binding's connection — the app setting `<connection>` (or `AzureWebJobs<connection>`; none named:
+  AzureWebJobsStorage) holding a connection string — and creates the queue if it is missing. host.json
+  `extensions.queues` is read with the real defaults: `messageEncoding` base64 (default) or none (a message that is
+  not base64 goes straight to the poison queue, as with storage extension 5.x); messages are dequeued for 10 min
+  (renewed while the function runs) in batches of `batchSize` (16), a new batch once at most `newBatchThreshold`
+  (batchSize/2) are running; the function gets an `azure.functions.QueueMessage` (id, decoded body,
+  dequeue_count, insertion/expiration/next-visible times, pop_receipt); success deletes the message, an exception
+  makes it visible again after `visibilityTimeout` (0), and the failure of the `maxDequeueCount`-th (5) attempt
+  moves it to `<queue>-poison` (as does a dequeue count already above it). An empty queue is polled with random
+  exponential back-off from 100 ms up to `maxPollingInterval` (1 min: the Azure default, not Core Tools' local
+  2 s), back to 100 ms after a poll that found messages. A missing connection setting is logged as the listener
+  being unable to start; the rest of the host runs on.
+- `timerTrigger` (devstack/ncrontab.py): six-field NCRONTAB (`*`, `*/n`, `a-b`, `a-b/n`, `a,b`, numbers, month
+  and day names; day-of-month AND day-of-week, as NCrontab) or a TimeSpan `hh:mm:ss`, in UTC; `runOnStartup`
+  honoured; invocations of one timer never overlap (the next occurrence is computed when one ends); the function
+  gets a `func.TimerRequest` whose `past_due` says it ran more than 1 s late. `--disable-timers` keeps them from
+  firing on their own (the admin endpoint still runs them).
+- `POST /admin/functions/{name}` with the master key (`x-functions-key` or `?code=`) runs a non-HTTP function once
+  in the background and answers 202, as the real host does: body `{"input": "..."}`; a queue function gets the
+  input as the message body (a fresh id, dequeue_count 0, no pop receipt: it never was on a queue), a timer
+  function a TimerRequest with past_due false (input ignored). Without the master key 401 (Core Tools does not
+  ask for it locally; this host does, as Azure), an unknown function 404, an HTTP function or a bad body 400.
 - Functions typed with HTTP streams (FastAPI/Starlette `Request`) get the Starlette request and may return any
   Starlette response, streaming ones included; classic `func.HttpRequest` functions get a converted request.
+- Sync functions of the non-HTTP triggers run in a thread pool sized as the Python worker's
+  (PYTHON_THREADPOOL_THREAD_COUNT, else min(32, CPUs + 4)); async ones on the event loop.
 
 What it does not emulate: the worker process and gRPC, other trigger or binding types (they are refused at start),
-`context` parameters, host.json settings other than routePrefix, key management APIs and named keys per function,
-Event Grid's system key name (any key given with --eventgrid-key works; without one the webhook is open, as under
-`func start`), request size limits, timeouts, scale-out, retries, Application Insights, and the real host's
-exact answers to unmatched methods (Starlette's 405 here) and malformed requests. Note that `func start` does
-not enforce keys at all, while this host does, so key mistakes show up locally.
+`context` parameters, host.json settings other than routePrefix and `extensions.queues`, identity-based
+connections (`<connection>__queueServiceUri` with DefaultAzureCredential: refused with a log line), dynamic
+concurrency, the queue listener's scale-out and its blob-lease singleton per queue (two local hosts on one queue
+both poll it), timer singleton locks, `useMonitor` schedule status persistence (so a missed occurrence while the
+host was down is never run late), WEBSITE_TIME_ZONE, `AzureWebJobs.<name>.Disabled`, key management APIs and named
+keys per function, Event Grid's system key name (any key given with --eventgrid-key works; without one the webhook
+is open, as under `func start`), request size limits, function timeouts, retries policies, Application Insights,
+and the real host's exact answers to unmatched methods (Starlette's 405 here) and malformed requests. Note that
+`func start` does not enforce keys at all, while this host does, so key mistakes show up locally. Unverified: the
+metadata the real host gives an admin-run queue function, and whether its listener creates a missing trigger queue
+(this one does).
 
-Run: `python -m devstack.functions_host --port 7071 [--key K] [--master-key M]`; the app reads its own settings
-from the environment, as it does in Azure.
+Run: `python -m devstack.functions_host --port 7071 [--key K] [--master-key M] [--disable-timers]`; the app reads its
+own settings from the environment, as it does in Azure.
 """
 
 from __future__ import annotations
@@ -29,10 +60,13 @@ import argparse
 import inspect
 import json
 import logging
+import os
 import re
 import secrets
 import typing
-from collections.abc import Iterable
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -44,6 +78,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from devstack.host_triggers import (
+    QueueFunction,
+    TimerFunction,
+    Triggers,
+    queue_function,
+    queue_message,
+    queue_options,
+    timer_function,
+)
 
 log = logging.getLogger("devstack.functions_host")
 REPO = Path(__file__).resolve().parent.parent
@@ -81,6 +125,39 @@ def route_prefix(host_json: Path = REPO / "host.json") -> str:
     except FileNotFoundError:
         return "api"
     return str(config.get("extensions", {}).get("http", {}).get("routePrefix", "api")).strip("/")
+
+
+def _admin_route(functions: dict[str, tuple[str, Any]], keys: Keys, triggers: Triggers) -> Route:
+    """`POST /admin/functions/{name}`: run a non-HTTP function once (master key only), answered 202 at once."""
+
+    async def run(request: Request) -> Response:
+        presented = _presented_key(request)
+        if not presented or not secrets.compare_digest(presented, keys.master_key):
+            return Response(status_code=401)
+        entry = functions.get(request.path_params["name"].lower())
+        if entry is None:
+            return JSONResponse({"error": f"no function {request.path_params['name']!r}"}, status_code=404)
+        kind, fn = entry
+        body = await request.body()
+        try:
+            payload = json.loads(body) if body.strip() else {}
+        except ValueError:
+            return JSONResponse({"error": "the body must be JSON: {\"input\": \"...\"}"}, status_code=400)
+        if not isinstance(payload, dict):
+            return JSONResponse({"error": "the body must be a JSON object: {\"input\": \"...\"}"}, status_code=400)
+        raw = payload.get("input")
+        text = "" if raw is None else raw if isinstance(raw, str) else json.dumps(raw)
+        if isinstance(fn, QueueFunction):
+            arg: Any = queue_message(id=str(uuid.uuid4()), body=text.encode("utf-8"), dequeue_count=0)
+        elif isinstance(fn, TimerFunction):
+            arg = Triggers.timer_request(False, None, None)
+        else:
+            return JSONResponse({"error": f"{kind} functions are not run through the admin endpoint here"},
+                                status_code=400)
+        triggers.spawn(fn.name, fn.user_function, {fn.param: arg})
+        return Response(status_code=202)
+
+    return Route("/admin/functions/{name}", run, methods=["POST"], name="admin")
 
 
 def starlette_path(prefix: str, route: str) -> str:
@@ -218,25 +295,59 @@ def _eventgrid_route(functions: dict[str, Any], keys: Keys) -> list[Route]:
             ("/runtime/webhooks/eventgrid", "/runtime/webhooks/EventGrid")]
 
 
-def build_app(app: func.FunctionApp, keys: Keys, prefix: str | None = None) -> Starlette:
-    prefix = route_prefix() if prefix is None else prefix
+def build_app(app: func.FunctionApp, keys: Keys, prefix: str | None = None, *, host_json: Path | None = None,
+              env: Mapping[str, str] | None = None, timers: bool = True, queues: bool = True) -> Starlette:
+    """The host for `app`: HTTP routes, the Event Grid webhook, the admin endpoint, and (in the app's lifespan) the
+    queue listeners and timers. `env` holds the app settings (default: os.environ); `timers=False` keeps timers
+    from firing on their own, `queues=False` starts no queue listener."""
+    host_json = REPO / "host.json" if host_json is None else host_json
+    prefix = route_prefix(host_json) if prefix is None else prefix
+    settings = os.environ if env is None else env
     http_routes: list[tuple[tuple[int, int], Route]] = []
     eventgrid: dict[str, Any] = {}
+    by_name: dict[str, tuple[str, Any]] = {}
+    queue_fns: list[QueueFunction] = []
+    timer_fns: list[TimerFunction] = []
     for fn in indexed_functions(app):
+        name, user_function = fn.get_function_name(), fn.get_user_function()
         bindings = json.loads(fn.get_function_json())["bindings"]
         trigger = next((b for b in bindings if b["direction"] == "IN" and b["type"].endswith("Trigger")), None)
-        if trigger and trigger["type"] == "httpTrigger":
+        kind = trigger and trigger["type"]
+        if trigger and kind == "httpTrigger":
             route = _http_route(prefix, fn, trigger, keys)
             literal = len([p for p in route.path.split("/") if p and "{" not in p])
             http_routes.append(((-literal, -len(route.path)), route))
-        elif trigger and trigger["type"] == "eventGridTrigger":
-            _check_params(fn.get_function_name(), fn.get_user_function(), trigger["name"])
-            eventgrid[fn.get_function_name().lower()] = fn
+            by_name[name.lower()] = (kind, None)
+        elif trigger and kind == "eventGridTrigger":
+            _check_params(name, user_function, trigger["name"])
+            eventgrid[name.lower()] = fn
+            by_name[name.lower()] = (kind, None)
+        elif trigger and kind == "queueTrigger":
+            _check_params(name, user_function, trigger["name"])
+            queue_fns.append(queue_function(name, user_function, trigger, settings))
+            by_name[name.lower()] = (kind, queue_fns[-1])
+        elif trigger and kind == "timerTrigger":
+            _check_params(name, user_function, trigger["name"])
+            timer_fns.append(timer_function(name, user_function, trigger, settings))
+            by_name[name.lower()] = (kind, timer_fns[-1])
         else:
-            raise ValueError(f"{fn.get_function_name()}: trigger {trigger and trigger['type']!r} is not "
-                             "supported by the local host")
+            raise ValueError(f"{name}: trigger {kind!r} is not supported by the local host")
+    triggers = Triggers(queue_fns, timer_fns, queue_options(host_json), settings, run_timers=timers,
+                        run_queues=queues)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await triggers.start()
+        try:
+            yield
+        finally:
+            await triggers.stop()
+
     routes = [r for _, r in sorted(http_routes, key=lambda x: x[0])]
-    return Starlette(routes=[*routes, *_eventgrid_route(eventgrid, keys)])
+    served = Starlette(routes=[_admin_route(by_name, keys, triggers), *routes, *_eventgrid_route(eventgrid, keys)],
+                       lifespan=lifespan)
+    served.state.triggers = triggers
+    return served
 
 
 def main(argv: Iterable[str] | None = None) -> None:
@@ -250,6 +361,8 @@ def main(argv: Iterable[str] | None = None) -> None:
     parser.add_argument("--key", action="append", help="a function key (repeatable); random when omitted")
     parser.add_argument("--master-key", help="the master (admin) key; random when omitted")
     parser.add_argument("--eventgrid-key", help="require this key on the Event Grid webhook (default: open)")
+    parser.add_argument("--disable-timers", action="store_true",
+                        help="timer functions do not fire on their own (POST /admin/functions/{name} still runs them)")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(list(argv) if argv is not None else None)
     setup_logging(args.log_level)
@@ -260,7 +373,8 @@ def main(argv: Iterable[str] | None = None) -> None:
     keys = Keys(frozenset(function_keys), args.master_key or secrets.token_urlsafe(24), args.eventgrid_key)
     if not args.key:
         print(f"function key: {function_keys[0]}", flush=True)
-    uvicorn.run(build_app(app, keys), host=args.host, port=args.port, log_level=args.log_level.lower())
+    uvicorn.run(build_app(app, keys, timers=not args.disable_timers), host=args.host, port=args.port,
+                log_level=args.log_level.lower())
 
 
 if __name__ == "__main__":
