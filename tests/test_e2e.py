@@ -108,3 +108,43 @@ def test_wrong_tokens_are_refused_on_the_websocket_and_the_callbacks(loop):
     metrics = httpx.get(f"{stack.streamer_url}/metrics").text
     assert 'acs_streamer_refusals_total{reason="unauthorized"} 1' in metrics
     assert "acs_streamer_sessions_total 2" in metrics  # the two real calls, each authenticated
+
+
+def test_the_stack_wires_the_finalize_queue_and_the_events_topic(loop):
+    """What the finished-recordings path will use: the queue endpoint in every storage connection string the stack
+    hands out, the topic behind RECORDING_EVENTS_ENDPOINT/KEY, and the host's admin endpoint with the master key."""
+    from azure.core.credentials import AzureKeyCredential
+    from azure.core.messaging import CloudEvent
+    from azure.eventgrid import EventGridPublisherClient
+    from azure.storage.queue import QueueServiceClient
+
+    from common.layout import FINALIZE_QUEUE
+
+    stack, _client, _calls = loop
+    assert stack.functions is not None and stack.streamer is not None and stack.azurite is not None
+    host_env, streamer_env = stack.functions.env, stack.streamer.env
+    connection = host_env["RecordingsStorage"]
+    assert f"QueueEndpoint={stack.azurite.queue_endpoint};" in connection
+    assert streamer_env["AZURE_STORAGE_CONNECTION_STRING"] == connection
+    queues = QueueServiceClient.from_connection_string(connection)
+    queue = queues.get_queue_client(FINALIZE_QUEUE)
+    queue.create_queue()
+    try:
+        queue.send_message("probe")
+        assert [m.content for m in queue.peek_messages()] == ["probe"]
+    finally:
+        queue.delete_queue()
+
+    assert host_env["RECORDING_EVENTS_ENDPOINT"] == stack.events_endpoint
+    publisher = EventGridPublisherClient(host_env["RECORDING_EVENTS_ENDPOINT"],
+                                         AzureKeyCredential(host_env["RECORDING_EVENTS_KEY"]))
+    probe = CloudEvent(source="/e2e-probe", type="E2e.Probe", data={"probe": True})
+    publisher.send([probe])
+    (received,) = stack.wait_for_events(1, type="E2e.Probe", timeout=10)
+    assert received["id"] == probe.id and received["data"] == {"probe": True}
+
+    refused = httpx.post(f"{stack.functions_url}/admin/functions/ListRecordings", json={},
+                         headers={"x-functions-key": stack.function_key})
+    assert refused.status_code == 401  # a function key is not the master key
+    with pytest.raises(RuntimeError, match="400"):  # the master key is accepted; an HTTP function is not run so
+        stack.run_function("ListRecordings")
