@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import time
 import wave
+from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -127,8 +130,9 @@ def test_the_stack_wires_the_finalize_queue_and_the_events_topic(loop):
     assert f"QueueEndpoint={stack.azurite.queue_endpoint};" in connection
     assert streamer_env["AZURE_STORAGE_CONNECTION_STRING"] == connection
     queues = QueueServiceClient.from_connection_string(connection)
-    queue = queues.get_queue_client(FINALIZE_QUEUE)
+    queue = queues.get_queue_client("wiring-probe")  # not the finalize queue: the host is consuming that one
     queue.create_queue()
+    assert FINALIZE_QUEUE in [q.name for q in queues.list_queues()]  # the calls' ends were put on it
     try:
         queue.send_message("probe")
         assert [m.content for m in queue.peek_messages()] == ["probe"]
@@ -148,3 +152,79 @@ def test_the_stack_wires_the_finalize_queue_and_the_events_topic(loop):
     assert refused.status_code == 401  # a function key is not the master key
     with pytest.raises(RuntimeError, match="400"):  # the master key is accepted; an HTTP function is not run so
         stack.run_function("ListRecordings")
+
+
+def _ready(client: RecorderClient, call_id: str, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        doc = client.recording(call_id)
+        if doc["status"] == "ready" or time.monotonic() > deadline:
+            return doc
+        time.sleep(0.2)
+
+
+def _blob(url: str) -> bytes:
+    return httpx.get(url, timeout=30).raise_for_status().content
+
+
+def test_ended_calls_are_finalized_verified_and_announced_once(loop):
+    stack, client, calls = loop
+    for direction, call_id in calls.items():
+        ended = stack.simulator.call(call_id)
+        doc = _ready(client, call_id)  # the calls ended when the fixture returned: within 30 s of that
+        assert doc["status"] == "ready", (direction, doc["status"])
+        sent = ended["streams"]
+        c = doc["completeness"]
+        assert c["complete"] is True and c["coverage"] > 0.5 and not [h for h in c["holes"] if not h["expected"]]
+        streams = [f for f in doc["files"] if f["kind"] == "stream"]
+        assert len(streams) == len(sent)
+        pcm_of = {}
+        for f in streams:
+            data = _blob(f["url"])
+            assert hashlib.sha256(data).hexdigest() == f["sha256"] and len(data) == f["bytes"]
+            with wave.open(io.BytesIO(data)) as w:
+                pcm_of[f["participantRawId"]] = w.readframes(w.getnframes())
+            assert hashlib.sha256(pcm_of[f["participantRawId"]]).hexdigest() == \
+                sent[f["participantRawId"] or "mixed"]["sha256"]  # what ACS (the simulator) sent, exactly
+        multi = [f for f in doc["files"] if f["kind"] == "multichannel"]
+        if direction == "outbound":  # unmixed: channel k is participant k's stream, padded
+            (m,) = multi
+            with wave.open(io.BytesIO(_blob(m["url"]))) as w:
+                assert w.getnchannels() == 2
+                frames = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)
+            for entry in doc["channelMap"]:
+                mono = np.frombuffer(pcm_of[entry["participantRawId"]], dtype="<i2")
+                assert np.array_equal(frames[: mono.size, entry["channel"]], mono)
+        else:
+            assert multi == []
+        item = next(i for i in client.recordings(50, None)["items"] if i["callConnectionId"] == call_id)
+        assert item["status"] == "ready" and item["callStatus"] == "disconnected" and item["coverage"] > 0.5
+    events = stack.wait_for_events(2, type="AcsCallRecorder.RecordingReady")
+    time.sleep(1.0)  # a duplicate would have arrived by now
+    events = stack.events("AcsCallRecorder.RecordingReady")
+    assert sorted(e["subject"] for e in events) == sorted(f"recordings/{cid}" for cid in calls.values())
+    for e in events:
+        doc = client.recording(e["subject"].split("/", 1)[1])
+        assert e["id"] == doc["eventId"] and e["data"]["digest"] == doc["digest"]
+        assert doc["announcedAt"] is not None
+
+
+def test_verify_says_ok_then_names_a_changed_chunk(loop):
+    from azure.storage.blob import BlobServiceClient
+    from typer.testing import CliRunner
+
+    from common import wav
+    from recorder_cli.main import app
+
+    stack, client, calls = loop
+    call_id = calls["incoming"]
+    _ready(client, call_id)
+    args = ["--url", stack.functions_url, f"--key={stack.function_key}", "recordings", "verify", call_id]
+    ok = CliRunner().invoke(app, args)
+    assert ok.exit_code == 0 and ok.stdout.startswith("OK: digest"), ok.output
+    chunk = client.recording(call_id)["manifest"]["streams"][0]["chunks"][1]["blob"]
+    container = BlobServiceClient.from_connection_string(stack.azurite.connection_string).get_container_client(
+        stack.container)
+    container.upload_blob(chunk, wav.encode(bytes(64000), 16000), overwrite=True)
+    bad = CliRunner().invoke(app, args)
+    assert bad.exit_code == 1 and f"chunk mixed/{1:06d}" in bad.stderr, bad.output
