@@ -18,7 +18,7 @@ from typing import Any
 
 from devstack.simulator import AudioSpec, CallScript
 from devstack.stack import LocalStack
-from recorder_cli.client import RecorderClient, save_stream
+from recorder_cli.client import RecorderClient, blob_bytes, save_stream
 
 OUTBOUND_TARGET = "+15557654321"
 CALLER = "+15551230000"
@@ -111,7 +111,37 @@ def run(args: argparse.Namespace) -> int:
         for cid, label in calls.items():
             files += summary(client, cid, label, out)
         say(f"\n{len(files)} stitched WAVs in {out} (play them with any audio player); process logs in {out / 'stack'}")
+        say("\nfinished recordings (the function app finalizes each call once it ended and its sessions settled):")
+        for cid, label in calls.items():
+            files += finished(client, cid, label, out)
+        events = stack.wait_for_events(len(calls), type="AcsCallRecorder.RecordingReady", timeout=30)
+        say(f"\nthe local Event Grid topic received {len(events)} RecordingReady event(s):")
+        for e in events:
+            data = e.get("data") or {}
+            say(f"  id {e['id']}  subject {e['subject']}  coverage {data.get('completeness', {}).get('coverage')}  "
+                f"digest {str(data.get('digest', {}).get('value'))[:16]}…")
     return 0
+
+
+def finished(client: RecorderClient, call_id: str, label: str, out: Path, timeout: float = 60.0) -> list[Path]:
+    """Wait until the recording is ready, print its completeness and digest, download its multichannel file (or
+    its one stream when mixed)."""
+    deadline = time.monotonic() + timeout
+    doc = client.recording(call_id)
+    while doc["status"] != "ready" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        doc = client.recording(call_id)
+    c = doc.get("completeness") or {}
+    say(f"  {label}: {doc['status']}, coverage {c.get('coverage')}, digest {(doc.get('digest') or {}).get('value')}")
+    say(f"    {c.get('statement')}")
+    files = [f for f in doc.get("files", []) if f["kind"] == "multichannel"] or doc.get("files", [])[:1]
+    written = []
+    for f in files:
+        target = out / f"{label}-finished-{f['blob'].rsplit('/', 1)[-1]}"
+        size = save_stream(blob_bytes(f["url"]), target, lambda _n: None)
+        say(f"    wrote {target} ({size:,} bytes, {f['channels']} channel(s), sha256 {f['sha256'][:16]}…)")
+        written.append(target)
+    return written
 
 
 def wait_complete(client: RecorderClient, call_id: str, timeout: float = 30.0) -> dict[str, Any]:
