@@ -168,7 +168,8 @@ def test_console_script_is_installed(stack: dict[str, str]) -> None:
 
 
 COMMANDS = {"call": ["+15551234567"], "hangup": ["c1"], "streaming start": ["c1"], "streaming stop": ["c1"],
-            "recordings list": [], "recordings show": ["c1"], "download": ["c1"]}
+            "recordings list": [], "recordings show": ["c1"], "recordings wait": ["c1"],
+            "recordings verify": ["c1"], "download": ["c1"]}
 
 
 def test_every_command_shares_the_one_error_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
