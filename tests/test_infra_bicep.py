@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -38,6 +39,12 @@ BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
 BLOB_DELEGATOR = "db58b8e5-c6ad-4a2a-8342-4190687cbf4a"
 ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
 COMMUNICATION_OWNER = "09976791-48a7-449e-bb21-39d1a415f350"
+QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
+QUEUE_MESSAGE_SENDER = "c6a89b2d-59bc-44d0-9896-0f6e12d7b80a"
+EVENTGRID_DATA_SENDER = "d5a91429-5739-47e2-a06b-3470a27159e7"
+# The one custom role (roles.bicep): role_id() names it "custom:<symbol>".
+CHUNK_TAG_WRITER = "custom:chunkTagWriter"
+BLOB_TAGS_WRITE = "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/tags/write"
 BROAD_ROLES = {
     "8e3af657-a8ff-443c-a75c-2fe8c4bcb635": "Owner",
     "b24988ac-6180-42a0-ab88-20f7382dd24c": "Contributor",
@@ -121,11 +128,10 @@ class Scope:
         return {k: v for k, v in self.tree.get("resources", {}).items() if rtype in (None, v["type"])}
 
     def resource(self, rtype: str) -> dict[str, Any]:
-        """The body of the one resource of this type (a conditional resource's body, condition dropped)."""
+        """The body of the one resource of this type (a conditional or loop resource's body, condition dropped)."""
         found = self.resources(rtype)
         assert len(found) == 1, f"{self.path.name}: expected one {rtype}, found {sorted(found)}"
-        config = next(iter(found.values()))["config"]
-        return config["config"] if "condition" in config else config
+        return body(next(iter(found.values())))
 
     def param_value(self, name: str) -> Any:
         if name in self.overrides:
@@ -174,6 +180,12 @@ class Scope:
         if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             return None
         return OPERATORS[op["type"]](*values)
+
+
+def body(resource: dict[str, Any]) -> dict[str, Any]:
+    """A pycep resource's body: `= if (c) {...}` and `= [for x in xs: {...}]` unwrapped."""
+    config = resource["config"]
+    return config["config"] if "condition" in config or "loop_type" in config else config
 
 
 @cache
@@ -227,11 +239,17 @@ def range_violations(scope: Scope) -> dict[str, str]:
 
 
 def role_id(definition: Any) -> str | None:
-    """The role GUID in subscriptionResourceId('Microsoft.Authorization/roleDefinitions', <id>)."""
+    """The role GUID in subscriptionResourceId('Microsoft.Authorization/roleDefinitions', <id>), or "custom:<symbol>"
+    when <id> is `<symbol>.name` of a role definition that roles.bicep itself declares."""
     fn = definition.get("function", {}) if isinstance(definition, dict) else {}
     if fn.get("type") != "subscription_resource_id":
         return None
-    return roles_scope().eval(fn["parameters"]["resource_name_1"])
+    assert fn["parameters"]["resource_type"] == "Microsoft.Authorization/roleDefinitions", fn
+    value = roles_scope().eval(fn["parameters"]["resource_name_1"])
+    custom = roles_scope().resources("Microsoft.Authorization/roleDefinitions")
+    if isinstance(value, str) and value.endswith(".name") and value.removesuffix(".name") in custom:
+        return f"custom:{value.removesuffix('.name')}"
+    return value
 
 
 @cache
@@ -364,10 +382,18 @@ def test_storage_is_locked_down(symbol: str):
     assert container["properties"]["publicAccess"] == "None"
 
 
+def lifecycle_rules(scope: Scope) -> dict[str, dict[str, Any]]:
+    """name -> rule of the lifecycle policy."""
+    policy = scope.resource("Microsoft.Storage/storageAccounts/managementPolicies")
+    rules = policy["properties"]["policy"]["rules"]
+    assert len({r["name"] for r in rules}) == len(rules), "rule names must be unique in a policy"
+    return {r["name"]: r for r in rules}
+
+
 def lifecycle_days(scope: Scope) -> tuple[Any, Any]:
     """(tierToCool, delete) daysAfterModificationGreaterThan of the recordings lifecycle rule."""
-    policy = scope.resource("Microsoft.Storage/storageAccounts/managementPolicies")
-    (rule,) = policy["properties"]["policy"]["rules"]
+    rule = lifecycle_rules(scope)["recordings-cool-then-delete"]
+    assert "blobIndexMatch" not in rule["definition"]["filters"], "the cool/delete rule covers every blob"
     actions = rule["definition"]["actions"]["baseBlob"]
     return (scope.eval(actions["tierToCool"]["daysAfterModificationGreaterThan"]),
             scope.eval(actions["delete"]["daysAfterModificationGreaterThan"]))
@@ -392,6 +418,108 @@ def test_delete_not_after_cool_stops_the_deployment(cool: int, delete: int, stop
     scope = module_bounds_check("recordingsStorage", overrides, "deleteDaysAfterCool", stops)
     if not stops:
         assert lifecycle_days(scope) == (cool, delete)
+
+
+def chunk_rule(scope: Scope) -> dict[str, Any]:
+    return lifecycle_rules(scope)["recordings-chunks-expire"]["definition"]
+
+
+def test_chunk_lifecycle_rule_deletes_tagged_chunks_only():
+    scope = module_scope("recordingsStorage")
+    rule = chunk_rule(scope)
+    filters = rule["filters"]
+    assert filters["blobTypes"] == ["blockBlob"]
+    # The recordings container only (the same prefix as the cool/delete rule), and only blobs tagged as chunks.
+    cool_rule = lifecycle_rules(scope)["recordings-cool-then-delete"]["definition"]
+    assert filters["prefixMatch"] == cool_rule["filters"]["prefixMatch"] == ["${lifecycleContainer}/"]
+    assert scope.param_value("lifecycleContainer") == main_scope().param_value("recordingsContainer")
+    tags = [{k: scope.eval(v) for k, v in f.items()} for f in filters["blobIndexMatch"]]
+    assert tags == [{"name": "recorder-kind", "op": "==", "value": "chunk"}]  # lifecycle matches on == only
+    # Deletion only (no tiering), counted from creation, after the days main.bicep's parameter says.
+    actions = rule["actions"]
+    assert set(actions) == {"baseBlob"} and set(actions["baseBlob"]) == {"delete"}
+    delete = actions["baseBlob"]["delete"]
+    assert set(delete) == {"daysAfterCreationGreaterThan"}
+    assert ref(module_decl("recordingsStorage")["params"]["chunkRetentionDays"]) == "chunkRetentionDays"
+    assert scope.eval(delete["daysAfterCreationGreaterThan"]) == main_scope().param_value("chunkRetentionDays") == 30
+    # The parameter is documented and bounded, in main and in the module.
+    for s in (main_scope(), scope):
+        decorators = {d["type"]: d.get("argument") for d in s.params["chunkRetentionDays"]["decorators"]}
+        assert decorators.get("min_value") == 1 and decorators.get("description"), s.path.name
+
+
+@pytest.mark.parametrize(("days", "stops"), [(1, False), (7, False), (400, False), (0, True)])
+def test_chunk_retention_parameter_reaches_the_rule(days: int, stops: bool):
+    overrides = {"chunkRetentionDays": days}
+    if stops:  # main's own @minValue(1) refuses it, and so would the module's
+        assert range_violations(Scope(MAIN, overrides)) == {"chunkRetentionDays": "0 < @minValue(1)"}
+        assert range_violations(module_scope("recordingsStorage", overrides)) == \
+            {"chunkRetentionDays": "0 < @minValue(1)"}
+        return
+    scope = module_bounds_check("recordingsStorage", overrides, "chunkRetentionDays", stops=False)
+    assert scope.eval(chunk_rule(scope)["actions"]["baseBlob"]["delete"]["daysAfterCreationGreaterThan"]) == days
+    assert lifecycle_days(scope) == (30, 365)  # the other rule is unchanged
+
+
+# Queue names, as Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01 constrains them
+# (bicep-types-az, generated/storage/microsoft.storage/2023-05-01/types.md).
+QUEUE_NAME = re.compile(r"^[a-z0-9]([a-z0-9]|(-(?!-))){1,61}[a-z0-9]$")
+
+
+def test_finalize_queue_exists_in_the_recordings_account():
+    from common.layout import FINALIZE_QUEUE
+
+    assert FINALIZE_QUEUE == "recording-finalize"
+    main = main_scope()
+    assert main.eval("finalizeQueue") == FINALIZE_QUEUE
+    assert main.eval("finalizePoisonQueue") == f"{FINALIZE_QUEUE}-poison"  # the Functions queue trigger's name for it
+    scope = module_scope("recordingsStorage")
+    names = [main.eval(n) for n in scope.param_value("queueNames")]  # main's variables, passed as a list
+    assert names == [FINALIZE_QUEUE, f"{FINALIZE_QUEUE}-poison"]
+    assert all(QUEUE_NAME.match(n) and 3 <= len(n) <= 63 for n in names), names
+    # One queue per name, under the account's queue service, which exists when there are queues.
+    (queues,) = scope.resources("Microsoft.Storage/storageAccounts/queueServices/queues").values()
+    assert queues["config"]["loop_type"]["detail"] == {"item_name": "queueName", "array_name": "queueNames"}
+    assert body(queues) == {"parent": "queueService", "name": "queueName"}
+    (service,) = scope.resources("Microsoft.Storage/storageAccounts/queueServices").values()
+    assert scope.eval(service["config"]["condition"]) is True
+    assert body(service)["name"] == "default" and body(service)["parent"] == "account"
+    # The Functions host account gets none.
+    host = module_scope("hostStorage")
+    assert host.param_value("queueNames") == []
+    (host_service,) = host.resources("Microsoft.Storage/storageAccounts/queueServices").values()
+    assert host.eval(host_service["config"]["condition"]) is False
+    # roles.bicep scopes its queue roles to these two queues.
+    roles = roles_scope()
+    assert roles.param_value("finalizeQueueName") == FINALIZE_QUEUE
+    assert roles.param_value("finalizePoisonQueueName") == f"{FINALIZE_QUEUE}-poison"
+    assert ref(module_decl("roles")["params"]["recordingsStorageAccountName"]) == "recordingsStorage.outputs.name"
+
+
+def test_queue_endpoint_reaches_both_apps():
+    output = module_scope("recordingsStorage").tree["outputs"]["queueEndpoint"]["value"]
+    assert ref(output) == "account.properties.primaryEndpoints.queue"
+    for symbol in ("streamer", "functions"):
+        assert ref(module_decl(symbol)["params"]["storageQueueUrl"]) == "recordingsStorage.outputs.queueEndpoint"
+
+
+def test_recording_events_topic_is_entra_only_cloudevents():
+    scope = module_scope("recordingEvents")
+    topic = scope.resource("Microsoft.EventGrid/topics")
+    props = topic["properties"]
+    assert props["inputSchema"] == "CloudEventSchemaV1_0"
+    assert props["disableLocalAuth"] is True  # no keys, no SAS: Entra ID tokens only
+    assert props["minimumTlsVersionAllowed"] == "1.2"
+    assert "inputSchemaMapping" not in props
+    assert topic["identity"] == {"type": "SystemAssigned"}  # for subscribers' identity-based delivery
+    outputs = scope.tree["outputs"]
+    assert ref(outputs["endpoint"]["value"]) == "topic.properties.endpoint"
+    # main.bicep gives the endpoint to the function app and to azd, and the topic name to roles.bicep.
+    assert ref(module_decl("functions")["params"]["recordingEventsEndpoint"]) == "recordingEvents.outputs.endpoint"
+    main_outputs = main_scope().tree["outputs"]
+    assert ref(main_outputs["RECORDING_EVENTS_ENDPOINT"]["value"]) == "recordingEvents.outputs.endpoint"
+    assert ref(main_outputs["RECORDING_EVENTS_TOPIC_ID"]["value"]) == "recordingEvents.outputs.id"
+    assert ref(module_decl("roles")["params"]["recordingEventsTopicName"]) == "recordingEvents.outputs.name"
 
 
 def test_function_app_hardening():
@@ -452,6 +580,106 @@ def test_registry_properties_exist_in_its_api_version():
     assert "anonymousPullEnabled" not in REGISTRY_PROPERTIES["2023-07-01"]  # the version this test moved away from
 
 
+# Writable properties of the other resource types this change added or extended, per API version, as
+# Azure/bicep-types-az lists them (generated/<provider>/<namespace>/<version>/types.md). Keys are paths into the
+# resource body ("[]" = each element of a list); each value is the set of keys that object may have there. A path
+# that is absent in a template is not checked; a key outside its set is a BCP037 warning, and ARM drops or refuses it.
+_DATE_AFTER_MODIFICATION = {"daysAfterCreationGreaterThan", "daysAfterLastAccessTimeGreaterThan",
+                            "daysAfterLastTierChangeGreaterThan", "daysAfterModificationGreaterThan"}
+_RULE = "properties.policy.rules[].definition"
+RESOURCE_SCHEMAS: dict[tuple[str, str], dict[str, set[str]]] = {
+    # generated/eventgrid/microsoft.eventgrid/2025-02-15: TopicProperties, IdentityInfo
+    ("Microsoft.EventGrid/topics", "2025-02-15"): {
+        "": {"name", "location", "tags", "identity", "properties"},
+        "identity": {"principalId", "tenantId", "type", "userAssignedIdentities"},
+        "properties": {"dataResidencyBoundary", "disableLocalAuth", "eventTypeInfo", "inboundIpRules", "inputSchema",
+                       "inputSchemaMapping", "minimumTlsVersionAllowed", "publicNetworkAccess"},
+    },
+    # generated/storage/microsoft.storage/2023-05-01: QueueServicePropertiesProperties, CorsRules
+    ("Microsoft.Storage/storageAccounts/queueServices", "2023-05-01"): {
+        "": {"parent", "name", "properties"},
+        "properties": {"cors"},
+        "properties.cors": {"corsRules"},
+    },
+    # ... QueueProperties (approximateMessageCount is read-only)
+    ("Microsoft.Storage/storageAccounts/queueServices/queues", "2023-05-01"): {
+        "": {"parent", "name", "properties"},
+        "properties": {"metadata"},
+    },
+    # ... ManagementPolicy*, TagFilter, DateAfterModification
+    ("Microsoft.Storage/storageAccounts/managementPolicies", "2023-05-01"): {
+        "": {"parent", "name", "properties", "dependsOn"},
+        "properties": {"policy"},
+        "properties.policy": {"rules"},
+        "properties.policy.rules[]": {"definition", "enabled", "name", "type"},
+        _RULE: {"actions", "filters"},
+        f"{_RULE}.filters": {"blobIndexMatch", "blobTypes", "prefixMatch"},
+        f"{_RULE}.filters.blobIndexMatch[]": {"name", "op", "value"},
+        f"{_RULE}.actions": {"baseBlob", "snapshot", "version"},
+        f"{_RULE}.actions.baseBlob": {"delete", "enableAutoTierToHotFromCool", "tierToArchive", "tierToCold",
+                                      "tierToCool", "tierToHot"},
+        **{f"{_RULE}.actions.baseBlob.{action}": _DATE_AFTER_MODIFICATION
+           for action in ("delete", "tierToArchive", "tierToCold", "tierToCool", "tierToHot")},
+    },
+    # generated/authorization/microsoft.authorization/2022-04-01: RoleDefinitionProperties, Permission
+    ("Microsoft.Authorization/roleDefinitions", "2022-04-01"): {
+        "": {"name", "properties"},
+        "properties": {"assignableScopes", "description", "permissions", "roleName", "type"},
+        "properties.permissions[]": {"actions", "dataActions", "notActions", "notDataActions"},
+    },
+    # ... RoleAssignmentProperties (createdBy, scope, ... are read-only)
+    ("Microsoft.Authorization/roleAssignments", "2022-04-01"): {
+        "": {"name", "scope", "properties"},
+        "properties": {"condition", "conditionVersion", "delegatedManagedIdentityResourceId", "description",
+                       "principalId", "principalType", "roleDefinitionId"},
+    },
+}
+
+
+def _at(node: Any, path: str) -> list[Any]:
+    """The objects at `path` ("a.b[].c") in a resource body; nothing where a step is absent."""
+    nodes = [node]
+    for step in [p for p in path.split(".") if p]:
+        key, each = step.removesuffix("[]"), step.endswith("[]")
+        nodes = [n[key] for n in nodes if isinstance(n, dict) and key in n]
+        if each:
+            nodes = [item for n in nodes if isinstance(n, list) for item in n]
+    return nodes
+
+
+def unknown_properties(res: dict[str, Any]) -> dict[str, set[str]]:
+    """path -> keys its API version does not define, for one pycep resource of a type in RESOURCE_SCHEMAS."""
+    schema = RESOURCE_SCHEMAS[(res["type"], res["api_version"])]
+    out: dict[str, set[str]] = {}
+    for path, allowed in schema.items():
+        for obj in _at(body(res), path):
+            if isinstance(obj, dict) and (extra := set(obj) - allowed):
+                out.setdefault(path, set()).update(extra)
+    return out
+
+
+def test_new_resource_properties_exist_in_their_api_version():
+    seen = set()
+    for path in BICEP_FILES:
+        for symbol, res in tree(path).get("resources", {}).items():
+            types = {t for t, _ in RESOURCE_SCHEMAS}
+            if res["type"] not in types or res.get("existing"):
+                continue
+            key = (res["type"], res["api_version"])
+            assert key in RESOURCE_SCHEMAS, f"{path.name}:{symbol}: {res['type']}@{res['api_version']} not checked here"
+            assert unknown_properties(res) == {}, f"{path.name}:{symbol}: {unknown_properties(res)}"
+            seen.add(key)
+    assert seen == set(RESOURCE_SCHEMAS), set(RESOURCE_SCHEMAS) - seen  # every entry is used
+    # Negative control: a misspelt tag filter and an action the version lacks are caught.
+    broken = {"type": "Microsoft.Storage/storageAccounts/managementPolicies", "api_version": "2023-05-01",
+              "config": {"name": "default", "properties": {"policy": {"rules": [{"name": "r", "type": "Lifecycle",
+                         "definition": {"filters": {"blobTypes": [], "blobIndexMatch": [{"key": "k", "op": "==",
+                                                                                            "value": "v"}]},
+                                        "actions": {"baseBlob": {"delete": {"daysAfterCreation": 1}}}}}]}}}}
+    assert unknown_properties(broken) == {f"{_RULE}.filters.blobIndexMatch[]": {"key"},
+                                          f"{_RULE}.actions.baseBlob.delete": {"daysAfterCreation"}}
+
+
 def _assignments() -> dict[str, tuple[str, str | None, str]]:
     """symbol -> (principal param, role id, scope symbol)"""
     out = {}
@@ -465,25 +693,62 @@ def _assignments() -> dict[str, tuple[str, str | None, str]]:
 def test_role_assignments_are_least_privilege():
     roles = roles_scope()
     scopes = {s: r["type"] for s, r in roles.resources().items()}
-    got = {(p, r, scopes.get(s)) for p, r, s in _assignments().values()}
+    assignments = _assignments()
+    got = sorted((p, r, scopes.get(s)) for p, r, s in assignments.values())
     container = "Microsoft.Storage/storageAccounts/blobServices/containers"
     account = "Microsoft.Storage/storageAccounts"
-    assert got == {
+    queue = "Microsoft.Storage/storageAccounts/queueServices/queues"
+    assert got == sorted([
         ("streamerPrincipalId", BLOB_DATA_CONTRIBUTOR, container),
+        ("streamerPrincipalId", CHUNK_TAG_WRITER, container),
+        ("streamerPrincipalId", QUEUE_MESSAGE_SENDER, queue),
         ("streamerPrincipalId", ACR_PULL, "Microsoft.ContainerRegistry/registries"),
         ("functionsPrincipalId", BLOB_DATA_CONTRIBUTOR, container),
         ("functionsPrincipalId", BLOB_DELEGATOR, account),
         ("functionsPrincipalId", BLOB_DATA_OWNER, account),
+        ("functionsPrincipalId", QUEUE_DATA_CONTRIBUTOR, queue),  # recording-finalize
+        ("functionsPrincipalId", QUEUE_DATA_CONTRIBUTOR, queue),  # recording-finalize-poison
+        ("functionsPrincipalId", EVENTGRID_DATA_SENDER, "Microsoft.EventGrid/topics"),
         ("functionsPrincipalId", COMMUNICATION_OWNER, "Microsoft.Communication/communicationServices"),
-    }, got
-    # The container scope is the recordings container; the owner role is on the host account, not recordings.
-    by_symbol = _assignments()
-    sym_of = {(p, r): s for p, r, s in by_symbol.values()}
-    assert roles.resources()[sym_of[("functionsPrincipalId", BLOB_DATA_OWNER)]]["config"]["name"] == \
-        "hostStorageAccountName"
-    assert roles.resources()[sym_of[("functionsPrincipalId", BLOB_DELEGATOR)]]["config"]["name"] == \
-        "recordingsStorageAccountName"
-    assert not set(BROAD_ROLES) & {r for _, r, _ in by_symbol.values()}
+    ]), got
+    # Which resource each scope is: the owner role is on the host account, not recordings; the queue roles are on the
+    # finalization queues (not the account); the data sender on the recording-events topic.
+    def scope_names(principal: str, role: str) -> list[Any]:
+        return sorted(str(roles.resources()[s]["config"]["name"]) for p, r, s in assignments.values()
+                      if (p, r) == (principal, role))
+
+    assert scope_names("functionsPrincipalId", BLOB_DATA_OWNER) == ["hostStorageAccountName"]
+    assert scope_names("functionsPrincipalId", BLOB_DELEGATOR) == ["recordingsStorageAccountName"]
+    assert scope_names("functionsPrincipalId", QUEUE_DATA_CONTRIBUTOR) == \
+        ["finalizePoisonQueueName", "finalizeQueueName"]
+    assert scope_names("streamerPrincipalId", QUEUE_MESSAGE_SENDER) == ["finalizeQueueName"]
+    assert scope_names("functionsPrincipalId", EVENTGRID_DATA_SENDER) == ["recordingEventsTopicName"]
+    for principal in ("streamerPrincipalId", "functionsPrincipalId"):
+        assert scope_names(principal, BLOB_DATA_CONTRIBUTOR) == ["recordingsContainer"]
+    assert scope_names("streamerPrincipalId", CHUNK_TAG_WRITER) == ["recordingsContainer"]
+    assert not set(BROAD_ROLES) & {r for _, r, _ in assignments.values()}
+    # Every assignment's name is unique (a guid of its scope, principal and role).
+    names = [json.dumps(roles.resources()[s]["config"]["name"], sort_keys=True) for s in assignments]
+    assert len(set(names)) == len(names)
+
+
+def test_chunk_tag_writer_custom_role_sets_tags_only():
+    """Storage Blob Data Contributor cannot set blob index tags (blobs/tags/write), and the only built-in role that can,
+    Storage Blob Data Owner, grants every blob and container permission. The custom role grants that one action."""
+    roles = roles_scope()
+    (symbol,) = roles.resources("Microsoft.Authorization/roleDefinitions")
+    assert f"custom:{symbol}" == CHUNK_TAG_WRITER
+    props = body(roles.resources()[symbol])["properties"]
+    assert props["type"] == "CustomRole"
+    (permission,) = props["permissions"]
+    assert [roles.eval(a) for a in permission["dataActions"]] == [BLOB_TAGS_WRITE]
+    assert permission["actions"] == [] and permission["notActions"] == [] and permission["notDataActions"] == []
+    # Assignable in this resource group only, and its name is unique in the tenant (roleName must be).
+    (assignable,) = props["assignableScopes"]
+    assert assignable["operator"]["operands"]["operand_1"]["function"]["type"] == "resource_group"
+    assert assignable["operator"]["operands"]["operand_2"] == "id"
+    assert "${uniqueString(resourceGroup().id)}" in props["roleName"]
+    assert props["description"]
 
 
 def test_roles_go_to_the_apps_identities():

@@ -125,6 +125,23 @@ def test_function_app_uses_identity_based_host_storage():
     assert scope.eval(props["AZURE_STORAGE_ACCOUNT_URL"]) == "recordingsStorage.outputs.blobEndpoint"
 
 
+def test_function_app_finalize_trigger_and_events_use_the_identity():
+    from function_app.settings import QUEUE_CONNECTION
+
+    scope, props = function_settings()
+    queue = "recordingsStorage.outputs.queueEndpoint"
+    # The queue trigger's identity-based connection: queue endpoint, managed identity, the app's user-assigned one.
+    assert scope.eval(props[f"{QUEUE_CONNECTION}__queueServiceUri"]) == queue
+    assert props[f"{QUEUE_CONNECTION}__credential"] == "managedidentity"
+    assert scope.eval(props[f"{QUEUE_CONNECTION}__clientId"]) == "identities.outputs.functionsClientId"
+    assert QUEUE_CONNECTION not in props  # the connection-string form is local only
+    # Our code's queue client talks to the same endpoint; events go to the topic, with no key in Azure.
+    assert scope.eval(props["AZURE_STORAGE_QUEUE_URL"]) == queue
+    assert scope.eval(props["RECORDING_EVENTS_ENDPOINT"]) == "recordingEvents.outputs.endpoint"
+    assert "RECORDING_EVENTS_KEY" not in props
+    assert not any("key" in name.lower() for name in props if name.startswith(("RECORDING_EVENTS", QUEUE_CONNECTION)))
+
+
 def literal_values(values: dict[str, Any], samples: dict[str, str]) -> dict[str, str]:
     """The values Bicep fixes at deploy time, with samples for those only Azure knows (outputs, host names)."""
     out = {k: v for k, v in values.items() if isinstance(v, str) and ".outputs." not in v and "${" not in v}
@@ -135,6 +152,8 @@ AZURE_ONLY_SAMPLES = {
     "ACS_RESOURCE_ID": "00000000-0000-0000-0000-000000000000",
     "ACS_ENDPOINT": "https://acs-x.unitedstates.communication.azure.com/",
     "AZURE_STORAGE_ACCOUNT_URL": "https://strecx.blob.core.windows.net/",
+    "AZURE_STORAGE_QUEUE_URL": "https://strecx.queue.core.windows.net/",
+    "RECORDING_EVENTS_ENDPOINT": "https://evgt-rec-x.eastus-1.eventgrid.azure.net/api/events",
     "AZURE_CLIENT_ID": "11111111-1111-1111-1111-111111111111",
     "STREAMER_WSS_URL": "wss://ca-streamer-x.example.azurecontainerapps.io/ws",
     "CALLBACK_URL": "https://func-x.azurewebsites.net/api/callbacks",
@@ -147,11 +166,13 @@ def test_streamer_env_values():
     env = streamer_env()
     assert env["AZURE_CLIENT_ID"] == "identities.outputs.streamerClientId"
     assert env["AZURE_STORAGE_ACCOUNT_URL"] == "recordingsStorage.outputs.blobEndpoint"
+    assert env["AZURE_STORAGE_QUEUE_URL"] == "recordingsStorage.outputs.queueEndpoint"
     assert env["RECORDINGS_CONTAINER"] == main_scope().param_value("recordingsContainer")
     assert env["APPLICATIONINSIGHTS_CONNECTION_STRING"] == {"secretRef": "appinsights-connection-string"}
     # The values the Bicep sets must be ones the streamer's own parser accepts, with auth on.
     parsed = Settings.from_env(literal_values(env, AZURE_ONLY_SAMPLES))
     assert parsed.auth_enabled
+    assert parsed.queue_account_url() == AZURE_ONLY_SAMPLES["AZURE_STORAGE_QUEUE_URL"]
     assert parsed.max_active_calls == main_scope().param_value("streamerMaxActiveCalls")
     assert parsed.shutdown_grace_seconds == main_scope().param_value("streamerShutdownGraceSeconds")
 
@@ -164,6 +185,8 @@ def test_function_setting_values_are_valid():
     parsed = Settings.from_env(literal_values(values, AZURE_ONLY_SAMPLES))
     assert parsed.callback_auth
     assert parsed.acs_access_key is None and parsed.storage_connection_string is None
+    assert parsed.events_key is None and parsed.events_endpoint == AZURE_ONLY_SAMPLES["RECORDING_EVENTS_ENDPOINT"]
+    assert parsed.queue_account_url() == AZURE_ONLY_SAMPLES["AZURE_STORAGE_QUEUE_URL"]
 
 
 def test_jwt_issuer_and_jwks_match_code_defaults():

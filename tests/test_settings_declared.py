@@ -29,7 +29,10 @@ def test_each_plane_reads_exactly_what_it_declares(module: Any, base: dict[str, 
     env = ReadRecorder(base)
     module.Settings.from_env(env)
     assert env.read == {s.env for s in read_settings(module)}
-    assert set(module.ENV_VARS) - env.read == set(getattr(module, "FIXED_VALUES", {}))
+    # What we declare but do not read is read by the platform (the Functions worker or host); the fixed ones are some.
+    platform = {s.env for s in module.DECLARED if s.parse is None}
+    assert set(module.ENV_VARS) - env.read == platform
+    assert set(getattr(module, "FIXED_VALUES", {})) <= platform
 
 
 @pytest.mark.parametrize(("module", "base"), PLANES)
@@ -78,8 +81,14 @@ def test_blank_means_the_default(module: Any, base: dict[str, str]) -> None:
 
 def test_worker_settings_are_fixed_and_not_read_by_us() -> None:
     fixed = [s for s in function_settings.DECLARED if s.fixed is not None]
-    assert {s.env for s in fixed} == {"PYTHON_SCRIPT_FILE_NAME", "PYTHON_ENABLE_INIT_INDEXING"}
+    assert {s.env for s in fixed} == {"PYTHON_SCRIPT_FILE_NAME", "PYTHON_ENABLE_INIT_INDEXING",
+                                      f"{function_settings.QUEUE_CONNECTION}__credential"}
     assert all(s.parse is None for s in fixed)
+    # The queue trigger's connection is the host's too: declared (the Bicep sets it), never read by our code.
+    conn = function_settings.QUEUE_CONNECTION
+    host_read = {s.env for s in function_settings.DECLARED if s.env.startswith(conn)}
+    assert host_read == {conn, f"{conn}__queueServiceUri", f"{conn}__credential", f"{conn}__clientId"}
+    assert all(s.parse is None for s in function_settings.DECLARED if s.env in host_read)
     with pytest.raises(TypeError):
         fixed[0].read({fixed[0].env: "x"})
 

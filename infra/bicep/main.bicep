@@ -29,6 +29,10 @@ param recordingsCoolAfterDays int = 30
 @minValue(2)
 param recordingsDeleteAfterDays int = 365
 
+@description('Lifecycle: delete chunk blobs (blob index tag recorder-kind=chunk, set by the streamer) this many days after they were created; finished files keep the rule above. Past recordingsDeleteAfterDays it has no effect.')
+@minValue(1)
+param chunkRetentionDays int = 30
+
 @description('Streamer image; empty until the first deploy (azd passes SERVICE_STREAMER_IMAGE_NAME).')
 param streamerImage string = ''
 
@@ -103,6 +107,10 @@ var tags = {
   'azd-env-name': environmentName
 }
 var deploymentContainer = 'app-package'
+// The finalization queue (common/layout.py FINALIZE_QUEUE) and the poison queue the Functions queue trigger moves a
+// message to after its last failed attempt (<queue>-poison). Created here so both can be the scope of a role.
+var finalizeQueue = 'recording-finalize'
+var finalizePoisonQueue = 'recording-finalize-poison'
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: empty(resourceGroupName) ? 'rg-${environmentName}' : resourceGroupName
@@ -146,6 +154,11 @@ module recordingsStorage 'modules/storage.bicep' = {
     coolAfterDays: recordingsCoolAfterDays
     // A difference, so that the module's @minValue(1) stops a deployment whose deletion would not follow the Cool tier.
     deleteDaysAfterCool: recordingsDeleteAfterDays - recordingsCoolAfterDays
+    chunkRetentionDays: chunkRetentionDays
+    queueNames: [
+      finalizeQueue
+      finalizePoisonQueue
+    ]
   }
 }
 
@@ -184,6 +197,16 @@ module eventGrid 'modules/eventgrid.bicep' = {
   }
 }
 
+module recordingEvents 'modules/recording-events.bicep' = {
+  name: 'recording-events'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    name: 'evgt-rec-${token}'
+  }
+}
+
 module registry 'modules/registry.bicep' = {
   name: 'registry'
   scope: rg
@@ -200,6 +223,9 @@ module roles 'modules/roles.bicep' = {
   params: {
     recordingsStorageAccountName: recordingsStorage.outputs.name
     recordingsContainer: recordingsContainer
+    finalizeQueueName: finalizeQueue
+    finalizePoisonQueueName: finalizePoisonQueue
+    recordingEventsTopicName: recordingEvents.outputs.name
     hostStorageAccountName: hostStorage.outputs.name
     registryName: registry.outputs.name
     communicationServiceName: communication.outputs.name
@@ -232,6 +258,7 @@ module streamer 'modules/containerapps.bicep' = {
     shutdownMarginSeconds: streamerTerminationGracePeriodSeconds - (2 * streamerShutdownGraceSeconds)
     allowedIngressCidrs: streamerAllowedIngressCidrs
     storageAccountUrl: recordingsStorage.outputs.blobEndpoint
+    storageQueueUrl: recordingsStorage.outputs.queueEndpoint
     recordingsContainer: recordingsContainer
     acsResourceId: communication.outputs.immutableResourceId
     jwtIssuer: acsJwtIssuer
@@ -277,7 +304,9 @@ module functions 'modules/functions.bicep' = {
     jwksUrl: acsJwksUrl
     streamerWssUrl: 'wss://${streamer.outputs.fqdn}/ws'
     storageAccountUrl: recordingsStorage.outputs.blobEndpoint
+    storageQueueUrl: recordingsStorage.outputs.queueEndpoint
     recordingsContainer: recordingsContainer
+    recordingEventsEndpoint: recordingEvents.outputs.endpoint
     allowedTargets: allowedTargets
     answerRecipients: answerRecipients
     defaultAudioChannel: defaultAudioChannel
@@ -309,7 +338,13 @@ output FUNCTION_BASE_URL string = functions.outputs.baseUrl
 output STREAMER_APP_NAME string = streamer.outputs.name
 output STREAMER_WSS_URL string = 'wss://${streamer.outputs.fqdn}/ws'
 output RECORDINGS_STORAGE_ACCOUNT_URL string = recordingsStorage.outputs.blobEndpoint
+output RECORDINGS_STORAGE_QUEUE_URL string = recordingsStorage.outputs.queueEndpoint
 output RECORDINGS_CONTAINER string = recordingsContainer
+output RECORDINGS_FINALIZE_QUEUE string = finalizeQueue
+output RECORDING_EVENTS_ENDPOINT string = recordingEvents.outputs.endpoint
+output RECORDING_EVENTS_TOPIC_NAME string = recordingEvents.outputs.name
+output RECORDING_EVENTS_TOPIC_ID string = recordingEvents.outputs.id
+output RECORDING_EVENTS_TOPIC_PRINCIPAL_ID string = recordingEvents.outputs.principalId
 output ACS_ENDPOINT string = communication.outputs.endpoint
 output EVENTGRID_SYSTEM_TOPIC_NAME string = eventGrid.outputs.name
 output INCOMING_CALL_FUNCTION_NAME string = incomingCallFunctionName

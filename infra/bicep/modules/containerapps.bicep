@@ -62,6 +62,8 @@ param shutdownMarginSeconds int = 10
 param allowedIngressCidrs array = []
 
 param storageAccountUrl string
+@description('Queue endpoint of the recordings account (the streamer adds finalization notes to recording-finalize).')
+param storageQueueUrl string
 param recordingsContainer string
 param acsResourceId string
 param jwtIssuer string
@@ -233,6 +235,10 @@ resource streamer 'Microsoft.App/containerApps@2024-03-01' = {
             {
               name: 'AZURE_STORAGE_ACCOUNT_URL'
               value: storageAccountUrl
+            }
+            {
+              name: 'AZURE_STORAGE_QUEUE_URL'
+              value: storageQueueUrl
             }
             {
               name: 'AZURE_CLIENT_ID'

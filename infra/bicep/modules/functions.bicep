@@ -34,7 +34,11 @@ param jwtIssuer string
 param jwksUrl string
 param streamerWssUrl string
 param storageAccountUrl string
+@description('Queue endpoint of the recordings account: the finalization queue, for our code and for the queue trigger.')
+param storageQueueUrl string
 param recordingsContainer string
+@description('Endpoint of the recording-events Event Grid topic (RecordingReady is published there).')
+param recordingEventsEndpoint string
 param allowedTargets string
 param answerRecipients string
 param defaultAudioChannel string
@@ -125,9 +129,14 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     AzureWebJobsStorage__credential: 'managedidentity'
     AzureWebJobsStorage__clientId: identityClientId
     APPLICATIONINSIGHTS_CONNECTION_STRING: appInsights.properties.ConnectionString
-    // Settings function_app/settings.py declares (the first two are read by the Python worker).
+    // Settings function_app/settings.py declares (the first five are read by the Python worker or the host).
     PYTHON_SCRIPT_FILE_NAME: scriptFileName
     PYTHON_ENABLE_INIT_INDEXING: '1'
+    // The finalization queue trigger's identity-based connection `RecordingsStorage` (QUEUE_CONNECTION), read by the
+    // host. Never its connection-string form (the bare `RecordingsStorage` setting, local only).
+    RecordingsStorage__queueServiceUri: storageQueueUrl
+    RecordingsStorage__credential: 'managedidentity'
+    RecordingsStorage__clientId: identityClientId
     ACS_ENDPOINT: acsEndpoint
     ACS_RESOURCE_ID: acsResourceId
     ACS_SOURCE_CALLER_ID: acsSourceCallerId
@@ -136,8 +145,10 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     STREAMER_WSS_URL: streamerWssUrl
     CALLBACK_URL: 'https://${site.properties.defaultHostName}/api/callbacks'
     AZURE_STORAGE_ACCOUNT_URL: storageAccountUrl
+    AZURE_STORAGE_QUEUE_URL: storageQueueUrl
     AZURE_CLIENT_ID: identityClientId
     RECORDINGS_CONTAINER: recordingsContainer
+    RECORDING_EVENTS_ENDPOINT: recordingEventsEndpoint
     ALLOWED_TARGETS: allowedTargets
     ANSWER_RECIPIENTS: answerRecipients
     DEFAULT_AUDIO_CHANNEL: defaultAudioChannel

@@ -1,10 +1,14 @@
 // A locked-down StorageV2 account: Entra ID only (no shared keys, so no SAS signed with account keys), TLS 1.2,
 // HTTPS only, no anonymous blob access, private containers, soft delete. Used twice by main.bicep: for the
-// recordings (with a lifecycle rule) and for the Functions host (AzureWebJobsStorage + deployment package).
+// recordings (with the lifecycle rules and the finalization queue) and for the Functions host (AzureWebJobsStorage +
+// deployment package).
 param location string
 param tags object
 param name string
 param containerNames array
+
+@description('Queues to create (the recordings account: recording-finalize and its -poison queue); empty = none.')
+param queueNames array = []
 
 @allowed([
   'Standard_LRS'
@@ -29,6 +33,17 @@ param coolAfterDays int = 30
 @description('Lifecycle: delete blobs this many days after they move to the Cool tier.')
 @minValue(1)
 param deleteDaysAfterCool int = 335
+
+@description('Lifecycle: delete chunk blobs (blob index tag chunkTagName == chunkTagValue) this many days after they were created; finished files and documents carry no such tag and keep the cool/delete rule.')
+@minValue(1)
+param chunkRetentionDays int = 30
+
+// The blob index tag the streamer puts on every chunk it uploads (x-ms-tags on Put Blob). Only the chunks carry it.
+@description('Blob index tag name that marks a chunk blob.')
+param chunkTagName string = 'recorder-kind'
+
+@description('Value of chunkTagName on a chunk blob.')
+param chunkTagValue string = 'chunk'
 
 @minValue(1)
 param softDeleteDays int = 7
@@ -127,6 +142,39 @@ resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05
             }
           }
         }
+        {
+          // Chunks are what the finished files (final/…) are made from, so they may go well before the rule above
+          // deletes everything else. A chunk matches both rules: whichever delete condition it meets first removes it.
+          // Blob index filters compare for equality only; blobs without the tag (finished files, documents, index
+          // and marker blobs) never match this rule.
+          name: 'recordings-chunks-expire'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [
+                'blockBlob'
+              ]
+              prefixMatch: [
+                '${lifecycleContainer}/'
+              ]
+              blobIndexMatch: [
+                {
+                  name: chunkTagName
+                  op: '=='
+                  value: chunkTagValue
+                }
+              ]
+            }
+            actions: {
+              baseBlob: {
+                delete: {
+                  daysAfterCreationGreaterThan: chunkRetentionDays
+                }
+              }
+            }
+          }
+        }
       ]
     }
   }
@@ -135,6 +183,24 @@ resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05
   ]
 }
 
+// Queue service and queues (the recordings account only). Messages are small JSON notes ("this call may be ready
+// to finalize"); the function app's queue trigger consumes them with its managed identity (RecordingsStorage__*).
+resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = if (!empty(queueNames)) {
+  parent: account
+  name: 'default'
+  properties: {
+    cors: {
+      corsRules: []
+    }
+  }
+}
+
+resource queues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = [for queueName in queueNames: {
+  parent: queueService
+  name: queueName
+}]
+
 output name string = account.name
 output id string = account.id
 output blobEndpoint string = account.properties.primaryEndpoints.blob
+output queueEndpoint string = account.properties.primaryEndpoints.queue
