@@ -234,13 +234,18 @@ class Triggers:
                 self._tasks.append(asyncio.create_task(self._timer(t), name=f"timer:{t.name}"))
 
     async def stop(self) -> None:
+        """Listeners stop polling and timers stop firing at once; running invocations (and messages a listener
+        had just received) get SHUTDOWN_GRACE seconds to finish, then are cancelled."""
         self._stopping.set()
-        if self._invocations:
-            _, pending = await asyncio.wait(set(self._invocations), timeout=SHUTDOWN_GRACE)
-            for task in pending:
-                log.warning("invocation %s still running at shutdown: cancelled", task.get_name())
-                task.cancel()
-        for task in self._tasks:
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        while True:
+            running = {t for t in (*self._tasks, *self._invocations) if not t.done()}
+            remaining = deadline - time.monotonic()
+            if not running or remaining <= 0:
+                break
+            await asyncio.wait(running, timeout=remaining)  # again: a listener may have started one meanwhile
+        for task in running:
+            log.warning("%s still running at shutdown: cancelled", task.get_name())
             task.cancel()
         await asyncio.gather(*self._tasks, *self._invocations, return_exceptions=True)
         self._tasks.clear()
@@ -346,6 +351,8 @@ class Triggers:
                                                                delay * 2 * random.uniform(0.8, 1.2))
                 if await self._sleep(delay):
                     break
+            if in_flight:  # their deletes and releases need this client: leave only once they are done
+                await asyncio.wait(set(in_flight))
 
     async def _process(self, q: QueueFunction, queue: Any, poison: Any, m: Any) -> None:
         from azure.core.exceptions import AzureError

@@ -62,6 +62,14 @@ async def flaky(msg: func.QueueMessage) -> None:
     raise RuntimeError("this message always fails")
 
 
+@toy.function_name("Slow")
+@toy.queue_trigger(arg_name="msg", queue_name="%SLOW_QUEUE%", connection="ToyStorage")
+def slow(msg: func.QueueMessage) -> None:
+    record(function="Slow", phase="start")
+    time.sleep(1.0)
+    record(function="Slow", phase="end")
+
+
 @toy.function_name("Sweep")
 @toy.timer_trigger(arg_name="timer", schedule="0 */5 * * * *")
 def sweep(timer: func.TimerRequest) -> None:
@@ -104,7 +112,7 @@ def _clear_seen() -> None:
 @pytest.fixture
 def queues() -> dict[str, str]:
     suffix = uuid.uuid4().hex[:10]
-    return {"WORK_QUEUE": f"work-{suffix}", "FLAKY_QUEUE": f"flaky-{suffix}"}
+    return {"WORK_QUEUE": f"work-{suffix}", "FLAKY_QUEUE": f"flaky-{suffix}", "SLOW_QUEUE": f"slow-{suffix}"}
 
 
 @contextlib.contextmanager
@@ -171,6 +179,16 @@ def test_a_message_that_is_not_base64_goes_to_poison_without_an_invocation(
         wait_for(lambda: _exists(poison) and poison.peek_messages(), 10, "the poison queue")
         assert [m.content for m in poison.peek_messages()] == ["not base64!"]
         assert seen("Work") == []
+
+
+def test_shutdown_lets_a_running_invocation_finish_and_deletes_its_message(
+        azurite: Azurite, tmp_path: Path, queues: dict[str, str]) -> None:
+    with hosted(toy, azurite, tmp_path, queues) as server:
+        wait_for(lambda: "Slow" in server.triggers.listening, 10, "the listener")
+        client(azurite, queues["SLOW_QUEUE"]).send_message("take your time")
+        wait_for(lambda: seen("Slow"), 10, "the invocation to start")
+    assert [s["phase"] for s in seen("Slow")] == ["start", "end"]  # the host stopped while it ran
+    assert approximate_count(azurite, queues["SLOW_QUEUE"]) == 0
 
 
 def test_message_encoding_none_passes_the_text(azurite: Azurite, tmp_path: Path, queues: dict[str, str]) -> None:
