@@ -123,21 +123,29 @@ class Digest(_Model, frozen=True, kw_only=True):
     files: Count
 
 
-class Recording(_Model, frozen=True, kw_only=True):
+class Finished(_Model, frozen=True, kw_only=True):
+    """What finalization decides, in both the stored document and the API's."""
+
     call_connection_id: Id
-    schema_version: int = SCHEMA_VERSION
     status: RecordingStatus
-    correlation_id: Id | None = None
-    sample_rate: int | None = None
-    clock_origin: Time | None = None
     files: list[FinishedFile] = field(default_factory=list)
     channel_map: list[ChannelMapEntry] = field(default_factory=list)
     completeness: Completeness | None = None
     digest: Digest | None = None
-    finalizing_since: Time | None = None
     ready_at: Time | None = None
     event_id: Id | None = None
     announced_at: Time | None = None
+
+
+class Recording(Finished, frozen=True, kw_only=True):
+    schema_version: int = SCHEMA_VERSION
+    correlation_id: Id | None = None
+    sample_rate: int | None = None
+    clock_origin: Time | None = None
+    finalizing_since: Time | None = None
+
+
+FINISHED_FIELDS = Finished.__struct_fields__
 
 
 class ChunkLink(_Model, frozen=True, kw_only=True):
@@ -155,18 +163,10 @@ class StreamLinks(_Model, frozen=True, kw_only=True):
     chunks: list[ChunkLink] = field(default_factory=list)
 
 
-class RecordingDocument(_Model, frozen=True, kw_only=True):
-    call_connection_id: Id
+class RecordingDocument(Finished, frozen=True, kw_only=True):
     status: RecordingStatus = RecordingStatus.LIVE
     call_state: CallState | None = None
     manifest: Manifest | None = None
-    files: list[FinishedFile] = field(default_factory=list)
-    channel_map: list[ChannelMapEntry] = field(default_factory=list)
-    completeness: Completeness | None = None
-    digest: Digest | None = None
-    ready_at: Time | None = None
-    event_id: Id | None = None
-    announced_at: Time | None = None
     streams: list[StreamLinks] = field(default_factory=list)
     urls_expire_at: Time | None = None
 
@@ -185,6 +185,28 @@ class RecordingReadyData(_Model, frozen=True, kw_only=True):
     files: list[FinishedFile] = field(default_factory=list)  # without URLs
     completeness: ReadyCompleteness
     digest: Digest
+
+
+class FinalizeRequest(_Model, frozen=True, kw_only=True):
+    """A message on the `recording-finalize` queue, from either plane: this call may be ready to finalize.
+    `force`: finalize even with sessions that never settled (the sweep, long after the call ended)."""
+
+    call_connection_id: Id
+    reason: Annotated[str, Meta(max_length=64)] = ""
+    force: bool = False
+
+
+_request_decoder = msgspec.json.Decoder(FinalizeRequest)
+
+
+def finalize_request(call_id: str, reason: str, *, force: bool = False) -> str:
+    """The queue message text (the queue clients base64 it, as the Functions trigger expects)."""
+    return msgspec.json.encode(FinalizeRequest(call_connection_id=call_id, reason=reason, force=force)).decode()
+
+
+def parse_finalize_request(body: bytes | str) -> FinalizeRequest:
+    """Raises ValueError naming what is wrong."""
+    return _request_decoder.decode(body)
 
 
 def chunk_lines(manifest: Manifest | None) -> Iterable[str]:

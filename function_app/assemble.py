@@ -25,7 +25,6 @@ import base64
 import hashlib
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +34,7 @@ from common import manifest as mf
 from common import wav
 from common.layout import MULTICHANNEL, final_blob
 from common.recording import ChannelMapEntry, FileKind, FinishedFile
+from common.slots import read_occupancy
 from function_app.completeness import StreamAudio
 from function_app.stitch import StitchedWav, StitchError, stitch
 from function_app.store import FileExists, RecordingStore
@@ -73,13 +73,10 @@ class ChunkReader:
 
 
 def _occupancy(meta: dict[str, str], data: bytes) -> tuple[int, int | None, int]:
-    slot_bytes = int(meta.get("slotbytes") or 0)
-    raw = meta.get("slots")
+    """(slots holding a received frame, the first of them, slot bytes) of a stored chunk."""
     pcm_bytes = max(0, len(data) - wav.HEADER_BYTES)
-    if not slot_bytes or raw is None:  # written before occupancy was kept: all of it counts as received
-        return pcm_bytes, 0 if pcm_bytes else None, 1
-    bits = np.unpackbits(np.frombuffer(base64.b64decode(raw), dtype=np.uint8))
-    held = np.flatnonzero(bits)
+    slot_bytes = int(meta.get("slotbytes") or 0) or 2  # no slot size recorded: count samples
+    held = np.flatnonzero(read_occupancy(meta, pcm_bytes, slot_bytes))
     return int(held.size), (int(held[0]) if held.size else None), slot_bytes
 
 
@@ -169,8 +166,7 @@ def _first_audio(plan: StitchedWav, reader: ChunkReader) -> int:
 
 
 def assemble(store: RecordingStore, manifest: mf.Manifest, *, multichannel: bool,
-             max_data_bytes: int = wav.MAX_DATA_BYTES,
-             existing: Callable[[str], dict[str, str] | None] | None = None) -> Assembled:
+             max_data_bytes: int = wav.MAX_DATA_BYTES) -> Assembled:
     """Write the finished files of `manifest` (idempotent: files already committed are hashed, not written)."""
     reader = ChunkReader(store, manifest)
     doc: dict[str, Any] = mf.to_builtins(manifest)
@@ -190,7 +186,6 @@ def assemble(store: RecordingStore, manifest: mf.Manifest, *, multichannel: bool
         return Assembled([], [], [], reader.mismatched, reader.missing, reader.reads, 0)
     order = sorted(plans, key=lambda sp: (_first_audio(sp[1], reader), sp[0].stream))
     rate, chunk_bytes = order[0][1].sample_rate, order[0][1].chunk_bytes
-    look = existing or store.file_metadata
 
     def output(kind: FileKind, name: str, participant: str | None, channels: int, total: int) -> _Output:
         per_part = max(1, max_data_bytes // (chunk_bytes * channels)) * chunk_bytes * channels
@@ -204,7 +199,7 @@ def assemble(store: RecordingStore, manifest: mf.Manifest, *, multichannel: bool
         tail = max(len(p.last_pcm) for _, p in order if p.last_seq == last_seq)
         multi = output(FileKind.MULTICHANNEL, MULTICHANNEL, None, k, (last_seq * chunk_bytes + tail) * k)
     for out in [*outputs, *([multi] if multi else [])]:
-        _open_parts(store, call_id, out, rate, look)
+        _open_parts(store, call_id, out, rate)
 
     written = [0] * len(outputs)
     multi_written = 0
@@ -248,12 +243,11 @@ def assemble(store: RecordingStore, manifest: mf.Manifest, *, multichannel: bool
     return Assembled(files, channel_map, streams, reader.mismatched, reader.missing, reader.reads, blocks_staged)
 
 
-def _open_parts(store: RecordingStore, call_id: str, out: _Output, rate: int,
-                look: Callable[[str], dict[str, str] | None]) -> None:
+def _open_parts(store: RecordingStore, call_id: str, out: _Output, rate: int) -> None:
     for part in range(1, out.parts + 1):
         name = final_blob(call_id, out.name, part, out.parts)
         size = min(out.part_bytes, out.total_bytes - (part - 1) * out.part_bytes)
-        out.sinks.append(FileSink(store, name, size, rate, out.channels, exists=look(name)))
+        out.sinks.append(FileSink(store, name, size, rate, out.channels, exists=store.file_metadata(name)))
 
 
 def _feed(out: _Output, written: int, data: bytes | memoryview) -> int:

@@ -28,13 +28,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-import orjson
 
 from common import call_state as cs
 from common import manifest as mf
 from common import wav
 from common.layout import is_valid_call_id
-from common.recording import Recording, RecordingStatus, digest_of
+from common.recording import Recording, RecordingStatus, digest_of, parse_finalize_request
 from common.retry import Backoff
 from function_app import events
 from function_app.assemble import Assembled, assemble
@@ -62,15 +61,11 @@ class Outcome(enum.StrEnum):
 
 
 def parse_request(body: str | bytes) -> tuple[str, bool]:
-    """A queue message: {"callConnectionId", "reason", "force"?} -> (call id, force). ValueError if unusable."""
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise ValueError("finalize request is not JSON") from None
-    call_id = doc.get("callConnectionId") if isinstance(doc, dict) else None
-    if not isinstance(call_id, str) or not is_valid_call_id(call_id):
+    """A queue message (common.recording.FinalizeRequest) -> (call id, force). ValueError if unusable."""
+    req = parse_finalize_request(body)
+    if not is_valid_call_id(req.call_connection_id):
         raise ValueError("finalize request has no valid callConnectionId")
-    return call_id, doc.get("force") is True
+    return req.call_connection_id, req.force
 
 
 def _empty() -> Assembled:
@@ -97,11 +92,7 @@ class Finalizer:
             return Outcome.UNKNOWN_CALL
         if not state.ended:
             return Outcome.CALL_LIVE
-        try:
-            ended = mf.parse_iso(state.disconnected_at) if state.disconnected_at else self.clock()
-        except ValueError:
-            ended = self.clock()
-        wait = ended + self.settle_seconds - self.clock()
+        wait = _ended_at(state, self.clock()) + self.settle_seconds - self.clock()
         if wait > 0:
             self.sleep(min(wait, self.settle_seconds))
         manifest = self.store.read_manifest_model(call_id)
@@ -192,11 +183,7 @@ class Finalizer:
                 elif not state.ended:
                     verdict = "live"
                 else:
-                    try:
-                        ended = mf.parse_iso(state.disconnected_at) if state.disconnected_at else marked.timestamp()
-                    except ValueError:
-                        ended = marked.timestamp()
-                    force = now - ended > STALE_SECONDS
+                    force = now - _ended_at(state, marked.timestamp()) > STALE_SECONDS
                     self.store.request_finalize(call_id, "sweep", force=force)
                     verdict = "forced" if force else "requested"
             except Exception:
@@ -208,8 +195,9 @@ class Finalizer:
         return counts
 
 
-def state_is_terminal(state: cs.CallState | dict[str, Any] | None) -> bool:
-    if state is None:
-        return False
-    status = state.status if isinstance(state, cs.CallState) else state.get("status")
-    return status in cs.TERMINAL
+def _ended_at(state: cs.CallState, otherwise: float) -> float:
+    """When the call disconnected (ACS's event time), or `otherwise` when that is not known."""
+    try:
+        return mf.parse_iso(state.disconnected_at) if state.disconnected_at else otherwise
+    except ValueError:
+        return otherwise

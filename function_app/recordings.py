@@ -15,7 +15,7 @@ from azure.core.exceptions import HttpResponseError
 from common import manifest as mf
 from common.call_state import CallState
 from common.layout import MIXED_STREAM, stream_id
-from common.recording import ChunkLink, Recording, RecordingDocument, RecordingStatus, StreamLinks
+from common.recording import FINISHED_FIELDS, ChunkLink, Recording, RecordingDocument, RecordingStatus, StreamLinks
 from function_app import state as state_model
 from function_app.completeness import completeness, estimated_streams
 from function_app.errors import ApiError, bad_request
@@ -107,17 +107,15 @@ def get_recording(store: RecordingStore, call_id: str, api_base: str, ttl_second
                                    audio_url=audio_url(api_base, call_id, s.participant_raw_id)))
     call_state = msgspec.convert(state, CallState) if state is not None else None
     status = recording_status(rec, state, manifest)
+    finished = {name: getattr(rec, name) for name in FINISHED_FIELDS} if rec is not None else {}
     files = []
     for f in rec.files if rec is not None and status == RecordingStatus.READY else []:
         url, expires = store.read_url(f.blob, ttl_seconds)
         files.append(msgspec.structs.replace(f, url=url))
-    report = rec.completeness if rec is not None and rec.completeness is not None else completeness(
-        call_state, manifest, estimated_streams(manifest), time.time())
-    doc = RecordingDocument(
-        call_connection_id=call_id, status=status, call_state=call_state, manifest=manifest, files=files,
-        channel_map=rec.channel_map if rec else [], completeness=report, digest=rec.digest if rec else None,
-        ready_at=rec.ready_at if rec else None, event_id=rec.event_id if rec else None,
-        announced_at=rec.announced_at if rec else None, streams=streams, urls_expire_at=expires)
+    if not finished.get("completeness"):
+        finished["completeness"] = completeness(call_state, manifest, estimated_streams(manifest), time.time())
+    doc = RecordingDocument(**{**finished, "call_connection_id": call_id, "status": status, "files": files},
+                            call_state=call_state, manifest=manifest, streams=streams, urls_expire_at=expires)
     return msgspec.to_builtins(doc)  # type: ignore[no-any-return]
 
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
+import msgspec
 import orjson
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -142,7 +143,7 @@ class RecordingStore:
 
     def read_state_model(self, call_id: str) -> cs.CallState | None:
         doc = self.read_state(call_id)
-        return None if doc is None else cs.loads(orjson.dumps(doc))
+        return None if doc is None else msgspec.convert(doc, cs.CallState)
 
     def update_state(self, call_id: str, change: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         """Read-modify-write with an ETag condition, retried on conflict (the one retry policy, full jitter).
@@ -203,7 +204,7 @@ class RecordingStore:
             log.warning("no finalize queue (the storage connection string names none): %s is not finalized "
                         "until the sweep", call_id, extra={"callConnectionId": call_id})
             return
-        body = orjson.dumps({"callConnectionId": call_id, "reason": reason, "force": force}).decode()
+        body = rec_model.finalize_request(call_id, reason, force=force)
         try:
             self.queue.send_message(body)
         except ResourceNotFoundError:

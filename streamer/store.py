@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-import orjson
 
 from common import call_state as cs
 from common import manifest as mf
 from common import wav
 from common.layout import CHUNK_TAG, FINALIZE_QUEUE, call_state_blob, manifest_blob
+from common.recording import finalize_request
 from common.retry import Backoff
-from streamer.slots import fill_empty, occupancy, read_occupancy
+from common.slots import fill_empty, occupancy, read_occupancy
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class AzureFinalizeQueue:
     async def request(self, call_id: str, reason: str) -> None:
         from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
-        body = orjson.dumps({"callConnectionId": call_id, "reason": reason}).decode()
+        body = finalize_request(call_id, reason)
         try:
             await self._queue.send_message(body)
         except ResourceNotFoundError:  # the control plane creates it; a fresh local stack may not have yet

@@ -7,8 +7,8 @@ import pytest
 
 from common import wav
 from common.layout import stream_id
+from common.slots import fill_empty
 from streamer.protocol import AudioFormat
-from streamer.slots import fill_empty
 from streamer.timeline import CallTimeline, SealedChunk
 
 T0 = 1_790_000_000.0  # an epoch near today's, so float precision is what production sees

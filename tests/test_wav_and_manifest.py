@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from common import manifest as mf
 from common import wav
 from common.layout import chunk_blob, is_valid_call_id, participant_of, stream_id
-from streamer.slots import fill_empty
+from common.slots import fill_empty
 
 
 @pytest.mark.parametrize("rate", [16000, 24000])

@@ -1,4 +1,5 @@
 """Slot occupancy of a chunk: which frame slots hold received audio, and the first-write-wins merge of two parts.
+The streamer writes it with every chunk; the finalizer reads it to count received audio and find first frames.
 
 Silence and "no frame" are both zeros in PCM, so a chunk's blob metadata carries its occupancy (`slots`: packed
 bits, base64) and the size of a slot (`slotbytes`); a later part of the same chunk may fill only empty slots.
