@@ -230,14 +230,14 @@ class EventGridTopic:
     def __init__(self, workdir: str | Path | None = None, key: str | None = None, port: int | None = None):
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="eventgrid-"))
         self.key = key or secrets.token_hex(32)
-        self.port = port or free_port()
         self.app = create_app(self.key, self.workdir)
         self.state: TopicState = self.app.state.topic
-        self._thread = ServerThread(self.app, port=self.port)
+        self._thread = ServerThread(self.app, port=port)
+        self.port = self._thread.port
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self._thread.url
 
     @property
     def endpoint(self) -> str:
