@@ -67,12 +67,11 @@ def place_call(client: CallAutomationClient, store: RecordingStore, settings: Se
 
 
 def set_streaming(client: CallAutomationClient, store: RecordingStore, call_id: str, context: str | None,
-                  start: bool, *, by: str = "api", attempt: int | None = None) -> dict[str, Any]:
+                  start: bool) -> dict[str, Any]:
     """Start or stop media streaming; the request is recorded in the call state (the completeness report tells
     a requested stop from a failure by it)."""
     connection = client.get_call_connection(call_id)
     action = "start_media_streaming" if start else "stop_media_streaming"
-    error: str | None = None
     try:
         if start:
             connection.start_media_streaming(operation_context=context)
@@ -80,19 +79,16 @@ def set_streaming(client: CallAutomationClient, store: RecordingStore, call_id: 
             connection.stop_media_streaming(operation_context=context)
     except AzureError as exc:
         log.warning("%s on %s failed: %s", action, call_id, exc, extra=call_fields(call_id))
-        error = str(exc)[:1000]
-        _record_streaming_request(store, call_id, start, by, attempt, error)
+        _record_streaming_request(store, call_id, start, error=str(exc)[:1000])
         raise from_acs(exc, action) from None
-    _record_streaming_request(store, call_id, start, by, attempt, error)
+    _record_streaming_request(store, call_id, start)
     log.info("%s accepted for %s", action, call_id, extra=call_fields(call_id))
     return {"callConnectionId": call_id, "streaming": "starting" if start else "stopping"}
 
 
-def _record_streaming_request(store: RecordingStore, call_id: str, start: bool, by: str, attempt: int | None,
-                              error: str | None) -> None:
+def _record_streaming_request(store: RecordingStore, call_id: str, start: bool, error: str | None = None) -> None:
     def record(state: dict[str, Any]) -> bool:
-        state_model.record_streaming_request(state, "start" if start else "stop", by=by, attempt=attempt,
-                                             error=error)
+        state_model.record_streaming_request(state, "start" if start else "stop", error=error)
         return True
 
     try:
