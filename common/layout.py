@@ -5,7 +5,8 @@
     {container}/{callConnectionId}/{stream}/{seq:06d}.wav   (self-contained WAV chunks)
     {container}/{callConnectionId}/recording.json           (control plane: the finished recording's document)
     {container}/{callConnectionId}/final/{name}.wav         (finished files, written once: `name` is a stream id or
-                                                             `multichannel`; `{name}.{part:03d}.wav` when split)
+                                                             `multichannel`; `{name}.{part:03d}.wav` when split,
+                                                             `{name}.r{n}….wav` for revision n ≥ 2)
     {container}/_calls/…                                     (control plane: empty index blobs, newest first,
                                                               for GET /api/recordings; `_` is not a call-id start)
     {container}/_unfinished/{callConnectionId}               (control plane: empty marker while a call's recording
@@ -79,10 +80,12 @@ def recording_blob(call_id: str) -> str:
     return f"{call_id}/{RECORDING_NAME}"
 
 
-def final_blob(call_id: str, name: str, part: int = 1, parts: int = 1) -> str:
-    """A finished file: `name` is a stream id or MULTICHANNEL; a file split into parts numbers them from 1."""
+def final_blob(call_id: str, name: str, part: int = 1, parts: int = 1, revision: int = 1) -> str:
+    """A finished file: `name` is a stream id or MULTICHANNEL; a file split into parts numbers them from 1; a
+    later revision of the recording (audio that landed after it was first finalized) has its own names."""
+    rev = "" if revision == 1 else f".r{revision}"
     suffix = "" if parts == 1 else f".{part:03d}"
-    return f"{call_id}/{FINAL_FOLDER}/{name}{suffix}.wav"
+    return f"{call_id}/{FINAL_FOLDER}/{name}{rev}{suffix}.wav"
 
 
 def unfinished_marker(call_id: str) -> str:

@@ -128,6 +128,7 @@ class Finished(_Model, frozen=True, kw_only=True):
 
     call_connection_id: Id
     status: RecordingStatus
+    revision: Annotated[int, Meta(ge=1)] = 1  # grows when audio landed after the recording was finalized
     files: list[FinishedFile] = field(default_factory=list)
     channel_map: list[ChannelMapEntry] = field(default_factory=list)
     completeness: Completeness | None = None
@@ -143,6 +144,7 @@ class Recording(Finished, frozen=True, kw_only=True):
     sample_rate: int | None = None
     clock_origin: Time | None = None
     finalizing_since: Time | None = None
+    chunks_digest: Sha256 | None = None  # over the chunk lines alone: the chunks this revision was built from
 
 
 FINISHED_FIELDS = Finished.__struct_fields__
@@ -213,6 +215,14 @@ def chunk_lines(manifest: Manifest | None) -> Iterable[str]:
     for s in sorted(manifest.streams if manifest else [], key=lambda s: s.stream):
         for c in sorted(s.chunks, key=lambda c: c.seq):
             yield f"chunk {s.stream} {c.seq} {c.sha256}\n"
+
+
+def chunks_digest_of(manifest: Manifest | None) -> str:
+    """SHA-256 over the chunk lines alone: changes whenever a chunk is added or gets a new revision."""
+    h = hashlib.sha256()
+    for line in chunk_lines(manifest):
+        h.update(line.encode())
+    return h.hexdigest()
 
 
 def digest_of(manifest: Manifest | None, files: Iterable[FinishedFile]) -> Digest:

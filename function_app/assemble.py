@@ -33,7 +33,7 @@ import numpy as np
 from common import manifest as mf
 from common import wav
 from common.layout import MULTICHANNEL, final_blob
-from common.recording import ChannelMapEntry, FileKind, FinishedFile
+from common.recording import ChannelMapEntry, FileKind, FinishedFile, chunks_digest_of
 from common.slots import read_occupancy
 from function_app.completeness import StreamAudio
 from function_app.stitch import StitchedWav, StitchError, stitch
@@ -84,9 +84,10 @@ class FileSink:
     """One finished file (or part) being written: hashes every byte, stages blocks, commits once."""
 
     def __init__(self, store: RecordingStore, name: str, data_bytes: int, rate: int, channels: int, *,
-                 exists: dict[str, str] | None):
+                 exists: dict[str, str] | None, plan: str):
         self.store = store
         self.name = name
+        self.plan = plan  # block ids carry the plan: finalizers of different chunk sets never share a block
         self.size = wav.HEADER_BYTES + data_bytes
         self.exists = exists  # the committed file's metadata when it is already there: only hashed, not written
         self.sha = hashlib.sha256()
@@ -103,13 +104,16 @@ class FileSink:
                 self._stage()
 
     def _stage(self) -> None:
-        block_id = base64.b64encode(f"{len(self.blocks):08d}".encode()).decode()
+        block_id = base64.b64encode(f"{self.plan}-{len(self.blocks):08d}".encode()).decode()
         self.store.stage_block(self.name, block_id, bytes(self.buf))
         self.blocks.append(block_id)
         self.staged += 1
         self.buf.clear()
 
-    def close(self) -> str:
+    def close(self) -> bool:
+        """Commit (unless already there); False when the stored file has other content than this plan made —
+        an earlier finalizer built it from other chunks. It is never replaced: the caller moves to a new
+        revision."""
         digest = self.sha.hexdigest()
         if self.exists is None:
             if self.buf or not self.blocks:
@@ -118,11 +122,15 @@ class FileSink:
                 self.store.commit_file(self.name, self.blocks, {"sha256": digest})
             except FileExists:
                 self.exists = self.store.file_metadata(self.name) or {}
-        if self.exists is not None and self.exists.get("sha256") not in (None, digest):
-            log.critical("finished file %s exists with other content (sha256 %s, now %s); it is kept as stored",
-                         self.name, self.exists.get("sha256"), digest)
-            return self.exists["sha256"]
-        return digest
+        if self.exists is not None and self.exists.get("sha256") != digest:
+            log.warning("finished file %s exists with other content (sha256 %s, this plan %s); kept as stored",
+                        self.name, self.exists.get("sha256"), digest)
+            return False
+        return True
+
+    @property
+    def digest(self) -> str:
+        return self.sha.hexdigest()
 
 
 @dataclass
@@ -150,6 +158,7 @@ class Assembled:
     missing_chunks: list[str]
     chunk_reads: int
     blocks_staged: int
+    conflicting_files: list[str] = field(default_factory=list)  # stored with other content: use a new revision
 
 
 def _first_audio(plan: StitchedWav, reader: ChunkReader) -> int:
@@ -166,8 +175,9 @@ def _first_audio(plan: StitchedWav, reader: ChunkReader) -> int:
 
 
 def assemble(store: RecordingStore, manifest: mf.Manifest, *, multichannel: bool,
-             max_data_bytes: int = wav.MAX_DATA_BYTES) -> Assembled:
-    """Write the finished files of `manifest` (idempotent: files already committed are hashed, not written)."""
+             max_data_bytes: int = wav.MAX_DATA_BYTES, revision: int = 1) -> Assembled:
+    """Write the finished files of `manifest` as `revision` (idempotent: files already committed are hashed,
+    not written; one with other content is named in `conflicting_files`)."""
     reader = ChunkReader(store, manifest)
     doc: dict[str, Any] = mf.to_builtins(manifest)
     call_id = manifest.call_connection_id
@@ -198,8 +208,9 @@ def assemble(store: RecordingStore, manifest: mf.Manifest, *, multichannel: bool
     if multichannel:
         tail = max(len(p.last_pcm) for _, p in order if p.last_seq == last_seq)
         multi = output(FileKind.MULTICHANNEL, MULTICHANNEL, None, k, (last_seq * chunk_bytes + tail) * k)
+    plan_tag = chunks_digest_of(manifest)[:12]
     for out in [*outputs, *([multi] if multi else [])]:
-        _open_parts(store, call_id, out, rate)
+        _open_parts(store, call_id, out, rate, revision, plan_tag)
 
     written = [0] * len(outputs)
     multi_written = 0
@@ -218,10 +229,13 @@ def assemble(store: RecordingStore, manifest: mf.Manifest, *, multichannel: bool
                 multi_written = _feed(multi, multi_written, memoryview(mix.tobytes()))
 
     files: list[FinishedFile] = []
+    conflicting: list[str] = []
     blocks_staged = 0
     for out in [*outputs, *([multi] if multi else [])]:
         for part, sink in enumerate(out.sinks, start=1):
-            digest = sink.close()
+            if not sink.close():
+                conflicting.append(sink.name)
+            digest = sink.digest
             blocks_staged += sink.staged
             data_bytes = sink.size - wav.HEADER_BYTES
             files.append(FinishedFile(
@@ -240,14 +254,16 @@ def assemble(store: RecordingStore, manifest: mf.Manifest, *, multichannel: bool
             held += n * slot_bytes
         streams.append(StreamAudio(s.stream, s.participant_raw_id, round(p.data_bytes / 2 / rate * 1000),
                                    round(held / 2 / rate * 1000)))
-    return Assembled(files, channel_map, streams, reader.mismatched, reader.missing, reader.reads, blocks_staged)
+    return Assembled(files, channel_map, streams, reader.mismatched, reader.missing, reader.reads, blocks_staged,
+                     conflicting)
 
 
-def _open_parts(store: RecordingStore, call_id: str, out: _Output, rate: int) -> None:
+def _open_parts(store: RecordingStore, call_id: str, out: _Output, rate: int, revision: int, plan: str) -> None:
     for part in range(1, out.parts + 1):
-        name = final_blob(call_id, out.name, part, out.parts)
+        name = final_blob(call_id, out.name, part, out.parts, revision)
         size = min(out.part_bytes, out.total_bytes - (part - 1) * out.part_bytes)
-        out.sinks.append(FileSink(store, name, size, rate, out.channels, exists=store.file_metadata(name)))
+        out.sinks.append(FileSink(store, name, size, rate, out.channels, exists=store.file_metadata(name),
+                                  plan=plan))
 
 
 def _feed(out: _Output, written: int, data: bytes | memoryview) -> int:

@@ -22,7 +22,7 @@ from common import manifest as mf
 from common.recording import Completeness, Hole, HoleCause, StreamCoverage
 
 MIN_HOLE_MS = 250
-EDGE_TOLERANCE_MS = 5000  # ACS starts media streaming a moment after the call connects
+EDGE_TOLERANCE_MS = 2000  # ACS starts media streaming a moment after the call connects
 NEAR_MS = 5000  # an event this close to a hole's start explains it
 UNREACHABLE_SUB_CODE = 8603
 

@@ -11,6 +11,12 @@ control plane owns the call state and the event topic. Either plane asks by putt
 Each side writes before it reads, so whichever comes last sees both conditions: no timer in the common path.
 A request that comes too early (sessions still open) is dropped; the later one follows.
 
+Late audio. A session that could not reach storage before the call ended is invisible to the finalizer (it has
+no manifest entry yet), so a `ready` recording can be outdated by chunks that land later. When that session
+settles its request arrives again; the finalizer sees that the chunks differ from those the ready revision was
+built from (`chunksDigest`) and writes revision n+1 under new file names — earlier files are never replaced — and
+announces it (a new event id: the digest changed).
+
 Idempotent: `recording.json` is created `finalizing` only if absent, files are committed only if absent (same
 bytes from any finalizer: deterministic), and `ready` replaces the document only if it is unchanged since this
 finalizer read it — of two racing finalizers one writes `ready` and publishes, the other sees it and stops. A
@@ -33,7 +39,7 @@ from common import call_state as cs
 from common import manifest as mf
 from common import wav
 from common.layout import is_valid_call_id
-from common.recording import Recording, RecordingStatus, digest_of, parse_finalize_request
+from common.recording import Recording, RecordingStatus, chunks_digest_of, digest_of, parse_finalize_request
 from common.retry import Backoff
 from function_app import events
 from function_app.assemble import Assembled, assemble
@@ -46,6 +52,7 @@ STALE_SECONDS = 600.0  # the sweep finalizes anyway this long after the call end
 FORGET_UNKNOWN_SECONDS = 86400.0  # a marker of a call that has no state this long is dropped
 PUBLISH_RETRY = Backoff(base=0.5, cap=8.0)
 PUBLISH_ATTEMPTS = 5
+MAX_REVISION_STEPS = 5
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +92,12 @@ class Finalizer:
     def run(self, call_id: str, *, force: bool = False) -> Outcome:
         extra = {"callConnectionId": call_id}
         rec, etag = self.store.read_recording(call_id)
+        previous: Recording | None = None  # the ready revision that audio landing later has outdated
         if rec is not None and rec.status == RecordingStatus.READY:
-            return self._announce(rec, etag)
+            current = self.store.read_manifest_model(call_id)
+            if current is None or rec.chunks_digest in (None, chunks_digest_of(current)):
+                return self._announce(rec, etag)
+            previous = rec
         state = self.store.read_state_model(call_id)
         if state is None:
             return Outcome.UNKNOWN_CALL
@@ -113,20 +124,35 @@ class Finalizer:
                     return self._announce(rec, etag)
         unmixed = state.audio_channel == "unmixed" or (manifest is not None and any(
             s.participant_raw_id for s in manifest.streams))
-        built = (assemble(self.store, manifest, multichannel=unmixed, max_data_bytes=self.max_data_bytes)
-                 if manifest is not None else _empty())
+        revision = previous.revision + 1 if previous is not None else 1
+        built = _empty()
+        for _ in range(MAX_REVISION_STEPS):  # a file of this revision stored from other chunks: the next one
+            if manifest is None:
+                break
+            built = assemble(self.store, manifest, multichannel=unmixed, max_data_bytes=self.max_data_bytes,
+                             revision=revision)
+            if not built.conflicting_files:
+                break
+            revision += 1
+        else:
+            raise RuntimeError(f"finished files of {call_id} keep conflicting: {built.conflicting_files[:3]}")
         report = completeness(state, manifest, built.streams, self.clock())
         if built.mismatched_chunks or built.missing_chunks:
             note = (f" INTEGRITY: {len(built.mismatched_chunks)} chunk(s) differ from the hash the manifest lists "
                     f"and {len(built.missing_chunks)} listed chunk(s) are missing; the files hold what is stored.")
             report = msgspec.structs.replace(report, complete=False, statement=report.statement + note)
+        if previous is not None:
+            report = msgspec.structs.replace(report, statement=report.statement + (
+                f" Revision {revision}: audio that landed after revision {previous.revision} was finalized is "
+                "included; the earlier files are kept as they were."))
         digest = digest_of(manifest, built.files)
         ready = Recording(
-            call_connection_id=call_id, status=RecordingStatus.READY,
+            call_connection_id=call_id, status=RecordingStatus.READY, revision=revision,
             correlation_id=state.correlation_id or (manifest.correlation_id if manifest else None),
             sample_rate=manifest.sample_rate if manifest else None,
             clock_origin=manifest.clock_origin if manifest else None, files=built.files,
             channel_map=built.channel_map, completeness=report, digest=digest,
+            chunks_digest=chunks_digest_of(manifest),
             finalizing_since=rec.finalizing_since if rec else None, ready_at=mf.now_iso(),
             event_id=events.event_id(call_id, digest.value))
         try:
@@ -138,7 +164,7 @@ class Finalizer:
                 return Outcome.RACED
             etag = self.store.write_recording(ready, cur_etag)
         self.stats = {"seconds": round(self.clock() - started, 3), "files": len(built.files),
-                      "chunkReads": built.chunk_reads, "blocksStaged": built.blocks_staged}
+                      "chunkReads": built.chunk_reads, "blocksStaged": built.blocks_staged, "revision": revision}
         log.info("recording of %s is ready: %d file(s), coverage %s", call_id, len(built.files),
                  report.coverage, extra={**extra, **self.stats})
         self._announce(ready, etag)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
+import time
 import uuid
 import wave
 from io import BytesIO
@@ -319,3 +320,113 @@ def test_holes_name_their_cause() -> None:
     assert not c.complete and "NOT COMPLETE" in c.statement and "stopped on request" in c.statement
     never = completeness(cs.CallState(call_connection_id="c2", status="failed"), None, [], t0)
     assert never.coverage is None and "never connected" in never.statement
+
+
+def _add_late_chunk(azurite: Azurite, container: ContainerClient, call_id: str, seq: int, pcm: bytes,
+                    participant: str | None = None) -> None:
+    """A session that could not reach storage before the call ended lands now (and settles)."""
+
+    async def land() -> None:
+        be = AzureBlobBackend(container.container_name, connection_string=azurite.connection_string)
+        st = StreamerStore(be)
+        name = stream_id(participant)
+        blob = f"{call_id}/{name}/{seq:06d}.wav"
+        landed = await st.put_chunk(blob, wav.encode(pcm, RATE), bytes(-(-len(pcm) // FRAME) * [1]), FRAME)
+        ref = mf.ChunkRef(stream=name, participant_raw_id=participant, seq=seq,
+                          start_time=mf.utc_iso(ORIGIN + seq * CHUNK_SECONDS), session_id="s2")
+        await st.merge_manifest(call_id, mf.Part(call_connection_id=call_id, sessions=[mf.Session(
+            id="s2", started_at=mf.utc_iso(ORIGIN + 30), ended_at=mf.utc_iso(ORIGIN + 59), complete=True,
+            settled=True, clean_close=True, end_reason=mf.EndReason.PEER_CLOSED, frames=50)],
+            streams=[mf.Stream(stream=name, participant_raw_id=participant, chunks=[landed.entry(blob, ref)])]))
+        await be.close()
+
+    asyncio.run(land())
+
+
+def _files_match_blobs(container: ContainerClient, rec: rec_model.Recording) -> None:
+    for f in rec.files:
+        data = container.download_blob(f.blob).readall()
+        assert hashlib.sha256(data).hexdigest() == f.sha256 and len(data) == f.size, f.blob
+        with wave.open(BytesIO(data)) as w:
+            assert w.getnframes() * w.getnchannels() * 2 == len(data) - wav.HEADER_BYTES, f.blob
+
+
+def test_audio_that_lands_after_ready_makes_a_new_revision(azurite: Azurite, container: ContainerClient) -> None:
+    call_id = write_call(azurite, container, streams={None: {0: tone(CHUNK_BYTES, 300, 1)}}, channel="mixed")
+    events = Events()
+    fin = Finalizer(fstore(container), events, settle_seconds=0)
+    assert fin.run(call_id) == Outcome.FINALIZED
+    first = rec_model.loads(container.download_blob(recording_blob(call_id)).readall())
+    first_etag = container.get_blob_client(first.files[0].blob).get_blob_properties().etag
+    _add_late_chunk(azurite, container, call_id, 3, tone(CHUNK_BYTES, 300, 2))
+    assert fin.run(call_id) == Outcome.FINALIZED  # the late session's request
+    second = rec_model.loads(container.download_blob(recording_blob(call_id)).readall())
+    assert second.revision == 2 and second.files[0].blob == final_blob(call_id, "mixed", revision=2)
+    m = mf.to_builtins(mf.loads(container.download_blob(f"{call_id}/manifest.json").readall()))
+    assert read_wav(container, second.files[0].blob)[2] == stitched(container, m, "mixed")
+    assert container.get_blob_client(first.files[0].blob).get_blob_properties().etag == first_etag  # kept
+    assert second.completeness is not None and "Revision 2" in second.completeness.statement
+    assert [e.id for e in events.sent] == [first.event_id, second.event_id] and first.event_id != second.event_id
+    assert fin.run(call_id) == Outcome.ALREADY_DONE and len(events.sent) == 2
+
+
+def test_files_a_killed_finalizer_committed_from_other_chunks_are_not_described_as_new(
+        azurite: Azurite, container: ContainerClient) -> None:
+    call_id = write_call(azurite, container, streams={None: {0: tone(CHUNK_BYTES, 300, 1)}}, channel="mixed")
+
+    class DiesBeforeReady(RecordingStore):
+        def write_recording(self, doc: rec_model.Recording, etag: str | None) -> str:
+            if doc.status == RecordingStatus.READY:
+                raise SystemExit("killed after committing the files")
+            return super().write_recording(doc, etag)
+
+    with pytest.raises(SystemExit):
+        Finalizer(DiesBeforeReady(container, AccountKeySigner(ACCOUNT, ACCOUNT_KEY)), None, settle_seconds=0
+                  ).run(call_id)
+    stale = container.get_blob_client(final_blob(call_id, "mixed")).get_blob_properties()
+    _add_late_chunk(azurite, container, call_id, 2, tone(CHUNK_BYTES, 300, 3))
+    assert Finalizer(fstore(container), None, settle_seconds=0).run(call_id) == Outcome.FINALIZED
+    rec = rec_model.loads(container.download_blob(recording_blob(call_id)).readall())
+    _files_match_blobs(container, rec)
+    assert rec.files[0].blob != final_blob(call_id, "mixed") and rec.files[0].duration_ms == 3000
+    assert container.get_blob_client(final_blob(call_id, "mixed")).get_blob_properties().etag == stale.etag
+
+
+def test_finalizers_of_different_chunk_sets_never_mix_their_blocks(
+        azurite: Azurite, container: ContainerClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    call_id = write_call(azurite, container, streams={None: {i: tone(CHUNK_BYTES, 300, i) for i in range(3)}},
+                         channel="mixed")
+    monkeypatch.setattr(assemble_mod, "BLOCK_BYTES", CHUNK_BYTES)
+    y_staged, x_committed = threading.Event(), threading.Event()
+
+    class X(RecordingStore):  # plans first, commits after Y has staged blocks for the same blob
+        def commit_file(self, name: str, block_ids: list[str], metadata: dict[str, str]) -> None:
+            assert y_staged.wait(30)
+            try:
+                super().commit_file(name, block_ids, metadata)
+            finally:
+                x_committed.set()
+
+    class Y(RecordingStore):  # plans from more chunks, stages, and commits only after X did
+        def commit_file(self, name: str, block_ids: list[str], metadata: dict[str, str]) -> None:
+            y_staged.set()
+            assert x_committed.wait(30)
+            super().commit_file(name, block_ids, metadata)
+
+    signer = AccountKeySigner(ACCOUNT, ACCOUNT_KEY)
+    x = threading.Thread(target=lambda: Finalizer(X(container, signer), None, settle_seconds=0).run(call_id))
+    x.start()
+    time.sleep(1.0)  # X has read the manifest and is staging
+    _add_late_chunk(azurite, container, call_id, 3, tone(CHUNK_BYTES, 300, 9))
+    Finalizer(Y(container, signer), None, settle_seconds=0).run(call_id)
+    x.join(60)
+    Finalizer(fstore(container), None, settle_seconds=0).run(call_id)  # whatever is left: the latest chunks
+    rec = rec_model.loads(container.download_blob(recording_blob(call_id)).readall())
+    _files_match_blobs(container, rec)
+    m = mf.loads(container.download_blob(f"{call_id}/manifest.json").readall())
+    assert rec.chunks_digest == rec_model.chunks_digest_of(m)
+    assert read_wav(container, rec.files[0].blob)[2] == stitched(container, mf.to_builtins(m), "mixed")
+    for b in container.list_blobs(name_starts_with=f"{call_id}/final/"):  # no committed file is a hybrid
+        data = container.download_blob(b.name).readall()
+        assert hashlib.sha256(data).hexdigest() == container.get_blob_client(b.name).get_blob_properties(
+            ).metadata["sha256"], b.name
