@@ -336,7 +336,8 @@ async def maxrate_load(server: Server, stack: Stack, *, connections: int, second
     if on_window:
         await asyncio.to_thread(on_window, "start")
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+        async with asyncio.timeout(seconds):
+            await stop.wait()
     if on_window:
         await asyncio.to_thread(on_window, "end")
     stop.set()

@@ -89,7 +89,8 @@ class RawWebSocket:
         if self.close_code is None and not self.writer.is_closing():
             self.writer.write(_client_frame(0x8, struct.pack("!H", code)))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._reader_task), timeout)
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(self._reader_task)
         self._reader_task.cancel()
         self.writer.close()
 

@@ -44,7 +44,10 @@ class Backoff:
             try:
                 if timeout is None:
                     return await op()
-                return await asyncio.wait_for(op(), timeout)
+                # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that arrives as the operation
+                # completes, and a loop around it (an upload worker at shutdown) then never stops.
+                async with asyncio.timeout(timeout):
+                    return await op()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

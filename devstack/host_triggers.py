@@ -281,7 +281,8 @@ class Triggers:
     async def _sleep(self, seconds: float) -> bool:
         """Waits; True if the host is stopping."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), max(0.0, seconds))
+            async with asyncio.timeout(max(0.0, seconds)):
+                await self._stopping.wait()
         return self._stopping.is_set()
 
     # -- timers ------------------------------------------------------------------------------------------------------

@@ -150,7 +150,8 @@ def create_app(settings: Settings, backend: BlobBackend | None = None,
         checked_at, ok = rt.ready_checked
         if time.monotonic() - checked_at > READY_CHECK_SECONDS:
             try:
-                await asyncio.wait_for(store.backend.ping(), 3.0)
+                async with asyncio.timeout(3.0):
+                    await store.backend.ping()
                 ok = True
             except Exception:
                 ok = False

@@ -128,7 +128,8 @@ class MediaStreamEndpoint:
     @staticmethod
     async def _close(send: Send, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(send({"type": "websocket.close", "code": code, "reason": reason[:120]}), 5.0)
+            async with asyncio.timeout(5.0):
+                await send({"type": "websocket.close", "code": code, "reason": reason[:120]})
 
 
 class MediaBypass:

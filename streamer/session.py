@@ -233,7 +233,8 @@ class Session:
                 await self._wake.wait()
             if not self.closed:  # frames reordered at the very start: the earliest of the first few sets the clock
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._origin_settled.wait(), _ORIGIN_SETTLE_SECONDS)
+                    async with asyncio.timeout(_ORIGIN_SETTLE_SECONDS):
+                        await self._origin_settled.wait()
             self._claiming = True
             claim = mf.Part(call_connection_id=call_id, correlation_id=self.correlation_id,
                             sample_rate=self._held_fmt.sample_rate if self._held_fmt else None,

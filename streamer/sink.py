@@ -339,6 +339,7 @@ class UploadSink:
         self._storage_up = asyncio.Event()
         self._storage_up.set()
         self._probe: asyncio.Task[None] | None = None
+        self._stopping = False
         self.healthy = True  # storage answers (its probe succeeded, or nothing has failed)
         self.lagging = False  # a chunk waited too long: new chunks go to disk until storage answers again
 
@@ -386,7 +387,7 @@ class UploadSink:
         self._workers = [asyncio.create_task(self._work(), name=f"upload-{i}") for i in range(self._workers_n)]
 
     async def _work(self) -> None:
-        while True:
+        while not self._stopping:  # as well as the cancel: a worker must never outlive stop_and_spool
             job = await self._queue.get()
             if not self._storage_up.is_set():
                 await self._storage_up.wait()  # cancelled here, the job is still outstanding: spooled at stop
@@ -395,8 +396,8 @@ class UploadSink:
     async def _attempt(self, job: ChunkJob) -> None:
         try:
             data = job.wav if job.wav is not None else self.spool.read_chunk(job)
-            landed = await asyncio.wait_for(self.store.put_chunk(job.blob, data, job.mask, job.frame_bytes),
-                                            UPLOAD_TIMEOUT)
+            async with asyncio.timeout(UPLOAD_TIMEOUT):  # not wait_for: see common.retry.run
+                landed = await self.store.put_chunk(job.blob, data, job.mask, job.frame_bytes)
         except asyncio.CancelledError:
             raise
         except (PermanentChunkError, RequestRejected) as exc:
@@ -440,7 +441,8 @@ class UploadSink:
         attempt = 0
         while True:
             try:
-                await asyncio.wait_for(self.store.backend.ping(), 5.0)
+                async with asyncio.timeout(5.0):
+                    await self.store.backend.ping()
                 break
             except asyncio.CancelledError:
                 raise
@@ -518,13 +520,15 @@ class UploadSink:
     # -- shutdown -------------------------------------------------------------------------------------------
     async def wait_idle(self, timeout: float) -> bool:
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
             return True
         except TimeoutError:
             return False
 
     async def stop_and_spool(self) -> list[ChunkJob]:
         """Cancel the workers and move every chunk that has not landed to the spool. Returns those jobs."""
+        self._stopping = True
         for t in self._workers:
             t.cancel()
         if self._probe is not None:

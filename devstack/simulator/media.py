@@ -450,7 +450,8 @@ async def stream_call(url: str, plan: MediaPlan, *, headers: Callable[[], Mappin
             return result
         if stop is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), faults.reconnect_delay_s)
+                async with asyncio.timeout(faults.reconnect_delay_s):
+                    await stop.wait()
         else:
             await asyncio.sleep(faults.reconnect_delay_s)
         pos += int(faults.reconnect_delay_s * rate)
