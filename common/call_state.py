@@ -54,7 +54,8 @@ class StreamingRequest(_Model, frozen=True, kw_only=True):
     action: Literal["start", "stop"]
     by: Literal["api", "recorder"] = "api"
     at: Time
-    attempt: int | None = None  # the recorder's n-th try to heal one failure
+    attempt: int | None = None  # the recorder's n-th try to heal one outage
+    heals: Time | None = None  # the recorder's: when the outage it answers began (the event that stopped streaming)
     error: Text | None = None  # ACS refused the request
 
 

@@ -30,6 +30,7 @@ RECORDING_NAME = "recording.json"
 FINAL_FOLDER = "final"
 MULTICHANNEL = "multichannel"  # never a stream id (those are `mixed` or start with `p-`)
 FINALIZE_QUEUE = "recording-finalize"
+STREAMING_RESTART_QUEUE = "streaming-restart"  # the control plane's own: restarts of failed streaming
 UNFINISHED_PREFIX = "_unfinished/"
 CHUNK_TAG = ("recorder-kind", "chunk")  # blob index tag on every chunk: the chunk lifecycle rule matches it
 DEFAULT_CONTAINER = "recordings"

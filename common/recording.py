@@ -58,6 +58,14 @@ class HoleCause(enum.StrEnum):
     UNKNOWN = "unknown"
 
 
+class HealedBy(enum.StrEnum):
+    """Who brought streaming back after a hole."""
+
+    RECORDER = "recorder"  # the control plane restarted it (STREAMING_RESTART_ATTEMPTS)
+    API = "api"  # a user's POST /api/calls/{id}/streaming/start
+    ACS = "acs"  # ACS reconnected by itself
+
+
 class ChannelMapEntry(_Model, frozen=True, kw_only=True):
     channel: Count  # 0-based, the order of samples in each frame of the multichannel file
     stream: StreamName
@@ -88,7 +96,9 @@ class Hole(_Model, frozen=True, kw_only=True):
     code: int | str | None = None  # ACS result code and subCode, when a failure caused it
     sub_code: int | str | None = None
     message: Text | None = None
-    healed: bool = False  # streaming resumed after it (by the API or by the recorder)
+    healed: bool = False  # streaming resumed after it
+    healed_by: HealedBy | None = None
+    restarts: Count = 0  # the recorder's restart requests during it (accepted or refused)
     expected: bool = False  # a requested stop, or streaming starting/ending within the tolerance
 
 

@@ -17,8 +17,8 @@ import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response, StreamingResponse
 
 from common.acs_jwt import AuthError, bearer_token
-from common.layout import FINALIZE_QUEUE
-from function_app import callbacks, calls, finalize, incoming, recordings, validation
+from common.layout import FINALIZE_QUEUE, STREAMING_RESTART_QUEUE
+from function_app import callbacks, calls, finalize, healing, incoming, recordings, validation
 from function_app.errors import ApiError
 from function_app.runtime import Runtime, get_runtime
 from function_app.settings import QUEUE_CONNECTION
@@ -93,7 +93,8 @@ async def acs_callbacks(req: Request, rt: Runtime) -> Response:
             log.warning("refused a callback: %s", exc)
             raise ApiError(401, "Unauthorized", "missing or invalid ACS token") from None
     events = callbacks.parse_events(await read_body(req, MAX_CALLBACK_BYTES))
-    changed = await asyncio.to_thread(callbacks.handle_events, rt.store, events)
+    changed = await asyncio.to_thread(callbacks.handle_events, rt.store, events,
+                                      restart_attempts=rt.settings.streaming_restart_attempts)
     return json_response(200, {"received": len(events), "applied": changed})
 
 
@@ -142,6 +143,22 @@ def finalize_recording(msg: func.QueueMessage) -> None:
     outcome = get_runtime().finalizer.run(call_id, force=force)
     log.info("finalize %s: %s (dequeue count %s)", call_id, outcome, msg.dequeue_count,
              extra={"callConnectionId": call_id})
+
+
+@app.function_name("StreamingRestart")
+@app.queue_trigger(arg_name="msg", queue_name=STREAMING_RESTART_QUEUE, connection=QUEUE_CONNECTION)
+def streaming_restart(msg: func.QueueMessage) -> None:
+    """Media streaming of a connected call stopped unasked: try to start it again (see function_app.healing). An
+    exception (storage, not ACS refusing) makes the host retry the message."""
+    try:
+        req = healing.parse_request(msg.get_body())
+    except ValueError as exc:
+        log.error("dropping streaming restart request %s: %s", msg.id, exc)
+        return
+    rt = get_runtime()
+    outcome = healing.restart(rt.acs, rt.store, req, rt.settings.streaming_restart_attempts)
+    log.info("streaming restart %d of %s: %s", req.attempt, req.call_connection_id, outcome,
+             extra={"callConnectionId": req.call_connection_id})
 
 
 @app.function_name("SweepRecordings")

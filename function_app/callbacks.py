@@ -10,10 +10,13 @@ import logging
 from collections import defaultdict
 from typing import Any
 
+import msgspec
 import orjson
 
+from common import call_state as cs
 from common.layout import is_valid_call_id
 from common.logs import call_fields
+from function_app import healing
 from function_app import state as state_model
 from function_app.errors import bad_request
 from function_app.store import RecordingStore
@@ -64,12 +67,15 @@ def _log_event(name: str, data: dict[str, Any]) -> None:
 
 
 ENDING = frozenset({"CallDisconnected", "CreateCallFailed", "AnswerFailed"})
+DEFAULT_RESTART_ATTEMPTS = healing.DEFAULT_ATTEMPTS
 
 
-def handle_events(store: RecordingStore, events: list[dict[str, Any]]) -> int:
-    """Store every tracked event; returns how many changed a call state (duplicates change nothing). A call
-    whose state is terminal after an ending event is put on the finalize queue — after the state is written, so
-    the finalizer sees it (a redelivered event asks again: the request is idempotent)."""
+def handle_events(store: RecordingStore, events: list[dict[str, Any]], *,
+                  restart_attempts: int = DEFAULT_RESTART_ATTEMPTS) -> int:
+    """Store every tracked event; returns how many changed a call state (duplicates change nothing). After the state
+    is written (so that whoever acts next sees it): a call whose state is terminal after an ending event is put on
+    the finalize queue, and a connected call whose streaming stopped unasked gets a restart planned (see
+    function_app.healing). A redelivered event asks again: both requests are idempotent."""
     by_call: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for event in events:
         name = state_model.event_name(event)
@@ -78,18 +84,26 @@ def handle_events(store: RecordingStore, events: list[dict[str, Any]]) -> int:
             by_call[event["data"]["callConnectionId"]].append(event)
     changed = 0
     for call_id, evs in by_call.items():
-        applied: list[int] = []
+        applied: list[str] = []
 
-        def fold(doc: dict[str, Any], evs: list[dict[str, Any]] = evs, applied: list[int] = applied) -> bool:
-            applied[:] = [1 for e in evs if state_model.apply_event(doc, e)]
+        def fold(doc: dict[str, Any], evs: list[dict[str, Any]] = evs, applied: list[str] = applied) -> bool:
+            applied[:] = [state_model.event_name(e) for e in evs if state_model.apply_event(doc, e)]
             return bool(applied)
 
         doc = store.update_state(call_id, fold)
         changed += len(applied)
+        fields = call_fields(call_id, doc.get("correlationId"))
         if doc.get("status") in state_model.TERMINAL and any(state_model.event_name(e) in ENDING for e in evs):
             try:
                 store.request_finalize(call_id, "call_ended")
             except Exception:
-                log.exception("could not ask for finalization of %s; the sweep will", call_id,
-                              extra=call_fields(call_id, doc.get("correlationId")))
+                log.exception("could not ask for finalization of %s; the sweep will", call_id, extra=fields)
+        elif any(state_model.event_name(e) in healing.OUTAGE_EVENTS for e in evs):  # redelivered ones too
+            try:
+                restart = healing.plan(msgspec.convert(doc, cs.CallState), restart_attempts)
+                if restart is not None:
+                    healing.schedule(store, restart)
+            except Exception:  # answered as an error, ACS redelivers the callback: the restart is planned again
+                log.exception("could not plan a restart of the streaming of %s", call_id, extra=fields)
+                raise
     return changed

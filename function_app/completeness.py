@@ -19,7 +19,7 @@ import msgspec
 
 from common import call_state as cs
 from common import manifest as mf
-from common.recording import Completeness, Hole, HoleCause, StreamCoverage
+from common.recording import Completeness, HealedBy, Hole, HoleCause, StreamCoverage
 
 MIN_HOLE_MS = 250
 EDGE_TOLERANCE_MS = 2000  # ACS starts media streaming a moment after the call connects
@@ -115,17 +115,26 @@ def holes(state: cs.CallState, manifest: mf.Manifest | None, now: float) -> tupl
             is_last = i == len(edges) - 1
             cause, failure, expected = _cause(state, cursor, a, before, first=i == 0 and bool(covered),
                                               last=is_last, any_session=bool(spans))
+            starts = [r for r in state.streaming_requests if r.action == "start"
+                      and (at := _t(r.at)) is not None and cursor - NEAR_MS / 1000 <= at <= a]
+            healer = next((r for r in reversed(starts) if r.error is None), None)
+            healed_by = None if is_last else (HealedBy.ACS if healer is None else HealedBy(healer.by))
             found.append(Hole(
                 start_time=mf.utc_iso(cursor), end_time=mf.utc_iso(a), duration_ms=_ms(a - cursor), cause=cause,
                 code=failure.code if failure else None, sub_code=failure.sub_code if failure else None,
                 message=failure.message[:4096] if failure and failure.message else None,
-                healed=not is_last, expected=expected))
+                healed=not is_last, healed_by=healed_by, expected=expected,
+                restarts=sum(1 for r in starts if r.by == "recorder")))
         cursor = max(cursor, b)
     return found, _ms(end - start), _ms(streamed)
 
 
 def _seconds(ms: int) -> str:
     return f"{ms / 1000:.1f} s"
+
+
+_HEALED = {HealedBy.RECORDER: ", restarted by the recorder", HealedBy.API: ", restarted through the API",
+           HealedBy.ACS: ", reconnected by ACS"}
 
 
 def _statement(c: Completeness, ended: bool) -> str:
@@ -138,7 +147,7 @@ def _statement(c: Completeness, ended: bool) -> str:
     if unexpected:
         worst = ", ".join(f"{_seconds(h.duration_ms)} ({h.cause.value.replace('_', ' ')}"
                           + (f", code {h.code}/{h.sub_code}" if h.code is not None else "")
-                          + (", healed" if h.healed else "") + ")" for h in unexpected[:5])
+                          + (_HEALED[h.healed_by] if h.healed_by else "") + ")" for h in unexpected[:5])
         parts.append(f"NOT COMPLETE: audio is missing where no session was streaming: {worst}.")
     stops = [h for h in c.holes if h.cause == HoleCause.STOPPED_ON_REQUEST]
     if stops:

@@ -59,7 +59,8 @@ def _target_entry(name: str, entry: str) -> None:
         raise SettingsError(f"{name} entry {entry!r} is neither a +prefix nor a raw id")
 
 
-# The connection the queue trigger (FinalizeRecording) names; the host reads `<name>__queueServiceUri` etc.
+# The connection the queue triggers (FinalizeRecording, StreamingRestart) name; the host reads
+# `<name>__queueServiceUri` etc.
 QUEUE_CONNECTION = "RecordingsStorage"
 
 # Read by the Functions Python worker or host, not by our code; the fixed ones are fixed by this code base.
@@ -110,6 +111,9 @@ class Settings(StorageSettings, AcsAuthSettings):
                                   "error", switch, shown_default="`enabled`", local_only=True)
     sas_ttl_seconds: int = setting("SAS_TTL_SECONDS", 900, "lifetime of chunk read URLs (60…86400)",
                                    integer_in(60, 86400))
+    streaming_restart_attempts: int = setting(
+        "STREAMING_RESTART_ATTEMPTS", 3, "tries to restart media streaming that failed (or stopped unasked) while "
+        "the call is connected, per outage (0…10; `0` = never)", integer_in(0, 10))
     events_endpoint: str | None = setting(
         "RECORDING_EVENTS_ENDPOINT", None, "Event Grid topic endpoint for `AcsCallRecorder.RecordingReady`; unset: "
         "no event (logged once)", https_url, shown_default="— (no events)")

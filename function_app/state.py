@@ -51,9 +51,10 @@ def record_request(state: dict[str, Any], **fields: Any) -> None:
     state["updatedAt"] = now_iso()
 
 
-def record_streaming_request(state: dict[str, Any], action: str, *, error: str | None = None) -> None:
-    """A start/stop we asked ACS for through the API (`by: api`; the recorder's own restarts will say so)."""
-    entry = {"action": action, "by": "api", "at": now_iso(), "error": error}
+def record_streaming_request(state: dict[str, Any], action: str, *, by: str = "api", error: str | None = None,
+                             attempt: int | None = None, heals: str | None = None) -> None:
+    """A start/stop we asked ACS for: through the API (`by: api`) or to heal an outage (`by: recorder`)."""
+    entry = {"action": action, "by": by, "at": now_iso(), "attempt": attempt, "heals": heals, "error": error}
     state["streamingRequests"] = [*state.get("streamingRequests", []), entry][-MAX_EVENTS:]
     state["updatedAt"] = now_iso()
 

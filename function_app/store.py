@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,6 +34,7 @@ from common import manifest as manifest_model
 from common import recording as rec_model
 from common.layout import (
     FINALIZE_QUEUE,
+    STREAMING_RESTART_QUEUE,
     UNFINISHED_PREFIX,
     call_state_blob,
     is_valid_call_id,
@@ -81,10 +83,14 @@ class FileExists(RuntimeError):
 
 
 class RecordingStore:
-    def __init__(self, container: ContainerClient, signer: SasSigner, queue: QueueClient | None = None):
+    def __init__(self, container: ContainerClient, signer: SasSigner,
+                 queues: Callable[[str], QueueClient] | None = None):
+        """`queues(name)`: a client for one of the recordings account's queues (None: the storage settings name
+        no queue endpoint)."""
         self.container = container
         self.signer = signer
-        self.queue = queue
+        self._queue_factory = queues
+        self._queues: dict[str, QueueClient] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RecordingStore:
@@ -94,18 +100,22 @@ class RecordingStore:
             if not key:
                 raise ValueError("AZURE_STORAGE_CONNECTION_STRING must carry an AccountKey (needed to sign SAS)")
             signer: SasSigner = AccountKeySigner(service.account_name or "", key)
-            queue = QueueClient.from_connection_string(
-                settings.storage_connection_string, FINALIZE_QUEUE,
-                message_encode_policy=TextBase64EncodePolicy()) if settings.has_queue() else None
+            conn = settings.storage_connection_string
+            queues: Callable[[str], QueueClient] | None = (lambda name: QueueClient.from_connection_string(
+                conn, name, message_encode_policy=TextBase64EncodePolicy())) if settings.has_queue() else None
         else:
             from azure.identity import DefaultAzureCredential
 
             credential = DefaultAzureCredential(managed_identity_client_id=settings.azure_client_id)
             service = BlobServiceClient(settings.storage_account_url or "", credential=credential)
             signer = UserDelegationSigner(service)
-            queue = QueueClient(settings.queue_account_url() or "", FINALIZE_QUEUE, credential=credential,
-                                message_encode_policy=TextBase64EncodePolicy())
-        return cls(service.get_container_client(settings.container), signer, queue)
+            queue_url = settings.queue_account_url() or ""
+
+            def queues(name: str) -> QueueClient:
+                return QueueClient(queue_url, name, credential=credential,
+                                   message_encode_policy=TextBase64EncodePolicy())
+
+        return cls(service.get_container_client(settings.container), signer, queues)
 
     # -- raw blobs -------------------------------------------------------------------------------------------
     def read_blob(self, name: str) -> bytes | None:
@@ -198,19 +208,36 @@ class RecordingStore:
             self.container.delete_blob(unfinished_marker(call_id))
 
     # -- finalization --------------------------------------------------------------------------------------------
-    def request_finalize(self, call_id: str, reason: str, *, force: bool = False) -> None:
-        """Ask a finalizer (the FinalizeRecording queue trigger, on any instance) to look at this call."""
-        if self.queue is None:
-            log.warning("no finalize queue (the storage connection string names none): %s is not finalized "
-                        "until the sweep", call_id, extra={"callConnectionId": call_id})
-            return
-        body = rec_model.finalize_request(call_id, reason, force=force)
+    def _send(self, queue_name: str, body: str, *, delay: float = 0.0) -> bool:
+        """Add a message (invisible for `delay` seconds) to one of our queues, creating it on first use. False
+        when no queue endpoint is configured."""
+        if self._queue_factory is None:
+            return False
+        queue = self._queues.get(queue_name)
+        if queue is None:
+            queue = self._queues[queue_name] = self._queue_factory(queue_name)
+        visibility = max(0, math.ceil(delay)) or None
         try:
-            self.queue.send_message(body)
+            queue.send_message(body, visibility_timeout=visibility)
         except ResourceNotFoundError:
             with contextlib.suppress(ResourceExistsError):
-                self.queue.create_queue()
-            self.queue.send_message(body)
+                queue.create_queue()
+            queue.send_message(body, visibility_timeout=visibility)
+        return True
+
+    def request_finalize(self, call_id: str, reason: str, *, force: bool = False) -> None:
+        """Ask a finalizer (the FinalizeRecording queue trigger, on any instance) to look at this call."""
+        if not self._send(FINALIZE_QUEUE, rec_model.finalize_request(call_id, reason, force=force)):
+            log.warning("no finalize queue (the storage connection string names none): %s is not finalized "
+                        "until the sweep", call_id, extra={"callConnectionId": call_id})
+
+    def request_restart(self, body: str, call_id: str, delay: float) -> bool:
+        """Ask the StreamingRestart queue trigger (any instance) to restart a call's streaming after `delay`."""
+        if not self._send(STREAMING_RESTART_QUEUE, body, delay=delay):
+            log.error("no queue endpoint in the storage settings: streaming of %s is not restarted", call_id,
+                      extra={"callConnectionId": call_id})
+            return False
+        return True
 
     def read_recording(self, call_id: str) -> tuple[rec_model.Recording | None, str | None]:
         try:

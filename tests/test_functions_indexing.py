@@ -42,6 +42,8 @@ EXPECTED_EVENT_GRID = {"IncomingCall": "event"}
 EXPECTED_OTHER = {  # binding fields the host reads (the queue trigger's connection names app settings)
     "FinalizeRecording": {"type": "queueTrigger", "name": "msg", "queueName": "recording-finalize",
                           "connection": "RecordingsStorage"},
+    "StreamingRestart": {"type": "queueTrigger", "name": "msg", "queueName": "streaming-restart",
+                         "connection": "RecordingsStorage"},
     "SweepRecordings": {"type": "timerTrigger", "name": "timer", "schedule": "0 */5 * * * *"},
 }
 

@@ -466,16 +466,19 @@ def test_chunk_retention_parameter_reaches_the_rule(days: int, stops: bool):
 QUEUE_NAME = re.compile(r"^[a-z0-9]([a-z0-9]|(-(?!-))){1,61}[a-z0-9]$")
 
 
-def test_finalize_queue_exists_in_the_recordings_account():
-    from common.layout import FINALIZE_QUEUE
+def test_the_queues_exist_in_the_recordings_account():
+    from common.layout import FINALIZE_QUEUE, STREAMING_RESTART_QUEUE
 
     assert FINALIZE_QUEUE == "recording-finalize"
     main = main_scope()
     assert main.eval("finalizeQueue") == FINALIZE_QUEUE
     assert main.eval("finalizePoisonQueue") == f"{FINALIZE_QUEUE}-poison"  # the Functions queue trigger's name for it
+    assert main.eval("restartQueue") == STREAMING_RESTART_QUEUE
+    assert main.eval("restartPoisonQueue") == f"{STREAMING_RESTART_QUEUE}-poison"
     scope = module_scope("recordingsStorage")
     names = [main.eval(n) for n in scope.param_value("queueNames")]  # main's variables, passed as a list
-    assert names == [FINALIZE_QUEUE, f"{FINALIZE_QUEUE}-poison"]
+    assert names == [FINALIZE_QUEUE, f"{FINALIZE_QUEUE}-poison", STREAMING_RESTART_QUEUE,
+                     f"{STREAMING_RESTART_QUEUE}-poison"]
     assert all(QUEUE_NAME.match(n) and 3 <= len(n) <= 63 for n in names), names
     # One queue per name, under the account's queue service, which exists when there are queues.
     (queues,) = scope.resources("Microsoft.Storage/storageAccounts/queueServices/queues").values()
@@ -493,6 +496,8 @@ def test_finalize_queue_exists_in_the_recordings_account():
     roles = roles_scope()
     assert roles.param_value("finalizeQueueName") == FINALIZE_QUEUE
     assert roles.param_value("finalizePoisonQueueName") == f"{FINALIZE_QUEUE}-poison"
+    assert roles.param_value("restartQueueName") == STREAMING_RESTART_QUEUE
+    assert roles.param_value("restartPoisonQueueName") == f"{STREAMING_RESTART_QUEUE}-poison"
     assert ref(module_decl("roles")["params"]["recordingsStorageAccountName"]) == "recordingsStorage.outputs.name"
 
 
@@ -708,6 +713,8 @@ def test_role_assignments_are_least_privilege():
         ("functionsPrincipalId", BLOB_DATA_OWNER, account),
         ("functionsPrincipalId", QUEUE_DATA_CONTRIBUTOR, queue),  # recording-finalize
         ("functionsPrincipalId", QUEUE_DATA_CONTRIBUTOR, queue),  # recording-finalize-poison
+        ("functionsPrincipalId", QUEUE_DATA_CONTRIBUTOR, queue),  # streaming-restart
+        ("functionsPrincipalId", QUEUE_DATA_CONTRIBUTOR, queue),  # streaming-restart-poison
         ("functionsPrincipalId", EVENTGRID_DATA_SENDER, "Microsoft.EventGrid/topics"),
         ("functionsPrincipalId", COMMUNICATION_OWNER, "Microsoft.Communication/communicationServices"),
     ]), got
@@ -720,7 +727,7 @@ def test_role_assignments_are_least_privilege():
     assert scope_names("functionsPrincipalId", BLOB_DATA_OWNER) == ["hostStorageAccountName"]
     assert scope_names("functionsPrincipalId", BLOB_DELEGATOR) == ["recordingsStorageAccountName"]
     assert scope_names("functionsPrincipalId", QUEUE_DATA_CONTRIBUTOR) == \
-        ["finalizePoisonQueueName", "finalizeQueueName"]
+        ["finalizePoisonQueueName", "finalizeQueueName", "restartPoisonQueueName", "restartQueueName"]
     assert scope_names("streamerPrincipalId", QUEUE_MESSAGE_SENDER) == ["finalizeQueueName"]
     assert scope_names("functionsPrincipalId", EVENTGRID_DATA_SENDER) == ["recordingEventsTopicName"]
     for principal in ("streamerPrincipalId", "functionsPrincipalId"):

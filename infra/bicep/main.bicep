@@ -87,6 +87,17 @@ param defaultSampleRate string = '16000'
 @description('Lifetime of the read-only SAS links retrieval returns.')
 param sasTtlSeconds string = '900'
 
+@description('Tries to restart media streaming that failed (or stopped unasked) while the call is connected, per outage; 0 = never.')
+@allowed([
+  '0'
+  '1'
+  '2'
+  '3'
+  '4'
+  '5'
+])
+param streamingRestartAttempts string = '3'
+
 @description('Root script the Functions Python worker indexes (a root function_app.py would be shadowed by the package).')
 param functionsScriptFileName string = 'function_entry.py'
 
@@ -111,6 +122,9 @@ var deploymentContainer = 'app-package'
 // message to after its last failed attempt (<queue>-poison). Created here so both can be the scope of a role.
 var finalizeQueue = 'recording-finalize'
 var finalizePoisonQueue = 'recording-finalize-poison'
+// The control plane's own queue of streaming restarts (common/layout.py STREAMING_RESTART_QUEUE) and its poison queue.
+var restartQueue = 'streaming-restart'
+var restartPoisonQueue = 'streaming-restart-poison'
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: empty(resourceGroupName) ? 'rg-${environmentName}' : resourceGroupName
@@ -158,6 +172,8 @@ module recordingsStorage 'modules/storage.bicep' = {
     queueNames: [
       finalizeQueue
       finalizePoisonQueue
+      restartQueue
+      restartPoisonQueue
     ]
   }
 }
@@ -225,6 +241,8 @@ module roles 'modules/roles.bicep' = {
     recordingsContainer: recordingsContainer
     finalizeQueueName: finalizeQueue
     finalizePoisonQueueName: finalizePoisonQueue
+    restartQueueName: restartQueue
+    restartPoisonQueueName: restartPoisonQueue
     recordingEventsTopicName: recordingEvents.outputs.name
     hostStorageAccountName: hostStorage.outputs.name
     registryName: registry.outputs.name
@@ -312,6 +330,7 @@ module functions 'modules/functions.bicep' = {
     defaultAudioChannel: defaultAudioChannel
     defaultSampleRate: defaultSampleRate
     sasTtlSeconds: sasTtlSeconds
+    streamingRestartAttempts: streamingRestartAttempts
   }
   dependsOn: [
     roles

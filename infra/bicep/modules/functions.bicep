@@ -44,6 +44,7 @@ param answerRecipients string
 param defaultAudioChannel string
 param defaultSampleRate string
 param sasTtlSeconds string
+param streamingRestartAttempts string
 
 resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: applicationInsightsName
@@ -154,6 +155,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     DEFAULT_AUDIO_CHANNEL: defaultAudioChannel
     DEFAULT_SAMPLE_RATE: defaultSampleRate
     SAS_TTL_SECONDS: sasTtlSeconds
+    STREAMING_RESTART_ATTEMPTS: streamingRestartAttempts
   }
 }
 

@@ -17,6 +17,9 @@ param recordingsContainer string
 param finalizeQueueName string
 @description('Its poison queue (the Functions queue trigger moves a message there after its last failed attempt).')
 param finalizePoisonQueueName string
+@description('The streaming-restart queue (the function app alone sends to it and consumes it) and its poison queue.')
+param restartQueueName string
+param restartPoisonQueueName string
 param recordingEventsTopicName string
 param hostStorageAccountName string
 param registryName string
@@ -61,6 +64,16 @@ resource finalizeQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2
 resource finalizePoisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' existing = {
   parent: recordingsQueueService
   name: finalizePoisonQueueName
+}
+
+resource restartQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' existing = {
+  parent: recordingsQueueService
+  name: restartQueueName
+}
+
+resource restartPoisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' existing = {
+  parent: recordingsQueueService
+  name: restartPoisonQueueName
 }
 
 resource recordingEvents 'Microsoft.EventGrid/topics@2025-02-15' existing = {
@@ -189,6 +202,28 @@ resource functionsFinalizeQueue 'Microsoft.Authorization/roleAssignments@2022-04
 resource functionsFinalizePoisonQueue 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(finalizePoisonQueue.id, functionsPrincipalId, queueDataContributor)
   scope: finalizePoisonQueue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', queueDataContributor)
+    principalId: functionsPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Functions: plans streaming restarts (callbacks) and runs them (the StreamingRestart queue trigger), on these two
+// queues only; the streamer has no role on them.
+resource functionsRestartQueue 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(restartQueue.id, functionsPrincipalId, queueDataContributor)
+  scope: restartQueue
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', queueDataContributor)
+    principalId: functionsPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource functionsRestartPoisonQueue 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(restartPoisonQueue.id, functionsPrincipalId, queueDataContributor)
+  scope: restartPoisonQueue
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', queueDataContributor)
     principalId: functionsPrincipalId

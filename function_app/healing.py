@@ -1,0 +1,175 @@
+"""Self-healing media streaming: ACS stopped streaming a call that is still connected (MediaStreamingFailed, or a
+MediaStreamingStopped nobody asked for), so the recorder asks ACS to start it again — a bounded number of times,
+with backoff, each try recorded in the call state.
+
+Flow: the callbacks see the outage and put a restart request on the `streaming-restart` queue, invisible for the
+backoff delay. The StreamingRestart queue trigger (on any instance) reads the call state again — the call may have
+ended meanwhile, streaming may have resumed, a user may have stopped it — claims the attempt in the call state (an
+ETag-guarded write, so a request delivered twice restarts once) and calls `start_media_streaming`. ACS answers
+with MediaStreamingStarted (healed: the completeness report shows the hole as healed by the recorder) or with
+another MediaStreamingFailed, which plans the next attempt. After the last attempt the recorder gives up, loudly;
+the hole stays in the report as not healed.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+
+import msgspec
+from azure.communication.callautomation import CallAutomationClient
+from azure.core.exceptions import AzureError
+
+from common import call_state as cs
+from common.logs import call_fields
+from common.manifest import Id, Time, parse_iso
+from common.retry import Backoff
+from function_app import state as state_model
+from function_app.store import RecordingStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ATTEMPTS = 3  # per outage (STREAMING_RESTART_ATTEMPTS)
+MAX_RESTARTS_PER_CALL = 10  # a stream that keeps failing after each heal is not healed forever
+MIN_DELAY_SECONDS = 1.0  # lets a CallDisconnected that follows the stop land first (the call is then not restarted)
+BACKOFF = Backoff(base=1.0, cap=8.0)  # full jitter: a replica lost under many calls is not hit by all at once
+OPERATION_CONTEXT = "recorder-restart"
+OUTAGE_EVENTS = frozenset({"MediaStreamingFailed", "MediaStreamingStopped"})
+
+
+class RestartRequest(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
+    """The queue message: restart the streaming of this call, for the outage that began at `outage_at`."""
+
+    call_connection_id: Id
+    outage_at: Time
+    attempt: int
+
+
+class Outcome(enum.StrEnum):
+    REQUESTED = "requested"  # ACS accepted the start; its callback says whether streaming resumed
+    REFUSED = "refused"  # ACS refused it (the next attempt is queued, unless this was the last)
+    NOT_NEEDED = "not_needed"  # the call ended, streaming resumed, or a user stopped it
+    DUPLICATE = "duplicate"  # this attempt was already made (a redelivered message)
+    GAVE_UP = "gave_up"
+    UNKNOWN_CALL = "unknown_call"
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(RestartRequest)
+
+
+def encode(req: RestartRequest) -> str:
+    return _encoder.encode(req).decode()
+
+
+def parse_request(body: bytes | str) -> RestartRequest:
+    """Raises ValueError for a message that is not a restart request."""
+    try:
+        return _decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"not a streaming restart request: {exc}") from None
+
+
+def _ts(value: str | None) -> float:
+    if value is None:
+        return float("-inf")
+    try:
+        return parse_iso(value)
+    except ValueError:
+        return float("-inf")
+
+
+def outage(state: cs.CallState) -> str | None:
+    """When the current outage began: the first Failed/Stopped event after the last MediaStreamingStarted, if the
+    call is connected, its streaming is down, and no user stopped it since it last started. None: nothing to heal."""
+    if state.status != "connected" or state.streaming not in ("failed", "stopped"):
+        return None
+    last_start = max((_ts(e.time) for e in state.events if e.type == "MediaStreamingStarted"), default=float("-inf"))
+    asked = [r for r in state.streaming_requests if r.by == "api" and r.error is None and _ts(r.at) >= last_start]
+    if asked and asked[-1].action == "stop":
+        return None  # a user stopped it: theirs to restart
+    down = sorted((e for e in state.events if e.type in OUTAGE_EVENTS and _ts(e.time) > last_start),
+                  key=lambda e: _ts(e.time))
+    return down[0].time if down else None
+
+
+def plan(state: cs.CallState, max_attempts: int) -> RestartRequest | None:
+    """The next restart this call needs, or None (nothing to heal, healing off, or out of attempts)."""
+    began = outage(state)
+    if began is None or max_attempts <= 0:
+        return None
+    mine = [r for r in state.streaming_requests if r.by == "recorder"]
+    tries = sum(1 for r in mine if r.heals == began)
+    fields = call_fields(state.call_connection_id, state.correlation_id)
+    if tries >= max_attempts or len(mine) >= MAX_RESTARTS_PER_CALL:
+        log.error("media streaming of %s is down since %s and %d restart(s) did not bring it back; giving up — "
+                  "the recording has a hole until the call ends", state.call_connection_id, began, tries,
+                  extra=fields)
+        return None
+    return RestartRequest(call_connection_id=state.call_connection_id, outage_at=began, attempt=tries + 1)
+
+
+def delay(attempt: int) -> float:
+    return MIN_DELAY_SECONDS + BACKOFF.delay(attempt)
+
+
+def schedule(store: RecordingStore, req: RestartRequest) -> None:
+    wait = delay(req.attempt)
+    if store.request_restart(encode(req), req.call_connection_id, wait):
+        # INFO: ACS also stops streaming just before a call's CallDisconnected; the attempt then finds it ended.
+        log.info("media streaming of %s is down (since %s): restart %d planned in %.1f s", req.call_connection_id,
+                 req.outage_at, req.attempt, wait, extra={"callConnectionId": req.call_connection_id})
+
+
+def restart(client: CallAutomationClient, store: RecordingStore, req: RestartRequest, max_attempts: int) -> Outcome:
+    """Run one restart attempt (the queue trigger's body)."""
+    call_id = req.call_connection_id
+    state = store.read_state_model(call_id)
+    if state is None:
+        return Outcome.UNKNOWN_CALL
+    if outage(state) != req.outage_at:  # ended, resumed, stopped by a user, or a newer outage with its own plan
+        return Outcome.NOT_NEEDED
+    if req.attempt > max_attempts:
+        return Outcome.GAVE_UP
+    claimed: list[bool] = []
+
+    def claim(doc: dict[str, object]) -> bool:
+        current = msgspec.convert(doc, cs.CallState)
+        if outage(current) != req.outage_at or any(
+                r.by == "recorder" and r.heals == req.outage_at and r.attempt == req.attempt
+                for r in current.streaming_requests):
+            claimed[:] = []
+            return False
+        state_model.record_streaming_request(doc, "start", by="recorder", attempt=req.attempt, heals=req.outage_at)
+        claimed[:] = [True]
+        return True
+
+    store.update_state(call_id, claim)
+    if not claimed:
+        return Outcome.DUPLICATE
+    fields = call_fields(call_id, state.correlation_id)
+    log.warning("media streaming of %s is down since %s while the call is connected: restarting it (attempt %d)",
+                call_id, req.outage_at, req.attempt, extra=fields)
+    try:
+        client.get_call_connection(call_id).start_media_streaming(operation_context=OPERATION_CONTEXT)
+    except AzureError as exc:
+        error = str(exc)[:1000]
+        log.warning("restart %d of media streaming of %s refused: %s", req.attempt, call_id, error, extra=fields)
+
+        def note(doc: dict[str, object]) -> bool:
+            requests = doc.get("streamingRequests")
+            assert isinstance(requests, list)
+            for r in reversed(requests):
+                if r.get("by") == "recorder" and r.get("heals") == req.outage_at and r.get("attempt") == req.attempt:
+                    r["error"] = error
+                    return True
+            return False
+
+        store.update_state(call_id, note)
+        following = store.read_state_model(call_id)
+        nxt = plan(following, max_attempts) if following is not None else None
+        if nxt is not None:
+            schedule(store, nxt)
+        return Outcome.REFUSED
+    log.info("restart %d of media streaming of %s accepted", req.attempt, call_id, extra=fields)
+    return Outcome.REQUESTED

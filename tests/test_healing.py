@@ -1,0 +1,218 @@
+"""Self-healing media streaming (function_app.healing): the plan from the call state alone, then the callbacks and
+the StreamingRestart queue trigger through the local host, with the real SDK against an ACS capture server and the
+restart queue in Azurite. The whole loop (the simulator's stream drops, the recorder restarts it, the recording
+shows the hole as healed) is in test_e2e.py."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from azure.storage.queue import QueueClient, TextBase64DecodePolicy
+
+from common import call_state as cs
+from common.layout import STREAMING_RESTART_QUEUE
+from devstack.azurite import Azurite
+from devstack.serve import ServerThread
+from function_app import healing
+from function_app import state as state_model
+from tests.functions_support import (
+    MASTER_KEY,
+    AcsCapture,
+    HostUnderTest,
+    hosted,
+    make_settings,
+    new_container,
+    store_for,
+)
+from tests.test_functions_callbacks import event, streaming
+
+T0 = "2026-01-01T00:00:0{}.0000000+00:00"
+
+
+def _state(*events: dict[str, Any], requests: tuple[tuple[str, str, str], ...] = ()) -> cs.CallState:
+    doc = state_model.new_state("c1")
+    for e in events:
+        state_model.apply_event(doc, e)
+    for action, by, at in requests:
+        state_model.record_streaming_request(doc, action, by=by)
+        doc["streamingRequests"][-1]["at"] = at
+    return msgspec.convert(doc, cs.CallState)
+
+
+def _connected(call: str = "c1") -> list[dict[str, Any]]:
+    return [event("CallConnected", call, T0.format(1)),
+            event("MediaStreamingStarted", call, T0.format(2),
+                  **streaming("mediaStreamingStarted", "subscriptionStarted"))]
+
+
+def _failed(call: str = "c1", second: int = 5) -> dict[str, Any]:
+    return event("MediaStreamingFailed", call, T0.format(second),
+                 **streaming("mediaStreamingFailed", "streamConnectionInterrupted", 500, 8603, "interrupted"))
+
+
+def _stopped(call: str = "c1", second: int = 5) -> dict[str, Any]:
+    return event("MediaStreamingStopped", call, T0.format(second),
+                 **streaming("mediaStreamingStopped", "subscriptionStopped"))
+
+
+# -- the plan ---------------------------------------------------------------------------------------------------------
+def test_a_failure_of_a_connected_call_plans_the_first_restart() -> None:
+    req = healing.plan(_state(*_connected(), _failed()), 3)
+    assert req == healing.RestartRequest(call_connection_id="c1", outage_at=T0.format(5), attempt=1)
+    assert healing.parse_request(healing.encode(req)) == req
+
+
+def test_nothing_is_planned_when_the_call_ended_streaming_runs_or_healing_is_off() -> None:
+    assert healing.plan(_state(*_connected()), 3) is None  # streaming is up
+    assert healing.plan(_state(*_connected(), _failed(), event("CallDisconnected", "c1", T0.format(6))), 3) is None
+    assert healing.plan(_state(*_connected(), _failed()), 0) is None
+    resumed = event("MediaStreamingStarted", "c1", T0.format(7),
+                    **streaming("mediaStreamingStarted", "streamConnectionReestablished"))
+    assert healing.plan(_state(*_connected(), _failed(), resumed), 3) is None
+
+
+def test_a_stop_a_user_asked_for_is_not_undone_but_an_unasked_one_is() -> None:
+    asked = _state(*_connected(), _stopped(), requests=(("stop", "api", T0.format(4)),))
+    assert healing.plan(asked, 3) is None
+    assert healing.plan(_state(*_connected(), _stopped()), 3) is not None
+    # a stop asked before the last start does not cover a later outage
+    earlier = _state(*_connected(), _stopped(), requests=(("stop", "api", T0.format(0)),))
+    assert healing.plan(earlier, 3) is not None
+
+
+def test_attempts_are_counted_per_outage_and_bounded() -> None:
+    evs = [*_connected(), _failed(second=5)]
+    tries = tuple(("start", "recorder", T0.format(6)) for _ in range(2))
+    doc = _state(*evs, requests=tries)
+    doc = msgspec.structs.replace(doc, streaming_requests=[
+        msgspec.structs.replace(r, heals=T0.format(5)) for r in doc.streaming_requests])
+    assert healing.plan(doc, 3) == healing.RestartRequest(call_connection_id="c1", outage_at=T0.format(5), attempt=3)
+    assert healing.plan(doc, 2) is None  # out of attempts: given up
+    # a new outage after streaming came back starts counting again
+    healed = event("MediaStreamingStarted", "c1", T0.format(7), **streaming("mediaStreamingStarted", "x"))
+    doc2 = _state(*evs, healed, _failed(second=8))
+    doc2 = msgspec.structs.replace(doc2, streaming_requests=doc.streaming_requests)
+    assert healing.plan(doc2, 3) == healing.RestartRequest(call_connection_id="c1", outage_at=T0.format(8),
+                                                           attempt=1)
+    # and the call as a whole is bounded
+    many = [cs.StreamingRequest(action="start", by="recorder", at=T0.format(3), heals=T0.format(3), attempt=1)
+            for _ in range(healing.MAX_RESTARTS_PER_CALL)]
+    assert healing.plan(msgspec.structs.replace(doc2, streaming_requests=many), 3) is None
+
+
+# -- through the local host -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def host(azurite: Azurite) -> Iterator[HostUnderTest]:
+    capture = AcsCapture()
+    with ServerThread(capture.app()) as server:
+        container = new_container()
+        store_for(azurite, container)
+        with hosted(make_settings(azurite, container, acs_endpoint=server.url), acs=capture) as host:
+            yield host
+
+
+@pytest.fixture
+def restarts(azurite: Azurite) -> QueueClient:
+    return QueueClient.from_connection_string(azurite.connection_string, STREAMING_RESTART_QUEUE,
+                                              message_decode_policy=TextBase64DecodePolicy())
+
+
+def _callbacks(host: HostUnderTest, *events: dict[str, Any]) -> None:
+    with host.client(key=None) as http:
+        assert http.post("/callbacks", json=list(events)).status_code == 200
+
+
+def _planned(queue: QueueClient, call: str, timeout: float = 15.0) -> list[healing.RestartRequest]:
+    """The restart requests for `call` once they are visible (each is delayed by its backoff)."""
+    deadline, found = time.monotonic() + timeout, []
+    while time.monotonic() < deadline and not found:
+        for m in queue.receive_messages(messages_per_page=32, visibility_timeout=1):
+            req = healing.parse_request(m.content)
+            if req.call_connection_id == call:
+                found.append(req)
+                queue.delete_message(m)
+        time.sleep(0.2)
+    return found
+
+
+def _run_trigger(host: HostUnderTest, req: healing.RestartRequest) -> None:
+    r = httpx.post(f"{host.url}/admin/functions/StreamingRestart", json={"input": healing.encode(req)},
+                   headers={"x-functions-key": MASTER_KEY})
+    assert r.status_code == 202
+
+
+def _starts(host: HostUnderTest, call: str) -> list[Any]:
+    assert host.acs is not None
+    return [r for r in host.acs.requests if r.path.startswith(f"/calling/callConnections/{call}:startMediaStreaming")]
+
+
+def _wait(predicate: Any, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def test_a_failure_callback_restarts_streaming_once_per_attempt(host: HostUnderTest, restarts: QueueClient) -> None:
+    call = str(uuid.uuid4())
+    t = time.monotonic()
+    _callbacks(host, *_connected(call), _failed(call))
+    (req,) = _planned(restarts, call)
+    assert time.monotonic() - t >= healing.MIN_DELAY_SECONDS  # invisible for its backoff
+    assert req.attempt == 1 and req.outage_at == T0.format(5)
+    _run_trigger(host, req)
+    _wait(lambda: _starts(host, call), "the restart to reach ACS")
+    (start,) = _starts(host, call)
+    assert start.hmac_ok and start.json() == {"operationContext": healing.OPERATION_CONTEXT}
+    state = host.runtime.store.read_state_model(call)
+    (mine,) = state.streaming_requests
+    assert (mine.action, mine.by, mine.attempt, mine.heals, mine.error) == ("start", "recorder", 1, T0.format(5), None)
+    _run_trigger(host, req)  # delivered twice: restarted once
+    time.sleep(1.5)
+    assert len(_starts(host, call)) == 1
+    # ACS's answer: the stream is back; a redelivered failure callback plans nothing
+    _callbacks(host, event("MediaStreamingStarted", call, T0.format(7),
+                           **streaming("mediaStreamingStarted", "subscriptionStarted")), _failed(call))
+    assert _planned(restarts, call, timeout=4) == []
+
+
+def test_acs_refusing_the_restart_is_retried_then_given_up(host: HostUnderTest, restarts: QueueClient) -> None:
+    assert host.acs is not None
+    host.acs.fail["startMediaStreaming"] = (400, "8501", "Action is invalid when call is not in Established state")
+    try:
+        call = str(uuid.uuid4())
+        _callbacks(host, *_connected(call), _failed(call))
+        for attempt in (1, 2, 3):
+            (req,) = _planned(restarts, call)
+            assert req.attempt == attempt
+            assert healing.restart(host.runtime.acs, host.runtime.store, req, 3) is healing.Outcome.REFUSED
+        assert _planned(restarts, call, timeout=12) == []  # three tries, then given up
+        state = host.runtime.store.read_state_model(call)
+        assert [(r.attempt, r.error is not None) for r in state.streaming_requests] == [(1, True), (2, True),
+                                                                                         (3, True)]
+        assert len(_starts(host, call)) == 3
+    finally:
+        host.acs.fail.clear()
+
+
+def test_no_restart_for_a_call_that_ended_meanwhile_or_a_stop_a_user_asked_for(host: HostUnderTest,
+                                                                              restarts: QueueClient) -> None:
+    call = str(uuid.uuid4())
+    _callbacks(host, *_connected(call), _stopped(call))  # ACS stops streaming just before the call ends
+    (req,) = _planned(restarts, call)
+    _callbacks(host, event("CallDisconnected", call, T0.format(6)))
+    assert healing.restart(host.runtime.acs, host.runtime.store, req, 3) is healing.Outcome.NOT_NEEDED
+    assert _starts(host, call) == []
+
+    asked = str(uuid.uuid4())
+    _callbacks(host, *_connected(asked))
+    with host.client() as http:
+        assert http.post(f"/calls/{asked}/streaming/stop", json={}).status_code == 202
+    _callbacks(host, _stopped(asked, second=9))
+    assert _planned(restarts, asked, timeout=4) == []
