@@ -228,3 +228,29 @@ def test_verify_says_ok_then_names_a_changed_chunk(loop):
     container.upload_blob(chunk, wav.encode(bytes(64000), 16000), overwrite=True)
     bad = CliRunner().invoke(app, args)
     assert bad.exit_code == 1 and f"chunk mixed/{1:06d}" in bad.stderr, bad.output
+
+
+def test_streaming_that_fails_mid_call_is_restarted_and_the_hole_reported_healed(loop):
+    """The simulator's WebSocket drops at 4 s of call clock and ACS reports MediaStreamingFailed (no reconnect of
+    its own); the control plane restarts streaming through the SDK; the streamer continues the call clock; the
+    finished recording reports the hole, its cause and that the recorder healed it."""
+    stack, client, _calls = loop
+    target = "+15557650001"
+    stack.simulator.set_script({"durationS": 60.0, "speakers": 1, "faults": {"dropAtS": 4.0}}, target=f"4:{target}")
+    call_id = client.place_call({"target": target, "audioChannel": "mixed"})["callConnectionId"]
+    stack.simulator.wait_until_ended(call_id, timeout=90)
+    doc = _ready(client, call_id, timeout=60)
+    assert doc["status"] == "ready", doc["status"]
+    state = doc["callState"]
+    mine = [r for r in state["streamingRequests"] if r["by"] == "recorder"]
+    assert [(r["action"], r["attempt"], r["error"]) for r in mine] == [("start", 1, None)], state
+    assert [f["event"] for f in state["failures"]] == ["MediaStreamingFailed"]
+    first, second = doc["manifest"]["sessions"]  # the dropped one and the restarted one, on one call clock
+    assert first["endReason"] == "peer_lost" and second["complete"] is True
+    assert second["frames"] >= 250  # the restart came with seconds of the call left, and their audio landed
+    (hole,) = [h for h in doc["completeness"]["holes"] if not h["expected"]]
+    assert hole["cause"] in ("streaming_failed", "streamer_unreachable") and hole["code"] == 500
+    assert hole["healed"] is True and hole["healedBy"] == "recorder" and hole["restarts"] == 1
+    assert "restarted by the recorder" in doc["completeness"]["statement"]
+    (f,) = [f for f in doc["files"] if f["kind"] == "stream"]
+    assert f["durationMs"] >= second["frames"] * 20  # on the call clock, after the first session's audio
