@@ -184,7 +184,8 @@ def start_host(settings: Settings, verifier: Any = None, port: int | None = None
     store = RecordingStore.from_settings(settings)
     runtime = Runtime(settings, build_client(settings), store, verifier, Finalizer(store, build_publisher(settings)))
     set_runtime(runtime)
-    app = build_app(function_entry.app, Keys(frozenset({FUNCTION_KEY}), MASTER_KEY))
+    # timers=False: the 5-minute sweep must not fire into a test; tests run it through the admin endpoint
+    app = build_app(function_entry.app, Keys(frozenset({FUNCTION_KEY}), MASTER_KEY), timers=False)
     return ServerThread(app, port=port).start(), runtime
 
 

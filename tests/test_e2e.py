@@ -254,3 +254,34 @@ def test_streaming_that_fails_mid_call_is_restarted_and_the_hole_reported_healed
     assert "restarted by the recorder" in doc["completeness"]["statement"]
     (f,) = [f for f in doc["files"] if f["kind"] == "stream"]
     assert f["durationMs"] >= second["frames"] * 20  # on the call clock, after the first session's audio
+
+
+def test_a_recording_finished_while_the_topic_is_down_is_announced_once_when_it_is_back(loop):
+    """The topic answers 503 to every publish (the SDK's own retries and the queue's included): the recording is
+    ready but unannounced, and stays on the sweep's list; once the topic is back, the sweep publishes it, once."""
+    stack, client, _calls = loop
+    assert stack.topic is not None
+    target = "+15557650002"
+    stack.simulator.set_script({"durationS": 8.0, "speakers": 1}, target=f"4:{target}")
+    stack.topic.fail_next(10_000)
+    try:
+        call_id = client.place_call({"target": target, "audioChannel": "mixed"})["callConnectionId"]
+        stack.simulator.wait_until_ended(call_id, timeout=60)
+        doc = _ready(client, call_id, timeout=60)
+        assert doc["status"] == "ready" and doc["announcedAt"] is None
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{stack.topic.url}/events", headers={"aeg-sas-key": stack.events_key}
+                        ).json()["publishes"]["failed"] < 2:  # the first try and at least one retry were refused
+            assert time.monotonic() < deadline, "no publish was tried"
+            time.sleep(0.2)
+    finally:
+        stack.topic.fail_next(0)
+    assert not [e for e in stack.events("AcsCallRecorder.RecordingReady") if e["subject"] == f"recordings/{call_id}"]
+    stack.run_function("SweepRecordings")
+    deadline = time.monotonic() + 30
+    while client.recording(call_id)["announcedAt"] is None:
+        assert time.monotonic() < deadline, "the sweep did not announce the recording"
+        time.sleep(0.2)
+    time.sleep(2.0)  # a duplicate (the queue's retry of the same message) would have arrived by now
+    mine = [e for e in stack.events("AcsCallRecorder.RecordingReady") if e["subject"] == f"recordings/{call_id}"]
+    assert len(mine) == 1 and mine[0]["id"] == client.recording(call_id)["eventId"]
