@@ -154,6 +154,7 @@ class Recording(Finished, frozen=True, kw_only=True):
     sample_rate: int | None = None
     clock_origin: Time | None = None
     finalizing_since: Time | None = None
+    announcing_since: Time | None = None  # a finalizer is publishing the event (a lease: one event under a race)
     chunks_digest: Sha256 | None = None  # over the chunk lines alone: the chunks this revision was built from
 
 

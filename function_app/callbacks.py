@@ -83,6 +83,7 @@ def handle_events(store: RecordingStore, events: list[dict[str, Any]], *,
         if name in state_model.HANDLED:
             by_call[event["data"]["callConnectionId"]].append(event)
     changed = 0
+    unplanned: list[str] = []
     for call_id, evs in by_call.items():
         applied: list[str] = []
 
@@ -103,7 +104,10 @@ def handle_events(store: RecordingStore, events: list[dict[str, Any]], *,
                 restart = healing.plan(msgspec.convert(doc, cs.CallState), restart_attempts)
                 if restart is not None:
                     healing.schedule(store, restart)
-            except Exception:  # answered as an error, ACS redelivers the callback: the restart is planned again
+            except Exception:
                 log.exception("could not plan a restart of the streaming of %s", call_id, extra=fields)
-                raise
+                unplanned.append(call_id)
+    if unplanned:  # the other calls of the batch are stored; answered as an error, the delivery is retried and the
+        # restart planned again (its events are already applied: nothing else repeats)
+        raise RuntimeError(f"could not plan streaming restarts for {', '.join(unplanned)}")
     return changed

@@ -26,6 +26,7 @@ the message, and the periodic sweep (`sweep`) asks again for every call whose re
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import time
@@ -52,6 +53,7 @@ STALE_SECONDS = 600.0  # the sweep finalizes anyway this long after the call end
 FORGET_UNKNOWN_SECONDS = 86400.0  # a marker of a call that has no state this long is dropped
 PUBLISH_RETRY = Backoff(base=0.5, cap=8.0)
 PUBLISH_ATTEMPTS = 5
+ANNOUNCE_LEASE_SECONDS = 180.0  # longer than PUBLISH_ATTEMPTS tries with their backoff take
 MAX_REVISION_STEPS = 5
 
 log = logging.getLogger(__name__)
@@ -171,15 +173,31 @@ class Finalizer:
         return Outcome.FINALIZED
 
     def _announce(self, rec: Recording, etag: str | None) -> Outcome:
+        """Publish RecordingReady once. A lease in recording.json (`announcingSince`, taken with the document's
+        ETag) keeps two finalizers that race here — a queue retry and the sweep's request — from both publishing;
+        a lease left by a process that died expires after ANNOUNCE_LEASE_SECONDS and the sweep tries again."""
         call_id = rec.call_connection_id
         if rec.announced_at is not None or self.publisher is None:
             self.store.mark_finished(call_id)
             return Outcome.ALREADY_DONE
+        since = rec.announcing_since
+        if since is not None and self.clock() - mf.parse_iso(since) < ANNOUNCE_LEASE_SECONDS:
+            return Outcome.RACED  # another finalizer is publishing; the marker stays for the sweep
+        try:
+            leased = msgspec.structs.replace(rec, announcing_since=mf.now_iso())
+            etag = self.store.write_recording(leased, etag)
+        except RecordingConflict:
+            return Outcome.RACED  # changed under us: whoever changed it carries on (or the sweep does)
         event = events.ready_event(rec)
         publisher = self.publisher
-        PUBLISH_RETRY.run_sync("publishing RecordingReady", lambda: publisher.send([event]),
-                               retry_if=lambda _: True, attempts=PUBLISH_ATTEMPTS)
-        announced = msgspec.structs.replace(rec, announced_at=mf.now_iso())
+        try:
+            PUBLISH_RETRY.run_sync("publishing RecordingReady", lambda: publisher.send([event]),
+                                   retry_if=lambda _: True, attempts=PUBLISH_ATTEMPTS)
+        except Exception:
+            with contextlib.suppress(Exception):  # let the next try publish at once rather than after the lease
+                self.store.write_recording(msgspec.structs.replace(leased, announcing_since=None), etag)
+            raise
+        announced = msgspec.structs.replace(leased, announced_at=mf.now_iso(), announcing_since=None)
         for _ in range(5):
             try:
                 self.store.write_recording(announced, etag)
@@ -188,7 +206,7 @@ class Finalizer:
                 cur, etag = self.store.read_recording(call_id)
                 if cur is None or cur.announced_at is not None:
                     break
-                announced = msgspec.structs.replace(cur, announced_at=announced.announced_at)
+                announced = msgspec.structs.replace(cur, announced_at=announced.announced_at, announcing_since=None)
         self.store.mark_finished(call_id)
         log.info("announced the recording of %s (event %s)", call_id, rec.event_id,
                  extra={"callConnectionId": call_id})

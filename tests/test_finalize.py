@@ -231,7 +231,7 @@ def test_two_racing_finalizers_write_one_set_of_files_and_one_event(azurite: Azu
 
     class Racing(RecordingStore):
         def write_recording(self, doc: rec_model.Recording, etag: str | None) -> str:
-            if doc.status == RecordingStatus.READY and doc.announced_at is None:
+            if doc.status == RecordingStatus.READY and doc.announced_at is None and doc.announcing_since is None:
                 barrier.wait()  # both have built every file before either writes ready
             return super().write_recording(doc, etag)
 
@@ -247,6 +247,43 @@ def test_two_racing_finalizers_write_one_set_of_files_and_one_event(azurite: Azu
     assert len(events.sent) == 1
     finals = [b.name for b in container.list_blobs(name_starts_with=f"{call_id}/final/")]
     assert len(finals) == 3
+
+
+def test_two_finalizers_announcing_one_unannounced_recording_publish_one_event(
+        azurite: Azurite, container: ContainerClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A queue retry and the sweep's request both find the recording ready but not announced (the topic was down):
+    the lease in recording.json lets one of them publish."""
+    call_id = write_call(azurite, container, streams={None: {0: tone(CHUNK_BYTES, 440, 1)}}, channel="mixed")
+    monkeypatch.setattr("function_app.finalize.PUBLISH_ATTEMPTS", 1)
+    with pytest.raises(ConnectionError):
+        Finalizer(fstore(container), Events(fail=100), settle_seconds=0).run(call_id)
+    doc, _ = fstore(container).read_recording(call_id)
+    assert doc is not None and doc.status == RecordingStatus.READY and doc.announced_at is None
+    assert doc.announcing_since is None  # a failed publish gives the lease back
+
+    class Slow(Events):
+        def send(self, events: list[CloudEvent[Any]]) -> None:
+            time.sleep(0.5)  # both finalizers are past their read of recording.json by now
+            super().send(events)
+
+    events = Slow()
+    barrier = threading.Barrier(2, timeout=30)
+
+    def run() -> Outcome:
+        barrier.wait()
+        return Finalizer(fstore(container), events, settle_seconds=0).run(call_id)
+
+    outcomes: list[Outcome] = []
+    threads = [threading.Thread(target=lambda: outcomes.append(run())) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(outcomes) == sorted([Outcome.ANNOUNCED, Outcome.RACED]) and len(events.sent) == 1
+    doc, _ = fstore(container).read_recording(call_id)
+    assert doc is not None and doc.announced_at is not None and doc.announcing_since is None
+    assert Finalizer(fstore(container), events, settle_seconds=0).run(call_id) == Outcome.ALREADY_DONE
+    assert len(events.sent) == 1
 
 
 def test_a_finalizer_killed_mid_way_leaves_nothing_visible_and_the_next_one_completes(
