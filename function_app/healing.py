@@ -85,9 +85,9 @@ def outage(state: cs.CallState) -> str | None:
     if state.status != "connected" or state.streaming not in ("failed", "stopped"):
         return None
     last_start = max((_ts(e.time) for e in state.events if e.type == "MediaStreamingStarted"), default=float("-inf"))
-    asked = [r for r in state.streaming_requests if r.by == "api" and r.error is None and _ts(r.at) >= last_start]
+    asked = [r for r in state.streaming_requests if r.by == "api" and r.error is None]
     if asked and asked[-1].action == "stop":
-        return None  # a user stopped it: theirs to restart
+        return None  # a user stopped it (whenever ACS's events say it started): only their start undoes that
     down = sorted((e for e in state.events if e.type in OUTAGE_EVENTS and _ts(e.time) > last_start),
                   key=lambda e: _ts(e.time))
     return down[0].time if down else None

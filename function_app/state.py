@@ -92,13 +92,21 @@ def _failure(name: str, data: dict[str, Any], at: str) -> dict[str, Any]:
             "at": at}
 
 
+def _before(a: str, b: str) -> bool:
+    """Event times as instants: as strings, `…05Z` sorts after `…05.4Z`, and offsets differ."""
+    try:
+        return parse_iso(a) < parse_iso(b)
+    except ValueError:
+        return a < b
+
+
 def _earliest(state: dict[str, Any], key: str, at: str) -> None:
-    if state.get(key) is None or at < state[key]:
+    if state.get(key) is None or _before(at, state[key]):
         state[key] = at
 
 
 def _latest(state: dict[str, Any], key: str, at: str) -> None:
-    if state.get(key) is None or at > state[key]:
+    if state.get(key) is None or _before(state[key], at):
         state[key] = at
 
 
@@ -145,7 +153,7 @@ def apply_event(state: dict[str, Any], event: dict[str, Any]) -> bool:
             _latest(state, "streamingStoppedAt", at)
         else:
             state["failures"].append(_failure(name, data, at))
-        if (state.get("streamingUpdatedAt") or "") <= at:
+        if state.get("streamingUpdatedAt") is None or not _before(at, state["streamingUpdatedAt"]):
             state["streaming"] = status
             state["streamingUpdatedAt"] = at
     state["updatedAt"] = now_iso()

@@ -81,9 +81,27 @@ def test_a_stop_a_user_asked_for_is_not_undone_but_an_unasked_one_is() -> None:
     asked = _state(*_connected(), _stopped(), requests=(("stop", "api", T0.format(4)),))
     assert healing.plan(asked, 3) is None
     assert healing.plan(_state(*_connected(), _stopped()), 3) is not None
-    # a stop asked before the last start does not cover a later outage
+    # a stop asked while ACS's first Started was on its way (or stamped by a clock behind ACS's) still counts
     earlier = _state(*_connected(), _stopped(), requests=(("stop", "api", T0.format(0)),))
-    assert healing.plan(earlier, 3) is not None
+    assert healing.plan(earlier, 3) is None
+    # and only the user's own start undoes it
+    restarted = _state(*_connected(), _stopped(), requests=(("stop", "api", T0.format(0)),
+                                                            ("start", "api", T0.format(3))))
+    assert healing.plan(restarted, 3) is not None
+
+
+def test_event_times_are_compared_as_instants_not_strings() -> None:
+    """`…05Z` sorts after `…05.4Z` as text: a failure 0.4 s after a start must still count as the newer event."""
+    started = event("MediaStreamingStarted", "c1", "2026-01-01T00:00:05Z",
+                    **streaming("mediaStreamingStarted", "subscriptionStarted"))
+    failed = event("MediaStreamingFailed", "c1", "2026-01-01T00:00:05.4Z",
+                   **streaming("mediaStreamingFailed", "streamConnectionInterrupted", 500, 8603, "interrupted"))
+    state = _state(event("CallConnected", "c1", "2026-01-01T00:00:01Z"), started, failed)
+    assert state.streaming == "failed"
+    assert healing.plan(state, 3) is not None
+    offset = event("MediaStreamingStarted", "c1", "2026-01-01T02:00:06+02:00",  # 00:00:06Z, after the failure
+                   **streaming("mediaStreamingStarted", "streamConnectionReestablished"))
+    assert _state(event("CallConnected", "c1", "2026-01-01T00:00:01Z"), started, failed, offset).streaming == "started"
 
 
 def test_attempts_are_counted_per_outage_and_bounded() -> None:
