@@ -215,6 +215,16 @@ def parse_iso(value: str) -> float:
     return dt.timestamp()
 
 
+def instant(value: str | None) -> float | None:
+    """`parse_iso` for times read from documents and events: None when absent or not ISO-8601."""
+    if value is None:
+        return None
+    try:
+        return parse_iso(value)
+    except ValueError:
+        return None
+
+
 def now_iso() -> str:
     return utc_iso(datetime.now(UTC).timestamp())
 

@@ -37,15 +37,6 @@ class StreamAudio:
     audio_ms: int
 
 
-def _t(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return mf.parse_iso(value)
-    except ValueError:
-        return None
-
-
 def _ms(seconds: float) -> int:
     return max(0, round(seconds * 1000))
 
@@ -63,10 +54,10 @@ def _union(spans: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
 def _session_spans(manifest: mf.Manifest | None, until: float) -> list[tuple[float, float, mf.Session]]:
     spans = []
     for s in manifest.sessions if manifest else []:
-        a = _t(s.started_at)
+        a = mf.instant(s.started_at)
         if a is None:
             continue
-        b = _t(s.ended_at)
+        b = mf.instant(s.ended_at)
         spans.append((a, until if b is None else max(a, b), s))
     return sorted(spans, key=lambda x: x[0])
 
@@ -74,13 +65,13 @@ def _session_spans(manifest: mf.Manifest | None, until: float) -> list[tuple[flo
 def _cause(state: cs.CallState, start: float, end: float, before: mf.Session | None, first: bool,
            last: bool, any_session: bool) -> tuple[HoleCause, cs.Failure | None, bool]:
     """-> (cause, the failure that explains it, expected)."""
-    failure = next((f for f in state.failures if f.event == "MediaStreamingFailed" and (at := _t(f.at)) is not None
-                    and start - NEAR_MS / 1000 <= at <= end), None)
+    failure = next((f for f in state.failures if f.event == "MediaStreamingFailed"
+                    and (at := mf.instant(f.at)) is not None and start - NEAR_MS / 1000 <= at <= end), None)
     if failure is not None:
         unreachable = failure.sub_code == UNREACHABLE_SUB_CODE
         return (HoleCause.STREAMER_UNREACHABLE if unreachable else HoleCause.STREAMING_FAILED), failure, False
     stop = next((r for r in state.streaming_requests if r.action == "stop" and r.error is None
-                 and (at := _t(r.at)) is not None and start - NEAR_MS / 1000 <= at <= end), None)
+                 and (at := mf.instant(r.at)) is not None and start - NEAR_MS / 1000 <= at <= end), None)
     if stop is not None:
         return HoleCause.STOPPED_ON_REQUEST, None, True
     short = (end - start) * 1000 <= EDGE_TOLERANCE_MS
@@ -98,10 +89,10 @@ def _cause(state: cs.CallState, start: float, end: float, before: mf.Session | N
 
 def holes(state: cs.CallState, manifest: mf.Manifest | None, now: float) -> tuple[list[Hole], int, int]:
     """-> (holes, connected ms, streamed ms) of the connected interval (up to `now` while the call is connected)."""
-    start = _t(state.connected_at)
+    start = mf.instant(state.connected_at)
     if start is None:
         return [], 0, 0
-    end = _t(state.disconnected_at) if state.ended else None
+    end = mf.instant(state.disconnected_at) if state.ended else None
     end = max(start, end if end is not None else now)
     spans = _session_spans(manifest, end)
     covered = _union((max(a, start), min(b, end)) for a, b, _ in spans if min(b, end) > max(a, start))
@@ -116,7 +107,7 @@ def holes(state: cs.CallState, manifest: mf.Manifest | None, now: float) -> tupl
             cause, failure, expected = _cause(state, cursor, a, before, first=i == 0 and bool(covered),
                                               last=is_last, any_session=bool(spans))
             starts = [r for r in state.streaming_requests if r.action == "start"
-                      and (at := _t(r.at)) is not None and cursor - NEAR_MS / 1000 <= at <= a]
+                      and (at := mf.instant(r.at)) is not None and cursor - NEAR_MS / 1000 <= at <= a]
             healer = next((r for r in reversed(starts) if r.error is None), None)
             healed_by = None if is_last else (HealedBy.ACS if healer is None else HealedBy(healer.by))
             found.append(Hole(

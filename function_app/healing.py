@@ -22,7 +22,7 @@ from azure.core.exceptions import AzureError
 
 from common import call_state as cs
 from common.logs import call_fields
-from common.manifest import Id, Time, parse_iso
+from common.manifest import Id, Time, instant
 from common.retry import Backoff
 from function_app import state as state_model
 from function_app.store import RecordingStore
@@ -71,12 +71,9 @@ def parse_request(body: bytes | str) -> RestartRequest:
 
 
 def _ts(value: str | None) -> float:
-    if value is None:
-        return float("-inf")
-    try:
-        return parse_iso(value)
-    except ValueError:
-        return float("-inf")
+    """An event or request time, for ordering (unreadable ones first)."""
+    t = instant(value)
+    return float("-inf") if t is None else t
 
 
 def outage(state: cs.CallState) -> str | None:
@@ -165,9 +162,7 @@ def restart(client: CallAutomationClient, store: RecordingStore, req: RestartReq
                     return True
             return False
 
-        store.update_state(call_id, note)
-        following = store.read_state_model(call_id)
-        nxt = plan(following, max_attempts) if following is not None else None
+        nxt = plan(msgspec.convert(store.update_state(call_id, note), cs.CallState), max_attempts)
         if nxt is not None:
             schedule(store, nxt)
         return Outcome.REFUSED
