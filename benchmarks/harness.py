@@ -223,6 +223,70 @@ class LoadResult:
     close_codes: dict[int, int] = field(default_factory=dict)
 
 
+class Cadence:
+    """ACS's cadence for every call added: one frame per participant per 20 ms, dated on each call's own clock,
+    sent from one ticker that wakes every 5 ms and serves a quarter of the calls each time (so N calls cost
+    N x 50 writes per second and only 200 wake-ups, staggered the way independent calls would be)."""
+
+    def __init__(self) -> None:
+        self.groups: list[list[Call]] = [[], [], [], []]
+        self.frames_sent = 0
+        self.window_frames_sent = 0
+        self.measuring = False
+        self._added = 0
+        self._stop = asyncio.Event()
+
+    def add(self, call: Call) -> None:
+        self.groups[self._added % 4].append(call)
+        self._added += 1
+
+    @property
+    def calls(self) -> list[Call]:
+        return [c for g in self.groups for c in g]
+
+    @staticmethod
+    def _send(c: Call) -> int:
+        ts = format_timestamp(c.start_ms + 20 * c.k)
+        for t in c.tracks:
+            i = c.k % len(t)
+            c.ws.send_text(audio_data(ts, t.b64[i], t.silent[i], "" if c.mixed else t.participant_json))
+        c.k += 1
+        return len(c.tracks)
+
+    async def run(self) -> None:
+        t0 = time.monotonic()
+        tick = 0
+        while not self._stop.is_set():
+            group = self.groups[tick % 4]
+            now = now_ms()
+            for c in group:
+                while c.start_ms + 20 * c.k <= now:  # catch up if a tick was late; never run ahead
+                    n = self._send(c)
+                    self.frames_sent += n
+                    if self.measuring:
+                        self.window_frames_sent += n
+            tick += 1
+            await asyncio.sleep(max(0.0, t0 + tick * 0.005 - time.monotonic()))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+async def close_all(calls: list[Call]) -> dict[int, int]:
+    """Close every call cleanly (after what was queued has been written); -> close codes seen."""
+    await asyncio.gather(*(c.ws.drain() for c in calls), return_exceptions=True)
+    await asyncio.gather(*(c.ws.close() for c in calls), return_exceptions=True)
+    codes: dict[int, int] = {}
+    for c in calls:
+        codes[c.ws.close_code or 0] = codes.get(c.ws.close_code or 0, 0) + 1
+    return codes
+
+
+def call_headers(stack: Stack, call_id: str) -> dict[str, str]:
+    return {"x-ms-call-connection-id": call_id, "x-ms-call-correlation-id": call_id,
+            "Authorization": f"Bearer {stack.issuer.token(lifetime=3600)}"}
+
+
 async def realtime_load(server: Server, stack: Stack, *, calls: int, participants: int, rate: int, ramp: float,
                         window: float, on_window: Any = None) -> LoadResult:
     """Open `calls` calls spread over `ramp` seconds, stream in real time, call `on_window("start"|"end")`
@@ -231,70 +295,36 @@ async def realtime_load(server: Server, stack: Stack, *, calls: int, participant
     path = "/ws/mixed" if mixed else "/ws/unmixed"
     tracks = make_tracks(participants, rate)
     res = LoadResult(calls)
-    live: list[Call] = []
-    groups: list[list[Call]] = [[], [], [], []]
+    cadence = Cadence()
 
     call_ids = [f"bench-{uuid.uuid4().hex[:12]}" for _ in range(calls)]
     await asyncio.to_thread(stack.register_calls, server, call_ids)
 
     async def opener() -> None:
-        for i, call_id in enumerate(call_ids):
-            headers = {"x-ms-call-connection-id": call_id, "x-ms-call-correlation-id": call_id,
-                       "Authorization": f"Bearer {stack.issuer.token(lifetime=3600)}"}
+        for call_id in call_ids:
             try:
-                ws = await RawWebSocket.connect("127.0.0.1", server.port, path, headers)
+                ws = await RawWebSocket.connect("127.0.0.1", server.port, path, call_headers(stack, call_id))
             except HandshakeError:
                 res.refused += 1
                 continue
             ws.send_text(audio_metadata(call_id, rate))
-            c = Call(call_id, ws, tracks, now_ms(), mixed)
-            live.append(c)
-            groups[i % 4].append(c)
+            cadence.add(Call(call_id, ws, tracks, now_ms(), mixed))
             await asyncio.sleep(ramp / calls)
 
-    def send_frames(c: Call) -> int:
-        ts = format_timestamp(c.start_ms + 20 * c.k)
-        for t in c.tracks:
-            i = c.k % len(t)
-            c.ws.send_text(audio_data(ts, t.b64[i], t.silent[i], "" if c.mixed else t.participant_json))
-        c.k += 1
-        return len(c.tracks)
-
-    stop = asyncio.Event()
-    measuring = {"on": False}
-
-    async def ticker() -> None:
-        t0 = time.monotonic()
-        tick = 0
-        while not stop.is_set():
-            group = groups[tick % 4]
-            now = now_ms()
-            for c in group:
-                while c.start_ms + 20 * c.k <= now:  # catch up if a tick was late; never run ahead
-                    n = send_frames(c)
-                    res.frames_sent += n
-                    if measuring["on"]:
-                        res.window_frames_sent += n
-            tick += 1
-            delay = t0 + tick * 0.005 - time.monotonic()
-            await asyncio.sleep(max(0.0, delay))
-
-    tick_task = asyncio.create_task(ticker())
+    tick_task = asyncio.create_task(cadence.run())
     await opener()
-    await asyncio.sleep(max(0.0, 1.0))
+    await asyncio.sleep(1.0)
     if on_window:
         await asyncio.to_thread(on_window, "start")
-    measuring["on"] = True
+    cadence.measuring = True
     await asyncio.sleep(window)
-    measuring["on"] = False
+    cadence.measuring = False
     if on_window:
         await asyncio.to_thread(on_window, "end")
-    stop.set()
+    cadence.stop()
     await tick_task
-    await asyncio.gather(*(c.ws.drain() for c in live), return_exceptions=True)
-    await asyncio.gather(*(c.ws.close() for c in live), return_exceptions=True)
-    for c in live:
-        res.close_codes[c.ws.close_code or 0] = res.close_codes.get(c.ws.close_code or 0, 0) + 1
+    res.frames_sent, res.window_frames_sent = cadence.frames_sent, cadence.window_frames_sent
+    res.close_codes = await close_all(cadence.calls)
     return res
 
 

@@ -28,7 +28,14 @@ from streamer.registry import SessionRegistry
 from streamer.session import Session, SessionConfig
 from streamer.settings import Settings
 from streamer.sink import Spool, UploadSink
-from streamer.store import AzureBlobBackend, AzureFinalizeQueue, BlobBackend, FinalizeQueue, RecordingStore
+from streamer.store import (
+    AzureBlobBackend,
+    AzureFinalizeQueue,
+    BlobBackend,
+    FinalizeQueue,
+    RecordingStore,
+    request_counter,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +53,10 @@ class Runtime:
     ready_checked: tuple[float, bool] = (0.0, False)
 
 
-def build_backend(settings: Settings) -> BlobBackend:
+def build_backend(settings: Settings, metrics: Metrics) -> BlobBackend:
     return AzureBlobBackend(settings.container, account_url=settings.storage_account_url,
                             connection_string=settings.storage_connection_string,
-                            client_id=settings.azure_client_id)
+                            client_id=settings.azure_client_id, on_request=request_counter(metrics.storage_requests))
 
 
 async def sweep(registry: SessionRegistry, sink: UploadSink) -> None:
@@ -71,14 +78,15 @@ async def sweep(registry: SessionRegistry, sink: UploadSink) -> None:
                 log.exception("idle seal failed", extra=s.fields)
 
 
-def build_queue(settings: Settings) -> FinalizeQueue | None:
+def build_queue(settings: Settings, metrics: Metrics) -> FinalizeQueue | None:
     if not settings.has_queue():
         log.warning("no queue endpoint in the storage settings: the control plane is not asked to finalize "
                     "recordings when their last session settles (its sweep still does)")
         return None
     return AzureFinalizeQueue(account_url=settings.queue_account_url(),
                               connection_string=settings.storage_connection_string,
-                              client_id=settings.azure_client_id)
+                              client_id=settings.azure_client_id,
+                              on_request=request_counter(metrics.storage_requests))
 
 
 def create_app(settings: Settings, backend: BlobBackend | None = None,
@@ -92,8 +100,8 @@ def create_app(settings: Settings, backend: BlobBackend | None = None,
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        be = backend or build_backend(settings)
-        fq = queue if backend is not None else build_queue(settings)
+        be = backend or build_backend(settings, metrics)
+        fq = queue if backend is not None else build_queue(settings, metrics)
         store = RecordingStore(be, fq)
         spool = Spool(settings.spool_dir)
         sink = UploadSink(store, spool, metrics, memory_limit=settings.upload_memory_bytes,

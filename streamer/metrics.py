@@ -47,6 +47,8 @@ _PLAIN = {
                            "Chunks that can never land as they are (kept in the spool's _quarantine folder)"),
     "sessions_without_audio": ("acs_streamer_sessions_without_audio_total", "counter",
                                "Sessions that ended without audio or tones (nothing recorded for them)"),
+    "finishing_sessions": ("acs_streamer_finishing_sessions", "gauge",
+                           "Closed sessions whose chunks or final manifest write have not landed yet"),
 }
 # TimelineStats attribute -> (exported name, help): ended sessions' totals plus the running sessions' counts
 _STREAM = {
@@ -108,6 +110,8 @@ class Metrics:
     slot_conflicts: int = 0
     chunks_quarantined: int = 0
     sessions_without_audio: int = 0
+    finishing_sessions: int = 0
+    storage_requests: Counter[tuple[str, str]] = field(default_factory=Counter)  # (method, what) -> requests sent
     ended_streams: Counter[str] = field(default_factory=Counter)  # TimelineStats totals of ended sessions
     bad_frames: Counter[str] = field(default_factory=Counter)
     refusals: Counter[str] = field(default_factory=Counter)
@@ -154,6 +158,12 @@ class _Collector(Collector):
             for key, value in sorted(counts.items()):
                 labelled.add_metric([key], value)
             yield labelled
+        requests = CounterMetricFamily("acs_streamer_storage_requests",
+                                       "Requests sent to Blob and Queue Storage, by HTTP method and what they touch",
+                                       labels=["method", "what"])
+        for (method, what), value in sorted(m.storage_requests.items()):
+            requests.add_metric([method, what], value)
+        yield requests
         yield m.chunk_latency.family("acs_streamer_chunk_latency_seconds",
                                      "Seconds from a chunk's last frame arriving to the chunk landing")
         yield GaugeMetricFamily("acs_streamer_chunk_latency_max_seconds", "Worst chunk latency since start",

@@ -74,8 +74,13 @@ class SessionRegistry:
     def _finish(self, session: Session) -> asyncio.Task[None]:
         task = asyncio.create_task(session.finish(), name=f"finish-{session.id}")
         self.finishing[task] = session  # a shutdown meanwhile waits for it, then spools what is left
-        task.add_done_callback(lambda t: self.finishing.pop(t, None))
+        self.metrics.finishing_sessions += 1
+        task.add_done_callback(self._finished)
         return task
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        if self.finishing.pop(task, None) is not None:
+            self.metrics.finishing_sessions -= 1
 
     async def replay(self, frames_log: FramesLog) -> None:
         """A session that was still waiting for its clock when its process stopped (or died): replay what it held

@@ -14,6 +14,8 @@ import contextlib
 import hashlib
 import itertools
 import logging
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -22,7 +24,7 @@ import numpy as np
 from common import call_state as cs
 from common import manifest as mf
 from common import wav
-from common.layout import CHUNK_TAG, FINALIZE_QUEUE, call_state_blob, manifest_blob
+from common.layout import CALL_STATE_NAME, CHUNK_TAG, FINALIZE_QUEUE, MANIFEST_NAME, call_state_blob, manifest_blob
 from common.recording import finalize_request
 from common.retry import Backoff
 from common.slots import fill_empty, occupancy, read_occupancy
@@ -127,17 +129,40 @@ class FinalizeQueue(Protocol):
     async def close(self) -> None: ...
 
 
+def request_counter(counts: Counter[tuple[str, str]]) -> Callable[[Any], None]:
+    """A storage SDK `raw_request_hook` counting every request sent (retries included) by method and by what it
+    touches, so the cost of a call in storage requests can be read from /metrics."""
+
+    def hook(request: Any) -> None:
+        http = request.http_request
+        path = http.url.split("?", 1)[0]
+        if path.endswith(".wav"):
+            what = "chunk"
+        elif path.endswith(MANIFEST_NAME):
+            what = "manifest"
+        elif path.endswith(CALL_STATE_NAME):
+            what = "call_state"
+        elif path.endswith("/messages"):
+            what = "queue"
+        else:
+            what = "other"
+        counts[http.method, what] += 1
+
+    return hook
+
+
 class AzureFinalizeQueue:
     """Puts "this call may be ready to finalize" on the control plane's `recording-finalize` queue (base64, as
     the Functions queue trigger expects by default)."""
 
     def __init__(self, *, account_url: str | None = None, connection_string: str | None = None,
-                 client_id: str | None = None):
+                 client_id: str | None = None, on_request: Callable[[Any], None] | None = None):
         from azure.storage.queue import TextBase64EncodePolicy
         from azure.storage.queue.aio import QueueClient
 
         opts: dict[str, Any] = {"retry_total": 0, "connection_timeout": 5, "read_timeout": 10,
-                                "use_env_settings": False, "message_encode_policy": TextBase64EncodePolicy()}
+                                "use_env_settings": False, "message_encode_policy": TextBase64EncodePolicy(),
+                                "raw_request_hook": on_request}
         self._credential = None
         if connection_string:
             self._queue = QueueClient.from_connection_string(connection_string, FINALIZE_QUEUE, **opts)
@@ -168,14 +193,14 @@ class AzureFinalizeQueue:
 
 class AzureBlobBackend:
     def __init__(self, container: str, *, account_url: str | None = None, connection_string: str | None = None,
-                 client_id: str | None = None):
+                 client_id: str | None = None, on_request: Callable[[Any], None] | None = None):
         from azure.storage.blob.aio import BlobServiceClient
 
         # Our own retry loop (with metrics, backoff ≤ 5 s and the spool) owns retries. The storage SDK's policy
         # would sleep 15 s before its first retry, hiding outages and delaying chunks past their deadline.
         # use_env_settings=False: aiohttp would otherwise look up proxy and netrc settings in a thread per request.
         opts: dict[str, Any] = {"retry_total": 0, "connection_timeout": 5, "read_timeout": 30,
-                                "use_env_settings": False}
+                                "use_env_settings": False, "raw_request_hook": on_request}
         self._credential = None
         if connection_string:
             self._svc = BlobServiceClient.from_connection_string(connection_string, **opts)

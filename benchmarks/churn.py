@@ -1,0 +1,357 @@
+"""Call churn and reconnect storm: what opening and closing calls costs the streamer, next to a bare handshake.
+
+    .venv/bin/python -m benchmarks.churn            # ~4 min; writes benchmarks/results/churn.json
+    .venv/bin/python -m benchmarks.churn --quick    # seconds; the test suite runs this to keep it alive
+    .venv/bin/python -m benchmarks.churn --profile  # also py-spy the streamer through one churn round
+
+Churn: 200 calls, 20 at a time; each is an upgrade with a real RS256 ACS token, AudioMetadata, 10 AudioData
+frames and a clean close. The streamer records each (call state registered beforehand, as the control plane
+does); the bare Starlette receive loop only counts frames. Server CPU is counted from before the first upgrade
+until every call's chunks and final manifest have landed, less the server's idle CPU over the same time; rounds
+alternate between the two servers in one run. Storage requests per call come from the streamer's own counter.
+
+Storm: a streamer holding `--live` real-time calls (ramped over 10 s) receives `--storm` upgrades within 5 s, as
+after a failover: calls whose manifest another replica wrote, now reconnecting here. Reported: upgrade latency
+(connect to 101) p50/p99, upgrades refused, the server's CPU while the storm lasts, chunk latency of everything
+that landed from the storm's start until 15 s later (every live call seals a chunk in that time), frames lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from benchmarks.capacity import RESULTS, machine
+from benchmarks.harness import (
+    Cadence,
+    Call,
+    Server,
+    Stack,
+    call_headers,
+    close_all,
+    cpu_seconds,
+    latency_p99,
+    make_tracks,
+)
+from benchmarks.rawws import HandshakeError, RawWebSocket
+from devstack.simulator.frames import audio_data, audio_metadata, format_timestamp, now_ms
+
+FRAMES_PER_CALL = 10
+RATE = 16000
+
+
+def _storage_requests(metrics: dict[str, float]) -> dict[str, float]:
+    prefix = "acs_streamer_storage_requests_total{"
+    return {k[len(prefix):-1]: v for k, v in metrics.items() if k.startswith(prefix)}
+
+
+def _settled(server: Server, calls_before: float, calls: int) -> dict[str, float] | None:
+    """The streamer's counters once every call of the round is closed, landed and finished; None while not."""
+    m = server.metrics()
+    done = (m["acs_streamer_active_calls"] == 0 and m["acs_streamer_pending_chunks"] == 0
+            and m["acs_streamer_finishing_sessions"] == 0
+            and m["acs_streamer_sessions_total"] - calls_before >= calls)
+    return m if done else None
+
+
+async def _one_call(port: int, call_id: str, headers: dict[str, str], frames: list[str]) -> float:
+    t0 = time.perf_counter()
+    ws = await RawWebSocket.connect("127.0.0.1", port, "/ws/mixed", headers)
+    latency = time.perf_counter() - t0
+    ws.send_text(audio_metadata(call_id, RATE))
+    for f in frames:
+        ws.send_text(f)
+    await ws.drain()
+    await ws.close()
+    return latency
+
+
+async def _churn_load(port: int, calls: list[tuple[str, dict[str, str]]], concurrency: int) -> list[float]:
+    track = make_tracks(1, RATE)[0]
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(call_id: str, headers: dict[str, str]) -> float:
+        async with gate:
+            start = now_ms()
+            frames = [audio_data(format_timestamp(start + 20 * k), track.b64[k], track.silent[k])
+                      for k in range(FRAMES_PER_CALL)]
+            return await _one_call(port, call_id, headers, frames)
+
+    return await asyncio.gather(*(one(c, h) for c, h in calls))
+
+
+def idle_rate(server: Server, seconds: float = 1.0) -> float:
+    c0, t0 = cpu_seconds(server.pid), time.monotonic()
+    time.sleep(seconds)
+    return (cpu_seconds(server.pid) - c0) / (time.monotonic() - t0)
+
+
+def churn_round(stack: Stack, server: Server, calls: int, concurrency: int) -> dict[str, Any]:
+    call_ids = [f"churn-{uuid.uuid4().hex[:12]}" for _ in range(calls)]
+    stack.register_calls(server, call_ids)
+    prepared = [(c, call_headers(stack, c)) for c in call_ids]  # tokens signed before the clock starts
+    idle = idle_rate(server)
+    before = server.metrics() if server.kind == "streamer" else {}
+    frames_before = server.frames()
+    c0, t0 = cpu_seconds(server.pid), time.monotonic()
+    latencies = asyncio.run(_churn_load(server.port, prepared, concurrency))
+    after: dict[str, float] | None = None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.kind == "bare":
+            if server.frames() - frames_before >= calls * FRAMES_PER_CALL:
+                break
+        elif (after := _settled(server, before["acs_streamer_sessions_total"], calls)) is not None:
+            break
+        time.sleep(0.1)
+    c1, t1 = cpu_seconds(server.pid), time.monotonic()
+    cpu = max(0.0, (c1 - c0) - idle * (t1 - t0))
+    out: dict[str, Any] = {
+        "calls": calls, "concurrency": concurrency, "wall_seconds": round(t1 - t0, 2),
+        "cpu_ms_per_call": round(cpu / calls * 1000, 3), "idle_cpu_utilisation": round(idle, 4),
+        "upgrade_latency_p50_ms": round(statistics.median(latencies) * 1000, 2),
+    }
+    if server.kind == "streamer":
+        if after is None:
+            raise RuntimeError("the streamer did not settle the round's calls within 60 s")
+        req_before, req_after = _storage_requests(before), _storage_requests(after)
+        per_kind = {k: round((v - req_before.get(k, 0)) / calls, 2) for k, v in sorted(req_after.items())
+                    if v - req_before.get(k, 0)}
+        out["storage_requests_per_call"] = round(sum(per_kind.values()), 2)
+        out["storage_requests_by_kind"] = per_kind
+        out["frames_lost"] = int(calls * FRAMES_PER_CALL - (after["acs_streamer_frames_total"]
+                                                            - before["acs_streamer_frames_total"]))
+        out["chunks_landed"] = int(after["acs_streamer_chunks_uploaded_total"]
+                                   - before["acs_streamer_chunks_uploaded_total"])
+    return out
+
+
+def churn(stack: Stack, *, calls: int, concurrency: int, rounds: int, profile: Path | None) -> dict[str, Any]:
+    bare, streamer = stack.bare(), stack.streamer()
+    try:
+        for server in (bare, streamer):  # warm-up: first connections, lazy imports, the JWKS fetch
+            churn_round(stack, server, max(10, concurrency), concurrency)
+        runs: dict[str, list[dict[str, Any]]] = {"bare": [], "streamer": []}
+        for _ in range(rounds):
+            for server in (bare, streamer):
+                runs[server.kind].append(churn_round(stack, server, calls, concurrency))
+                print(f"  {server.kind:8s} {runs[server.kind][-1]}", flush=True)
+        out: dict[str, Any] = {"calls": calls, "concurrency": concurrency, "frames_per_call": FRAMES_PER_CALL,
+                               "rounds": runs}
+        for kind in runs:
+            out[f"{kind}_cpu_ms_per_call"] = statistics.median(r["cpu_ms_per_call"] for r in runs[kind])
+        out["ratio"] = round(out["streamer_cpu_ms_per_call"] / out["bare_cpu_ms_per_call"], 2)
+        out["storage_requests_per_call"] = statistics.median(
+            r["storage_requests_per_call"] for r in runs["streamer"])
+        out["frames_lost"] = sum(r["frames_lost"] for r in runs["streamer"])
+        if profile is not None:
+            out["profile"] = profile_round(stack, streamer, calls, concurrency, profile)
+        return out
+    finally:
+        bare.stop()
+        streamer.stop()
+
+
+def profile_round(stack: Stack, server: Server, calls: int, concurrency: int, out: Path) -> dict[str, Any]:
+    """py-spy the streamer through one more churn round; -> the functions holding most samples (inclusive)."""
+    spy = shutil.which("py-spy") or str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "py-spy")
+    raw = out.with_suffix(".txt")
+    proc = subprocess.Popen([spy, "record", "--pid", str(server.pid), "--rate", "250", "--format", "raw",
+                             "--output", str(raw), "--nonblocking"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    time.sleep(1.0)
+    try:
+        churn_round(stack, server, calls, concurrency)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return summarise_profile(raw)
+
+
+def summarise_profile(raw: Path, top: int = 15) -> dict[str, Any]:
+    """Collapsed stacks -> share of samples per frame (inclusive), busy samples only (the idle loop excluded)."""
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack_, _, n = line.rpartition(" ")
+        frames = stack_.split(";")
+        if frames and ("select" in frames[-1] or "_run_once" in frames[-1] and len(frames) < 4):
+            continue  # the event loop waiting for work
+        total += int(n)
+        for f in set(frames):
+            inclusive[f] += int(n)
+    return {"busy_samples": total, "raw": str(raw),
+            "top_inclusive": [(f, round(n / max(1, total), 3)) for f, n in inclusive.most_common(top)]}
+
+
+def _seed_manifests(stack: Stack, server: Server, call_ids: list[str], origin_ms: int) -> None:
+    """Manifests as the replica that died wrote them: a clock and one open session each."""
+    from azure.storage.blob import ContainerClient
+
+    from common import manifest as mf
+    from common.layout import manifest_blob
+
+    with ContainerClient.from_connection_string(stack.azurite.connection_string, server.container) as cc:
+        for call_id in call_ids:
+            doc = mf.merge(None, mf.Part(
+                call_connection_id=call_id, correlation_id=call_id, sample_rate=RATE, frame_bytes=640,
+                chunk_seconds=10.0, clock_origin=mf.utc_iso(origin_ms / 1000), audio_channel="mixed",
+                sessions=[mf.Session(id=uuid.uuid4().hex[:16], replica="replica-lost",
+                                     started_at=mf.utc_iso(origin_ms / 1000))]))
+            cc.upload_blob(manifest_blob(call_id), mf.dumps(doc), overwrite=True)
+
+
+def storm(stack: Stack, *, live: int, storm_calls: int, within: float, after: float, ramp: float) -> dict[str, Any]:
+    server = stack.streamer(CHUNK_SECONDS="10")
+    live_ids = [f"live-{uuid.uuid4().hex[:12]}" for _ in range(live)]
+    storm_ids = [f"moved-{uuid.uuid4().hex[:12]}" for _ in range(storm_calls)]
+    stack.register_calls(server, live_ids + storm_ids)
+    _seed_manifests(stack, server, storm_ids, now_ms() - 60_000)
+    tracks = make_tracks(1, RATE)
+    headers = {c: call_headers(stack, c) for c in live_ids + storm_ids}
+
+    async def run() -> dict[str, Any]:
+        cadence = Cadence()
+        ticker = asyncio.create_task(cadence.run())
+        refused: Counter[int] = Counter()
+
+        async def open_call(call_id: str) -> float | None:
+            t0 = time.perf_counter()
+            try:
+                ws = await RawWebSocket.connect("127.0.0.1", server.port, "/ws/mixed", headers[call_id])
+            except HandshakeError as exc:
+                refused[exc.status] += 1
+                return None
+            latency = time.perf_counter() - t0
+            ws.send_text(audio_metadata(call_id, RATE))
+            cadence.add(Call(call_id, ws, tracks, now_ms(), True))
+            return latency
+
+        for call_id in live_ids:
+            await open_call(call_id)
+            await asyncio.sleep(ramp / live)
+        await asyncio.sleep(2.0)
+        m0 = await asyncio.to_thread(server.metrics)
+        c0, t0 = cpu_seconds(server.pid), time.monotonic()
+        cadence.measuring = True
+
+        async def staggered(i: int, call_id: str) -> float | None:
+            await asyncio.sleep(i * within / storm_calls)
+            return await open_call(call_id)
+
+        latencies = [x for x in await asyncio.gather(*(staggered(i, c) for i, c in enumerate(storm_ids)))
+                     if x is not None]
+        c_storm, t_storm = cpu_seconds(server.pid), time.monotonic()
+        await asyncio.sleep(max(0.0, after - (t_storm - t0)))
+        m1 = await asyncio.to_thread(server.metrics)
+        c1, t1 = cpu_seconds(server.pid), time.monotonic()
+        cadence.measuring = False
+        cadence.stop()
+        await ticker
+        codes = await close_all(cadence.calls)
+        return {"latencies": latencies, "refused": dict(refused), "m0": m0, "m1": m1, "codes": codes,
+                "storm_cpu": (c_storm - c0) / (t_storm - t0), "storm_seconds": t_storm - t0,
+                "window_cpu": (c1 - c0) / (t1 - t0), "window_seconds": t1 - t0,
+                "frames_sent": cadence.frames_sent}
+
+    try:
+        r = asyncio.run(run())
+        landed = server.wait_landed(120)
+        final = server.metrics()
+    finally:
+        server.stop()
+    lat = sorted(r["latencies"])
+    p99, chunks = latency_p99(r["m0"], r["m1"])
+    bucket_max = _max_bucket(r["m0"], r["m1"])
+    received = int(final["acs_streamer_frames_total"])
+    return {
+        "live_calls": live, "storm_upgrades": storm_calls, "storm_within_seconds": within,
+        "accepted": len(lat), "refused_by_status": r["refused"],
+        "upgrade_latency_p50_ms": round(lat[len(lat) // 2] * 1000, 1) if lat else None,
+        "upgrade_latency_p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000, 1) if lat else None,
+        "upgrade_latency_max_ms": round(lat[-1] * 1000, 1) if lat else None,
+        "storm_seconds": round(r["storm_seconds"], 2),
+        "server_cpu_utilisation_storm": round(r["storm_cpu"], 2),
+        "server_cpu_utilisation_window": round(r["window_cpu"], 2), "window_seconds": round(r["window_seconds"], 1),
+        "chunks_landed_in_window": chunks, "chunk_latency_p99_le_seconds": p99,
+        "chunk_latency_max_le_seconds": bucket_max,
+        "chunks_within_2s": bucket_max is not None and bucket_max <= 2.0,
+        "frames_sent": r["frames_sent"], "frames_received": received, "frames_lost": r["frames_sent"] - received,
+        "late_or_duplicate_frames": int(final.get("acs_streamer_late_frames_total", 0)
+                                        + final.get("acs_streamer_duplicate_frames_total", 0)),
+        "all_chunks_landed": landed, "close_codes": r["codes"],
+    }
+
+
+def _max_bucket(before: dict[str, float], after: dict[str, float]) -> float | None:
+    """Upper bound of the highest histogram bucket that gained a chunk between two scrapes."""
+    prefix = 'acs_streamer_chunk_latency_seconds_bucket{le="'
+    cum = sorted(((float("inf") if k[len(prefix):-2] == "+Inf" else float(k[len(prefix):-2]),
+                   v - before.get(k, 0.0)) for k, v in after.items() if k.startswith(prefix)))
+    if not cum or not cum[-1][1]:
+        return None
+    return next(le for le, n in cum if n >= cum[-1][1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny loads, for the test suite")
+    parser.add_argument("--profile", action="store_true", help="py-spy the streamer through one churn round")
+    parser.add_argument("--skip-storm", action="store_true")
+    parser.add_argument("--live", type=int, default=300)
+    parser.add_argument("--storm", type=int, default=300)
+    parser.add_argument("--out", type=Path, default=None, help="JSON results path")
+    args = parser.parse_args()
+    quick = args.quick
+    results: dict[str, Any] = {"machine": machine(), "quick": quick}
+    out = args.out or RESULTS / ("churn-quick.json" if quick else "churn.json")
+    with tempfile.TemporaryDirectory(prefix="churn-") as tmp:
+        stack = Stack(Path(tmp))
+        try:
+            print("churn:", flush=True)
+            results["churn"] = churn(stack, calls=40 if quick else 200, concurrency=10 if quick else 20,
+                                     rounds=1 if quick else 3,
+                                     profile=out.with_name(out.stem + "-profile") if args.profile else None)
+            if not args.skip_storm:
+                print("storm:", flush=True)
+                results["storm"] = storm(stack, live=10 if quick else args.live, storm_calls=10 if quick else args.storm,
+                                         within=1.0 if quick else 5.0, after=3.0 if quick else 15.0,
+                                         ramp=1.0 if quick else 10.0)
+                print(f"  {results['storm']}", flush=True)
+        finally:
+            stack.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+    print(f"\nresults: {out}")
+
+
+def print_table(r: dict[str, Any]) -> None:
+    c = r["churn"]
+    print(f"\nchurn ({c['calls']} calls, {c['concurrency']} at a time, {c['frames_per_call']} frames each): "
+          f"server CPU per call streamer {c['streamer_cpu_ms_per_call']} ms, bare {c['bare_cpu_ms_per_call']} ms, "
+          f"ratio {c['ratio']}; storage requests per call {c['storage_requests_per_call']}; "
+          f"frames lost {c['frames_lost']}")
+    for f, share in c.get("profile", {}).get("top_inclusive", []):
+        print(f"  {share:6.1%}  {f}")
+    s = r.get("storm")
+    if s:
+        print(f"storm ({s['live_calls']} live + {s['storm_upgrades']} upgrades in {s['storm_within_seconds']} s): "
+              f"upgrade p50 {s['upgrade_latency_p50_ms']} ms, p99 {s['upgrade_latency_p99_ms']} ms; refused "
+              f"{s['refused_by_status']}; CPU {s['server_cpu_utilisation_storm']:.0%} during the storm; chunk "
+              f"p99 <= {s['chunk_latency_p99_le_seconds']} s, max <= {s['chunk_latency_max_le_seconds']} s; "
+              f"frames lost {s['frames_lost']}")
+
+
+if __name__ == "__main__":
+    main()
