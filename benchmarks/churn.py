@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import shutil
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -173,25 +174,31 @@ def profile_round(stack: Stack, server: Server, calls: int, concurrency: int, ou
     try:
         churn_round(stack, server, calls, concurrency)
     finally:
-        proc.terminate()
-        proc.wait(30)
+        proc.send_signal(signal.SIGINT)  # py-spy writes its output when interrupted
+        proc.wait(60)
     return summarise_profile(raw)
 
 
-def summarise_profile(raw: Path, top: int = 15) -> dict[str, Any]:
-    """Collapsed stacks -> share of samples per frame (inclusive), busy samples only (the idle loop excluded)."""
+def summarise_profile(raw: Path, top: int = 20) -> dict[str, Any]:
+    """Collapsed stacks (py-spy samples busy threads only) -> the share of samples each function is on the stack
+    for, leaving out the trunk every sample shares (the event loop, uvicorn's server); and the share by the
+    package of the innermost frame."""
     inclusive: Counter[str] = Counter()
+    leaf: Counter[str] = Counter()
     total = 0
     for line in raw.read_text().splitlines():
-        stack_, _, n = line.rpartition(" ")
+        stack_, _, count = line.rpartition(" ")
+        n = int(count)
         frames = stack_.split(";")
-        if frames and ("select" in frames[-1] or "_run_once" in frames[-1] and len(frames) < 4):
-            continue  # the event loop waiting for work
-        total += int(n)
+        total += n
         for f in set(frames):
-            inclusive[f] += int(n)
-    return {"busy_samples": total, "raw": str(raw),
-            "top_inclusive": [(f, round(n / max(1, total), 3)) for f, n in inclusive.most_common(top)]}
+            inclusive[f] += n
+        where = frames[-1].rpartition("(")[2]
+        leaf[where.split("/", 1)[0] if "/" in where else where.split(":", 1)[0]] += n
+    total = max(1, total)
+    branches = [(f, round(n / total, 3)) for f, n in inclusive.most_common() if n / total < 0.75][:top]
+    return {"samples": total, "raw": str(raw), "top_inclusive": branches,
+            "innermost_by_package": [(p, round(n / total, 3)) for p, n in leaf.most_common(8)]}
 
 
 def _seed_manifests(stack: Stack, server: Server, call_ids: list[str], origin_ms: int) -> None:
@@ -243,6 +250,7 @@ def storm(stack: Stack, *, live: int, storm_calls: int, within: float, after: fl
         await asyncio.sleep(2.0)
         m0 = await asyncio.to_thread(server.metrics)
         c0, t0 = cpu_seconds(server.pid), time.monotonic()
+        rig0 = _rig(stack)
         cadence.measuring = True
 
         async def staggered(i: int, call_id: str) -> float | None:
@@ -255,6 +263,7 @@ def storm(stack: Stack, *, live: int, storm_calls: int, within: float, after: fl
         await asyncio.sleep(max(0.0, after - (t_storm - t0)))
         m1 = await asyncio.to_thread(server.metrics)
         c1, t1 = cpu_seconds(server.pid), time.monotonic()
+        rig1 = _rig(stack)
         cadence.measuring = False
         cadence.stop()
         await ticker
@@ -262,7 +271,8 @@ def storm(stack: Stack, *, live: int, storm_calls: int, within: float, after: fl
         return {"latencies": latencies, "refused": dict(refused), "m0": m0, "m1": m1, "codes": codes,
                 "storm_cpu": (c_storm - c0) / (t_storm - t0), "storm_seconds": t_storm - t0,
                 "window_cpu": (c1 - c0) / (t1 - t0), "window_seconds": t1 - t0,
-                "frames_sent": cadence.frames_sent}
+                "frames_sent": cadence.frames_sent,
+                "rig": {k: round((rig1[k] - rig0[k]) / (t1 - t0), 2) for k in rig0}}
 
     try:
         r = asyncio.run(run())
@@ -290,7 +300,17 @@ def storm(stack: Stack, *, live: int, storm_calls: int, within: float, after: fl
         "late_or_duplicate_frames": int(final.get("acs_streamer_late_frames_total", 0)
                                         + final.get("acs_streamer_duplicate_frames_total", 0)),
         "all_chunks_landed": landed, "close_codes": r["codes"],
+        "chunks_spooled": int(final["acs_streamer_chunks_spooled_total"]),
+        "loop_lag_max_seconds": final["acs_streamer_loop_lag_max_seconds"],
+        "refusals": {k.split('"')[1]: int(v) for k, v in final.items() if k.startswith("acs_streamer_refusals_total{")},
+        "rig_cpu_utilisation_window": r["rig"],
     }
+
+
+def _rig(stack: Stack) -> dict[str, float]:
+    """CPU seconds so far of the rig's other processes: the load generator (this one) and Azurite."""
+    az = stack.azurite.proc.pid if stack.azurite.proc else None
+    return {"load_generator": time.process_time(), "azurite": cpu_seconds(az) if az else 0.0}
 
 
 def _max_bucket(before: dict[str, float], after: dict[str, float]) -> float | None:
@@ -308,6 +328,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny loads, for the test suite")
     parser.add_argument("--profile", action="store_true", help="py-spy the streamer through one churn round")
     parser.add_argument("--skip-storm", action="store_true")
+    parser.add_argument("--skip-churn", action="store_true")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep Azurite's data and the servers' logs here")
     parser.add_argument("--live", type=int, default=300)
     parser.add_argument("--storm", type=int, default=300)
     parser.add_argument("--out", type=Path, default=None, help="JSON results path")
@@ -316,17 +338,20 @@ def main() -> None:
     results: dict[str, Any] = {"machine": machine(), "quick": quick}
     out = args.out or RESULTS / ("churn-quick.json" if quick else "churn.json")
     with tempfile.TemporaryDirectory(prefix="churn-") as tmp:
-        stack = Stack(Path(tmp))
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        stack = Stack(workdir)
         try:
-            print("churn:", flush=True)
-            results["churn"] = churn(stack, calls=40 if quick else 200, concurrency=10 if quick else 20,
-                                     rounds=1 if quick else 3,
-                                     profile=out.with_name(out.stem + "-profile") if args.profile else None)
+            if not args.skip_churn:
+                print("churn:", flush=True)
+                results["churn"] = churn(stack, calls=40 if quick else 200, concurrency=10 if quick else 20,
+                                         rounds=1 if quick else 3,
+                                         profile=out.with_name(out.stem + "-profile") if args.profile else None)
             if not args.skip_storm:
                 print("storm:", flush=True)
-                results["storm"] = storm(stack, live=10 if quick else args.live, storm_calls=10 if quick else args.storm,
-                                         within=1.0 if quick else 5.0, after=3.0 if quick else 15.0,
-                                         ramp=1.0 if quick else 10.0)
+                results["storm"] = storm(stack, live=10 if quick else args.live,
+                                         storm_calls=10 if quick else args.storm, within=1.0 if quick else 5.0,
+                                         after=3.0 if quick else 15.0, ramp=1.0 if quick else 10.0)
                 print(f"  {results['storm']}", flush=True)
         finally:
             stack.close()
@@ -337,13 +362,14 @@ def main() -> None:
 
 
 def print_table(r: dict[str, Any]) -> None:
-    c = r["churn"]
-    print(f"\nchurn ({c['calls']} calls, {c['concurrency']} at a time, {c['frames_per_call']} frames each): "
-          f"server CPU per call streamer {c['streamer_cpu_ms_per_call']} ms, bare {c['bare_cpu_ms_per_call']} ms, "
-          f"ratio {c['ratio']}; storage requests per call {c['storage_requests_per_call']}; "
-          f"frames lost {c['frames_lost']}")
-    for f, share in c.get("profile", {}).get("top_inclusive", []):
-        print(f"  {share:6.1%}  {f}")
+    c = r.get("churn")
+    if c:
+        print(f"\nchurn ({c['calls']} calls, {c['concurrency']} at a time, {c['frames_per_call']} frames each): "
+              f"server CPU per call streamer {c['streamer_cpu_ms_per_call']} ms, bare {c['bare_cpu_ms_per_call']} "
+              f"ms, ratio {c['ratio']}; storage requests per call {c['storage_requests_per_call']}; "
+              f"frames lost {c['frames_lost']}")
+        for f, share in c.get("profile", {}).get("top_inclusive", []):
+            print(f"  {share:6.1%}  {f}")
     s = r.get("storm")
     if s:
         print(f"storm ({s['live_calls']} live + {s['storm_upgrades']} upgrades in {s['storm_within_seconds']} s): "

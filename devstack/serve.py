@@ -18,7 +18,12 @@ class ServerThread:
         kwargs = {"log_level": "warning", "lifespan": "on", **uvicorn_kwargs}
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, **kwargs))
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        self._thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
+        self.loop: asyncio.AbstractEventLoop | None = None  # the server's event loop, once it runs
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
+
+    async def _serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self.server.serve()
 
     @property
     def url(self) -> str:

@@ -19,7 +19,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from common.logs import setup_logging
 from streamer.app import create_app
 from streamer.settings import Settings, SettingsError
-from streamer.telemetry import setup_telemetry
+from streamer.telemetry import freeze_sdk_settings, setup_telemetry
 
 log = logging.getLogger("streamer")
 
@@ -73,6 +73,7 @@ def main() -> int:
         return 2
     setup_logging(settings.log_level)
     setup_telemetry(settings.appinsights_connection_string)
+    freeze_sdk_settings()
     app = create_app(settings)
     config = uvicorn.Config(
         # uvloop: at ACS's cadence every frame is its own socket read, wake-up and pause/resume of reading; libuv

@@ -20,9 +20,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from common.acs_jwt import AcsJwtVerifier, AuthConfig
-from streamer.endpoint import MediaBypass, MediaStreamEndpoint
+from streamer.endpoint import DenialLogFilter, MediaBypass, MediaStreamEndpoint
 from streamer.heap import TRIM_SECONDS, heap_trimmer
 from streamer.metrics import CONTENT_TYPE, Metrics
+from streamer.overload import LoopLag
 from streamer.recovery import recover_spool
 from streamer.registry import SessionRegistry
 from streamer.session import Session, SessionConfig
@@ -50,6 +51,7 @@ class Runtime:
     registry: SessionRegistry | None = None
     store: RecordingStore | None = None
     sink: UploadSink | None = None
+    endpoint: MediaStreamEndpoint | None = None
     ready_checked: tuple[float, bool] = (0.0, False)
 
 
@@ -95,6 +97,9 @@ def create_app(settings: Settings, backend: BlobBackend | None = None,
     passes a backend and no queue runs without one)."""
     metrics = Metrics()
     rt = Runtime()
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, DenialLogFilter) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(DenialLogFilter())
     config = SessionConfig(chunk_seconds=settings.chunk_seconds, max_frame_bytes=settings.max_frame_bytes,
                            call_check=settings.call_check)
 
@@ -120,8 +125,12 @@ def create_app(settings: Settings, backend: BlobBackend | None = None,
         if not settings.call_check:
             log.warning("STREAMER_CALL_CHECK=disabled: audio of calls the control plane does not know, or that have "
                         "ended, is recorded (local use only)")
-        bypass.media = MediaStreamEndpoint(registry, verifier, max_active_calls=settings.max_active_calls,
-                                           max_frame_bytes=settings.max_frame_bytes)
+        lag = LoopLag()
+        metrics.loop_lag = lambda: (lag.seconds, lag.worst)
+        endpoint = MediaStreamEndpoint(registry, verifier, max_active_calls=settings.max_active_calls,
+                                       max_frame_bytes=settings.max_frame_bytes, lag=lag,
+                                       max_loop_lag=settings.max_loop_lag_seconds)
+        bypass.media = rt.endpoint = endpoint
         rt.registry, rt.store, rt.sink = registry, store, sink
         try:
             await be.ensure_container()
@@ -130,6 +139,7 @@ def create_app(settings: Settings, backend: BlobBackend | None = None,
         sink.start()
         stop_recovery = asyncio.Event()
         tasks = [asyncio.create_task(sweep(registry, sink), name="sweeper"),
+                 asyncio.create_task(lag.run(), name="loop-lag"),
                  asyncio.create_task(recover_spool(spool, store, metrics, stop=stop_recovery), name="recover"),
                  asyncio.create_task(registry.replay_held_frames(), name="replay-held")]
         log.info("streamer ready", extra={"container": settings.container, "auth": settings.auth_enabled,
@@ -150,11 +160,14 @@ def create_app(settings: Settings, backend: BlobBackend | None = None,
         return JSONResponse({"status": "alive"})
 
     async def readyz(_request: Request) -> JSONResponse:
-        registry, store, sink = rt.registry, rt.store, rt.sink
-        if registry is None or store is None or sink is None or registry.draining:
+        registry, store, sink, endpoint = rt.registry, rt.store, rt.sink, rt.endpoint
+        if registry is None or store is None or sink is None or endpoint is None or registry.draining:
             return JSONResponse({"status": "draining"}, status_code=503)
-        if len(registry) >= settings.max_active_calls:  # steer new sockets to replicas with room
-            return JSONResponse({"status": "at capacity", "activeCalls": len(registry)}, status_code=503)
+        shed = endpoint.shedding()  # steer new sockets to replicas with room, as upgrade admission does
+        if shed is not None:
+            return JSONResponse({"status": shed.replace("_", " "), "activeCalls": len(registry),
+                                 "loopLagSeconds": round(endpoint.lag.seconds if endpoint.lag else 0.0, 3)},
+                                status_code=503)
         checked_at, ok = rt.ready_checked
         if time.monotonic() - checked_at > READY_CHECK_SECONDS:
             try:

@@ -21,10 +21,24 @@ from common.acs_jwt import AcsJwtVerifier, AuthError, bearer_token
 from common.layout import is_valid_call_id
 from common.manifest import EndReason
 from common.transport import channel_hint, is_media_path
+from streamer.overload import LoopLag
 from streamer.registry import SessionRegistry
 from streamer.session import ProtocolClose
 
 log = logging.getLogger(__name__)
+
+SHED = frozenset({"draining", "at_capacity", "overloaded"})  # refusals of a replica that has no room, not of the call
+RETRY_AFTER_SECONDS = "1"
+
+
+class DenialLogFilter(logging.Filter):
+    """uvicorn's sans-I/O WebSocket protocol sends a denial response correctly and then logs, at ERROR, that the
+    app "returned without completing handshake" (it only counts an accept or a close as completing it). Every
+    upgrade this endpoint refuses is logged by the endpoint itself, so that line is dropped: a storm of shed
+    upgrades must not read as a storm of server errors."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("ASGI callable returned without completing handshake")
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -44,18 +58,30 @@ class MediaStreamEndpoint:
     """ASGI app for one media-streaming WebSocket: admit, accept, loop on frames, flush on close."""
 
     def __init__(self, registry: SessionRegistry, verifier: AcsJwtVerifier | None, *, max_active_calls: int,
-                 max_frame_bytes: int):
+                 max_frame_bytes: int, lag: LoopLag | None = None, max_loop_lag: float = 0.0):
         self.registry = registry
         self.verifier = verifier
         self.max_active_calls = max_active_calls
         self.max_frame_bytes = max_frame_bytes
+        self.lag = lag
+        self.max_loop_lag = max_loop_lag
 
-    async def admit(self, call_id: str | None, authorization: str | None, fields: dict[str, Any]) -> str | None:
-        """Upgrade admission: the reason to refuse this upgrade, or None to accept it."""
+    def shedding(self) -> str | None:
+        """Why this replica takes no new calls now (draining, full, overloaded), or None: readiness says the same."""
         if self.registry.draining:
             return "draining"
         if len(self.registry) >= self.max_active_calls:
             return "at_capacity"
+        if self.lag is not None and self.max_loop_lag and self.lag.seconds > self.max_loop_lag:
+            return "overloaded"
+        return None
+
+    async def admit(self, call_id: str | None, authorization: str | None, fields: dict[str, Any]) -> str | None:
+        """Upgrade admission: the reason to refuse this upgrade, or None to accept it. Shedding comes first: it
+        costs nothing, and a replica that is behind must not spend a token check on a call it will refuse."""
+        shed = self.shedding()
+        if shed is not None:
+            return shed
         if call_id is not None and not is_valid_call_id(call_id):
             return "bad_call_id"
         if self.verifier is not None:
@@ -82,7 +108,7 @@ class MediaStreamEndpoint:
             registry.metrics.refusals[refusal] += 1
             if refusal != "unauthorized":
                 log.warning("upgrade refused: %s", refusal, extra=fields)
-            await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})  # before accept: HTTP 403
+            await self._deny(scope, send, refusal)
             return
 
         session = registry.make_session(call_id, correlation_id, channel_hint(scope.get("path", ""),
@@ -124,6 +150,20 @@ class MediaStreamEndpoint:
             # During a drain uvicorn closes the socket itself (1012): that is our restart, not the end of the stream.
             registry.end(session, code, clean and not registry.draining,
                          EndReason.DRAIN if registry.draining else None)
+
+    @staticmethod
+    async def _deny(scope: Scope, send: Send, refusal: str) -> None:
+        """Refuse the upgrade. A replica shedding load answers 503 with Retry-After (try again, elsewhere); a
+        request that is itself wrong (token, call id) gets 403. Without uvicorn's denial-response extension both
+        are a close before accept, which uvicorn answers with 403."""
+        if refusal in SHED and "websocket.http.response" in scope.get("extensions", {}):
+            body = f"not taking new calls: {refusal}".encode()
+            await send({"type": "websocket.http.response.start", "status": 503, "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode()),
+                (b"retry-after", RETRY_AFTER_SECONDS.encode())]})
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
 
     @staticmethod
     async def _close(send: Send, code: int, reason: str) -> None:

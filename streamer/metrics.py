@@ -118,6 +118,7 @@ class Metrics:
     retries: Counter[str] = field(default_factory=Counter)
     chunk_latency: Histogram = field(default_factory=Histogram)
     live_streams: Callable[[], Iterable[TimelineStats]] = field(default=lambda: (), repr=False)
+    loop_lag: Callable[[], tuple[float, float]] = field(default=lambda: (0.0, 0.0), repr=False)  # (now, worst)
 
     def session_ended(self, stats: TimelineStats) -> None:
         for key in _STREAM:
@@ -166,5 +167,11 @@ class _Collector(Collector):
         yield requests
         yield m.chunk_latency.family("acs_streamer_chunk_latency_seconds",
                                      "Seconds from a chunk's last frame arriving to the chunk landing")
+        lag, worst = m.loop_lag()
+        yield GaugeMetricFamily("acs_streamer_loop_lag_seconds",
+                                "How late the event loop runs (worst of the last second): the overload signal",
+                                value=lag)
+        yield GaugeMetricFamily("acs_streamer_loop_lag_max_seconds", "Worst event-loop lateness since start",
+                                value=worst)
         yield GaugeMetricFamily("acs_streamer_chunk_latency_max_seconds", "Worst chunk latency since start",
                                 value=m.chunk_latency.max)

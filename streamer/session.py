@@ -140,6 +140,7 @@ class Session:
         self._origin_frames = 0
         self._origin_settled = asyncio.Event()
         self._claiming = False
+        self._claimed_at = 0.0  # monotonic time the clock claim (the session's first manifest write) landed
         self._first_arrival: float | None = None
         self._implausible = 0
         self._wake = asyncio.Event()  # call id known, first audio held, or socket closed
@@ -212,38 +213,50 @@ class Session:
             self._wake.clear()
             await self._wake.wait()
         call_id = self.call_id
-        manifest_read = self._retry("reading the call's manifest", lambda: self.store.load_manifest(call_id))
-        if self.config.call_check:
-            cached, refusal = await asyncio.gather(manifest_read, self._check_call(call_id))
-            if refusal is not None:
-                self._refuse(*refusal)
-                return
-        else:
-            cached = await manifest_read
-        stored = cached.manifest
-        if stored is None or not (stored.clock_origin and stored.chunk_seconds):
-            while self._origin is None:  # nothing to claim a clock with yet
+        # Whether the control plane knows the call is asked at once, while the first audio is awaited: a refusal
+        # ends the wait, and nothing is written for a call that is refused.
+        check = asyncio.ensure_future(self._check_call(call_id)) if self.config.call_check else None
+        if check is not None:
+            check.add_done_callback(lambda _t: self._wake.set())
+
+        def refused() -> bool:
+            return check is not None and check.done() and (check.cancelled() or check.exception() is not None
+                                                           or check.result() is not None)
+        try:
+            while self._origin is None and not refused():  # a new call's clock starts at its first audio
                 if self.closed or self.mode == FAILED:
-                    if self._first_arrival is None:
-                        self._replay_and_go_live()  # what was held is still judged (bad input counted); no audio
-                        return
-                    self._origin = self._first_arrival
+                    self._origin = self._first_arrival  # None: no audio at all, nothing to claim a clock with
                     break
                 self._wake.clear()
                 await self._wake.wait()
-            if not self.closed:  # frames reordered at the very start: the earliest of the first few sets the clock
+            if self._origin is not None and not self.closed and not refused():
+                # frames reordered at the very start: the earliest of the first few sets the clock
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(_ORIGIN_SETTLE_SECONDS):
                         await self._origin_settled.wait()
-            self._claiming = True
-            claim = mf.Part(call_connection_id=call_id, correlation_id=self.correlation_id,
-                            sample_rate=self._held_fmt.sample_rate if self._held_fmt else None,
-                            frame_bytes=self._held_fmt.frame_bytes if self._held_fmt else None,
-                            chunk_seconds=self._chunk_seconds(), clock_origin=mf.utc_iso(self._origin),
-                            audio_channel=self.channel)  # type: ignore[arg-type]  # a ChannelHint
-            cached = await self._retry("claiming the call clock",
-                                       lambda: self.store.merge_manifest(call_id, claim, cached=cached))
-            stored = cached.manifest
+            refusal = await check if check is not None else None
+        finally:
+            if check is not None and not check.done():
+                check.cancel()
+        if refusal is not None:
+            self._refuse(*refusal)
+            return
+        if self._origin is None:
+            # What was held is still judged (bad input counted) on a clock of its own; there is no audio in it.
+            self._replay_and_go_live()
+            return
+        self._claiming = True
+        claim = mf.Part(call_connection_id=call_id, correlation_id=self.correlation_id,
+                        sample_rate=self._held_fmt.sample_rate if self._held_fmt else None,
+                        frame_bytes=self._held_fmt.frame_bytes if self._held_fmt else None,
+                        chunk_seconds=self._chunk_seconds(), clock_origin=mf.utc_iso(self._origin),
+                        audio_channel=self.channel,  # type: ignore[arg-type]  # a ChannelHint
+                        sessions=[mf.Session(id=self.id, replica=REPLICA, started_at=self.started_at)])
+        # Create-first: one request for a new call; a call that has a manifest (a reconnect, a restart of
+        # streaming) reads it and takes its clock. Storage down: retried, messages held (and spilled) meanwhile.
+        cached = await self._retry("claiming the call clock", lambda: self.store.claim_clock(call_id, claim))
+        self._claimed_at = time.monotonic()
+        stored = cached.manifest
         assert stored is not None and stored.clock_origin is not None and stored.chunk_seconds is not None
         self._cached = cached
         self.adopt_clock(mf.parse_iso(stored.clock_origin), float(stored.chunk_seconds), stored.sample_rate,
@@ -635,8 +648,9 @@ class Session:
 
     async def _manifest_loop(self) -> None:
         """One writer per session. Writes coalesce: at most one per MANIFEST_MIN_INTERVAL while streaming (the
-        chunks of four participants sealed together cost one write), immediately once the socket closed. A
-        session that carried nothing writes nothing: an empty socket neither creates nor changes a manifest."""
+        chunks of four participants sealed together cost one write; the clock claim counts as one), and once the
+        socket closed only the final write, when every chunk has landed. A session that carried nothing writes
+        nothing: an empty socket neither creates nor changes a manifest."""
         attempt = 0
         policy = self._retry_policy
         while True:
@@ -649,6 +663,14 @@ class Session:
                 if final:
                     return
                 continue
+            if not final:
+                if self.closed:
+                    continue  # closed: the next write is the final one, once every chunk has landed
+                since_claim = time.monotonic() - self._claimed_at
+                if since_claim < MANIFEST_MIN_INTERVAL:  # the claim wrote the clock and the session just now
+                    await asyncio.sleep(MANIFEST_MIN_INTERVAL - since_claim)
+                    self._manifest_dirty.set()
+                    continue
             try:
                 self._cached = await self.store.merge_manifest(self.call_id, self.part(), cached=self._cached)
                 self.metrics.manifest_writes += 1

@@ -52,8 +52,13 @@ class Settings(StorageSettings, AcsAuthSettings):
         "chunks queued up at 700 benchmark calls)", number(int))
     max_frame_bytes: int = setting("MAX_FRAME_BYTES", 65536, "largest message accepted; a larger one closes with "
                                    "1009", number(int, 1023))
-    max_active_calls: int = setting("MAX_ACTIVE_CALLS", 500, "per-replica cap; further upgrades are refused (403) "
-                                    "so ACS retries elsewhere", number(int))
+    max_active_calls: int = setting("MAX_ACTIVE_CALLS", 500, "per-replica cap; further upgrades are refused (503, "
+                                    "`Retry-After`) and `/readyz` says not ready, so new calls go elsewhere",
+                                    number(int))
+    max_loop_lag_seconds: float = setting(
+        "MAX_LOOP_LAG_SECONDS", 0.5, "overload: while the event loop runs this late (worst of the last second), new "
+        "upgrades are refused (503, `Retry-After`) and `/readyz` says not ready, so the calls already here keep "
+        "their core; 0 turns shedding off", number(float, 0.0))
     shutdown_grace_seconds: float = setting("SHUTDOWN_GRACE_SECONDS", 25.0,
                                             "upload time allowed on SIGTERM before spooling", number(float, 0.0))
     ws_ping_seconds: float = setting(

@@ -396,6 +396,10 @@ class UploadSink:
     async def _attempt(self, job: ChunkJob) -> None:
         try:
             data = job.wav if job.wav is not None else self.spool.read_chunk(job)
+        except OSError as exc:  # the spooled file cannot be read back: nothing left to upload
+            self._quarantine(job, f"spooled chunk unreadable: {exc}")
+            return
+        try:
             async with asyncio.timeout(UPLOAD_TIMEOUT):  # not wait_for: see common.retry.run
                 landed = await self.store.put_chunk(job.blob, data, job.mask, job.frame_bytes)
         except asyncio.CancelledError:
@@ -403,11 +407,8 @@ class UploadSink:
         except (PermanentChunkError, RequestRejected) as exc:
             self._quarantine(job, str(exc))
             return
-        except OSError as exc:  # the spooled file cannot be read back: nothing left to upload
-            self._quarantine(job, f"spooled chunk unreadable: {exc}")
-            return
-        except Exception as exc:  # storage down, auth, timeouts, throttling: retried — audio is never dropped
-            self._retry_later(job, exc)
+        except Exception as exc:  # storage down, auth, timeouts (a TimeoutError is an OSError, and no reason to
+            self._retry_later(job, exc)  # give up on a chunk), throttling: retried — audio is never dropped
             return
         self._landed(job, landed)
 

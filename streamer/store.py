@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import itertools
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -192,6 +192,8 @@ class AzureFinalizeQueue:
 
 
 class AzureBlobBackend:
+    CLIENT_CACHE = 4096  # BlobClients kept (two per call: a few thousand calls); they share one pipeline
+
     def __init__(self, container: str, *, account_url: str | None = None, connection_string: str | None = None,
                  client_id: str | None = None, on_request: Callable[[Any], None] | None = None):
         from azure.storage.blob.aio import BlobServiceClient
@@ -212,6 +214,21 @@ class AzureBlobBackend:
         else:
             raise ValueError("need an account URL or a connection string")
         self._container = self._svc.get_container_client(container)
+        self._clients: OrderedDict[str, Any] = OrderedDict()
+
+    def _blob(self, name: str) -> Any:
+        """A BlobClient for `name`, kept for the blobs a call touches again and again (its manifest and call
+        state): building one costs about as much CPU as the request it sends. Chunks are written once each."""
+        if name.endswith(".wav"):
+            return self._container.get_blob_client(name)
+        client = self._clients.get(name)
+        if client is None:
+            client = self._clients[name] = self._container.get_blob_client(name)
+            if len(self._clients) > self.CLIENT_CACHE:
+                self._clients.popitem(last=False)
+        else:
+            self._clients.move_to_end(name)
+        return client
 
     @staticmethod
     def _translate(exc: Exception) -> Exception:
@@ -242,7 +259,7 @@ class AzureBlobBackend:
         from azure.storage.blob import ContentSettings
 
         try:
-            props = await self._container.get_blob_client(name).upload_blob(
+            props = await self._blob(name).upload_blob(
                 data, overwrite=False, metadata=metadata, tags=_tags(content_type),
                 content_settings=ContentSettings(content_type=content_type),
             )
@@ -254,7 +271,7 @@ class AzureBlobBackend:
         from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            downloader = await self._container.download_blob(name)
+            downloader = await self._blob(name).download_blob()
             data = await downloader.readall()
         except ResourceNotFoundError:
             return None
@@ -268,7 +285,7 @@ class AzureBlobBackend:
         from azure.storage.blob import ContentSettings
 
         try:
-            props = await self._container.get_blob_client(name).upload_blob(
+            props = await self._blob(name).upload_blob(
                 data, overwrite=True, metadata=metadata, etag=etag, tags=_tags(content_type),
                 match_condition=MatchConditions.IfNotModified,
                 content_settings=ContentSettings(content_type=content_type),
@@ -441,6 +458,22 @@ class RecordingStore:
             except (AlreadyExists, PreconditionFailed):
                 await asyncio.sleep(self.MERGE_RETRY.delay(attempt))
         raise StorageUnavailable(f"manifest of {call_id}: too many concurrent updates")
+
+    async def claim_clock(self, call_id: str, claim: mf.Part) -> CachedManifest:
+        """A session's first write for its call: create the manifest with `claim` (a clock and the session) if
+        the call has none, or, if it has one, return the stored manifest, whose clock the session must then
+        take. Create-first: a new call, the common case, costs one request and no read."""
+        try:
+            merged = mf.merge(None, claim)
+            return CachedManifest(merged, await self.backend.create(manifest_blob(call_id), mf.dumps(merged), {},
+                                                                    "application/json"))
+        except AlreadyExists:
+            pass
+        cached = await self.load_manifest(call_id)
+        stored = cached.manifest
+        if stored is not None and stored.clock_origin and stored.chunk_seconds:
+            return cached
+        return await self.merge_manifest(call_id, claim, cached=cached)  # one without a clock (or set aside)
 
     async def load_manifest(self, call_id: str) -> CachedManifest:
         """The stored manifest with its ETag, so a writer's first `merge_manifest` can skip reading it again. One

@@ -180,7 +180,8 @@ def test_shutdown_spools_the_manifest_part_of_a_call_whose_chunks_landed_but_man
         time.sleep(0.05)
     chunk = next(n for n in backend.blobs if n.endswith(".wav"))
     claimed = json.loads(backend.blobs[f"{call}/manifest.json"].data)  # only the clock claim landed
-    assert claimed["sessions"] == [] and claimed["streams"] == []
+    assert [(s["endedAt"], s["settled"]) for s in claimed["sessions"]] == [(None, False)]  # opened, nothing more
+    assert claimed["streams"] == []
     server.stop()
 
     parts = list((tmp_path / "spool" / call).glob("part.*.json"))
@@ -188,7 +189,8 @@ def test_shutdown_spools_the_manifest_part_of_a_call_whose_chunks_landed_but_man
     backend.manifests_down = False
     with ServerThread(create_app(settings, backend)):
         deadline = time.monotonic() + 10
-        while not json.loads(backend.blobs[f"{call}/manifest.json"].data)["sessions"] and time.monotonic() < deadline:
+        while (not json.loads(backend.blobs[f"{call}/manifest.json"].data)["complete"]
+               and time.monotonic() < deadline):
             time.sleep(0.05)
         time.sleep(0.2)
     manifest = json.loads(backend.blobs[f"{call}/manifest.json"].data)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from common import manifest as mf
 from common import wav
 from streamer.metrics import Metrics
@@ -64,3 +66,40 @@ def test_a_stop_that_arrives_as_an_upload_completes_still_stops_every_worker(tmp
     left, workers_done = asyncio.run(run())
     assert workers_done and left >= 1  # the chunk not yet uploaded is spooled, not lost
     assert list(tmp_path.glob("c1/*.wav"))
+
+
+class _SlowOnceStore(RecordingStore):
+    """The first upload takes longer than the sink's per-attempt timeout (storage that hangs once, or a loop too
+    busy to read the reply); the next ones answer at once."""
+
+    def __init__(self) -> None:
+        super().__init__(MemoryBackend())
+        self.calls = 0
+
+    async def put_chunk(self, name: str, wav_bytes: bytes, mask: bytes, frame_bytes: int) -> LandedChunk:
+        self.calls += 1
+        if self.calls == 1:
+            await asyncio.sleep(10)
+        return await super().put_chunk(name, wav_bytes, mask, frame_bytes)
+
+
+def test_an_upload_that_times_out_is_retried_not_quarantined(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the attempt's timeout raises TimeoutError, which is an OSError, and was taken for "the spooled
+    chunk cannot be read back": the chunk was quarantined (kept for an operator, missing from the recording)."""
+    import streamer.sink as sink_module
+
+    monkeypatch.setattr(sink_module, "UPLOAD_TIMEOUT", 0.2)
+
+    async def run() -> tuple[LandedChunk, Metrics]:
+        store, metrics = _SlowOnceStore(), Metrics()
+        sink = UploadSink(store, Spool(tmp_path), metrics, memory_limit=1 << 20, workers=1)
+        sink.start()
+        async with asyncio.timeout(10):
+            landed = await sink.submit(_job(0))
+        await sink.stop_and_spool()
+        return landed, metrics
+
+    landed, metrics = asyncio.run(run())
+    assert landed.revision == 1 and landed.filled == 1
+    assert (metrics.chunks_quarantined, metrics.chunks_uploaded) == (0, 1)
+    assert not list(tmp_path.rglob("_quarantine/**/*.wav"))
