@@ -138,7 +138,7 @@ def churn_round(stack: Stack, server: Server, calls: int, concurrency: int) -> d
 
 
 def churn(stack: Stack, *, calls: int, concurrency: int, rounds: int, profile: Path | None) -> dict[str, Any]:
-    bare, streamer = stack.bare(), stack.streamer()
+    bare, streamer = stack.bare(), stack.streamer(MAX_LOOP_LAG_SECONDS="0")  # the cost of a call, not admission
     try:
         for server in (bare, streamer):  # warm-up: first connections, lazy imports, the JWKS fetch
             churn_round(stack, server, max(10, concurrency), concurrency)
@@ -231,6 +231,9 @@ def storm(stack: Stack, *, live: int, storm_calls: int, within: float, after: fl
         cadence = Cadence()
         ticker = asyncio.create_task(cadence.run())
         refused: Counter[int] = Counter()
+        refused_latency: list[float] = []
+
+        trace: list[tuple[float, float, int]] = []  # storm upgrades: (start after the storm began, latency, status)
 
         async def open_call(call_id: str) -> float | None:
             t0 = time.perf_counter()
@@ -238,6 +241,7 @@ def storm(stack: Stack, *, live: int, storm_calls: int, within: float, after: fl
                 ws = await RawWebSocket.connect("127.0.0.1", server.port, "/ws/mixed", headers[call_id])
             except HandshakeError as exc:
                 refused[exc.status] += 1
+                refused_latency.append(time.perf_counter() - t0)
                 return None
             latency = time.perf_counter() - t0
             ws.send_text(audio_metadata(call_id, RATE))
@@ -255,7 +259,10 @@ def storm(stack: Stack, *, live: int, storm_calls: int, within: float, after: fl
 
         async def staggered(i: int, call_id: str) -> float | None:
             await asyncio.sleep(i * within / storm_calls)
-            return await open_call(call_id)
+            start = time.monotonic() - t0
+            latency = await open_call(call_id)
+            trace.append((round(start, 3), round(time.monotonic() - t0 - start, 3), 0 if latency is None else 101))
+            return latency
 
         latencies = [x for x in await asyncio.gather(*(staggered(i, c) for i, c in enumerate(storm_ids)))
                      if x is not None]
@@ -268,7 +275,8 @@ def storm(stack: Stack, *, live: int, storm_calls: int, within: float, after: fl
         cadence.stop()
         await ticker
         codes = await close_all(cadence.calls)
-        return {"latencies": latencies, "refused": dict(refused), "m0": m0, "m1": m1, "codes": codes,
+        return {"latencies": latencies, "refused": dict(refused), "refused_latency": sorted(refused_latency),
+                "m0": m0, "m1": m1, "codes": codes, "trace": trace,
                 "storm_cpu": (c_storm - c0) / (t_storm - t0), "storm_seconds": t_storm - t0,
                 "window_cpu": (c1 - c0) / (t1 - t0), "window_seconds": t1 - t0,
                 "frames_sent": cadence.frames_sent,
@@ -287,6 +295,8 @@ def storm(stack: Stack, *, live: int, storm_calls: int, within: float, after: fl
     return {
         "live_calls": live, "storm_upgrades": storm_calls, "storm_within_seconds": within,
         "accepted": len(lat), "refused_by_status": r["refused"],
+        "refusal_latency_p50_ms": round(r["refused_latency"][len(r["refused_latency"]) // 2] * 1000, 1)
+        if r["refused_latency"] else None,
         "upgrade_latency_p50_ms": round(lat[len(lat) // 2] * 1000, 1) if lat else None,
         "upgrade_latency_p99_ms": round(lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000, 1) if lat else None,
         "upgrade_latency_max_ms": round(lat[-1] * 1000, 1) if lat else None,
@@ -301,10 +311,37 @@ def storm(stack: Stack, *, live: int, storm_calls: int, within: float, after: fl
                                         + final.get("acs_streamer_duplicate_frames_total", 0)),
         "all_chunks_landed": landed, "close_codes": r["codes"],
         "chunks_spooled": int(final["acs_streamer_chunks_spooled_total"]),
-        "loop_lag_max_seconds": final["acs_streamer_loop_lag_max_seconds"],
+        "loop_lag_max_seconds": final.get("acs_streamer_loop_lag_max_seconds"),
         "refusals": {k.split('"')[1]: int(v) for k, v in final.items() if k.startswith("acs_streamer_refusals_total{")},
         "rig_cpu_utilisation_window": r["rig"],
     }
+
+
+def steady(stack: Stack, *, calls: int, rounds: int, window: float, ramp: float) -> dict[str, Any]:
+    """The steady-state guard: server CPU per frame at ACS's cadence, streamer and bare loop side by side
+    (interleaved rounds, counted only while every socket streams), so a cheaper call open is not bought with a
+    dearer frame."""
+    from benchmarks.capacity import realtime_step
+
+    per_frame: dict[str, list[float]] = {"bare": [], "streamer": []}
+    bare, streamer = stack.bare(), stack.streamer(CHUNK_SECONDS="10", MAX_LOOP_LAG_SECONDS="0")
+    try:
+        for _ in range(rounds):
+            for server in (bare, streamer):
+                step = realtime_step(stack, server, calls, 1, RATE, window, ramp)
+                per_frame[server.kind].append(step["server_cpu_us_per_frame"])
+                print(f"  {server.kind:8s} {calls} calls: {step['server_cpu_us_per_frame']} us CPU per frame "
+                      f"({step['server_cpu_utilisation']:.0%} of a core, {step['refused']} refused)", flush=True)
+                if step["refused"]:
+                    raise RuntimeError(f"{server.kind} refused {step['refused']} of {calls} calls: not a steady state")
+                if server.kind == "streamer" and step["all_chunks_landed"]:
+                    stack.prune(server.container or "")
+    finally:
+        bare.stop()
+        streamer.stop()
+    b, st = statistics.median(per_frame["bare"]), statistics.median(per_frame["streamer"])
+    return {"calls": calls, "rounds": per_frame, "bare_us_per_frame": b, "streamer_us_per_frame": st,
+            "ratio": round(b / st, 2)}
 
 
 def _rig(stack: Stack) -> dict[str, float]:
@@ -329,6 +366,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="py-spy the streamer through one churn round")
     parser.add_argument("--skip-storm", action="store_true")
     parser.add_argument("--skip-churn", action="store_true")
+    parser.add_argument("--skip-steady", action="store_true")
     parser.add_argument("--workdir", type=Path, default=None, help="keep Azurite's data and the servers' logs here")
     parser.add_argument("--live", type=int, default=300)
     parser.add_argument("--storm", type=int, default=300)
@@ -347,6 +385,10 @@ def main() -> None:
                 results["churn"] = churn(stack, calls=40 if quick else 200, concurrency=10 if quick else 20,
                                          rounds=1 if quick else 3,
                                          profile=out.with_name(out.stem + "-profile") if args.profile else None)
+            if not args.skip_steady:
+                print("steady state:", flush=True)
+                results["steady"] = steady(stack, calls=10 if quick else 200, rounds=1 if quick else 2,
+                                           window=2.0 if quick else 10.0, ramp=0.5 if quick else 5.0)
             if not args.skip_storm:
                 print("storm:", flush=True)
                 results["storm"] = storm(stack, live=10 if quick else args.live,
@@ -370,6 +412,10 @@ def print_table(r: dict[str, Any]) -> None:
               f"frames lost {c['frames_lost']}")
         for f, share in c.get("profile", {}).get("top_inclusive", []):
             print(f"  {share:6.1%}  {f}")
+    sd = r.get("steady")
+    if sd:
+        print(f"steady state ({sd['calls']} calls at ACS's cadence): CPU per frame streamer "
+              f"{sd['streamer_us_per_frame']} us, bare {sd['bare_us_per_frame']} us; bare/streamer {sd['ratio']}")
     s = r.get("storm")
     if s:
         print(f"storm ({s['live_calls']} live + {s['storm_upgrades']} upgrades in {s['storm_within_seconds']} s): "

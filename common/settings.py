@@ -157,15 +157,18 @@ def url(secure: str, insecure: str, *, strip_slash: bool = False) -> Parser[str]
     return parse
 
 
-def number(kind: Callable[[str], T], above: float = 0) -> Parser[T]:
-    """An int or float strictly greater than `above`."""
+def number(kind: Callable[[str], T], above: float = 0, *, at_least: float | None = None) -> Parser[T]:
+    """An int or float strictly greater than `above` (or, with `at_least`, no less than that)."""
 
     def parse(name: str, raw: str) -> T:
         try:
             value = kind(raw)
         except ValueError:
             raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-        if value <= above:  # type: ignore[operator]
+        if at_least is not None:
+            if value < at_least:  # type: ignore[operator]
+                raise SettingsError(f"{name} must be at least {at_least}, got {raw!r}")
+        elif value <= above:  # type: ignore[operator]
             raise SettingsError(f"{name} must be greater than {above}, got {raw!r}")
         return value
 

@@ -450,7 +450,7 @@ class UploadSink:
             except Exception:
                 if self.healthy:  # storage is down: whatever waits in memory goes to disk now
                     self.healthy = False
-                    self._spool_outstanding()
+                    self._spool_outstanding("storage is down")
                 attempt += 1
                 await asyncio.sleep(self.retry.delay(attempt))
         if not self.healthy:
@@ -477,13 +477,13 @@ class UploadSink:
             self.lagging = True
             log.warning("chunks are not landing in time; spooling what waits in memory",
                         extra={"chunks": len(self._outstanding)})
-        self._spool_outstanding()
+        self._spool_outstanding("chunks are overdue")
         self.suspect_storage()
 
-    def _spool_outstanding(self) -> None:
+    def _spool_outstanding(self, why: str) -> None:
         spooled = sum(1 for job in list(self._outstanding.values()) if job.wav is not None and self._spool(job))
         if spooled:
-            log.warning("storage is down; chunks waiting in memory were spooled", extra={"chunks": spooled})
+            log.warning("%s; chunks waiting in memory were spooled", why, extra={"chunks": spooled})
 
     def _done(self, job: ChunkJob) -> None:
         self._outstanding.pop(id(job), None)

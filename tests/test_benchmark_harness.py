@@ -42,3 +42,22 @@ def test_short_soak_samples_streamer_and_rig_and_prunes_each_round(tmp_path):
     loaded = [s for s in r["samples"] if s["loaded"]]
     assert loaded and all(s["streamer_cpu"] > 0 for s in loaded)
     assert any(s["azurite_cpu"] > 0 for s in loaded)
+
+
+def test_quick_churn_benchmark_counts_cost_requests_and_sheds_cleanly(tmp_path):
+    out = tmp_path / "churn.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.churn", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    c = r["churn"]
+    assert c["streamer_cpu_ms_per_call"] > 0 and c["bare_cpu_ms_per_call"] > 0 and c["ratio"] > 0
+    # a new call: call state read, manifest created, chunk, final manifest, call state read
+    assert c["storage_requests_per_call"] == 5.0, c["rounds"]
+    assert c["frames_lost"] == 0 and all(run["chunks_landed"] == run["calls"] for run in c["rounds"]["streamer"])
+    assert r["steady"]["streamer_us_per_frame"] > 0 and r["steady"]["ratio"] > 0
+    s = r["storm"]
+    assert s["accepted"] + sum(s["refused_by_status"].values()) == s["storm_upgrades"]
+    assert set(s["refused_by_status"]) <= {"503"}  # shed, never refused otherwise
+    assert s["frames_lost"] == 0 and s["all_chunks_landed"] and s["frames_received"] == s["frames_sent"]
+    assert "storage requests per call" in proc.stdout

@@ -116,14 +116,16 @@ var streamerProbes = [
     failureThreshold: 3
     timeoutSeconds: 3
   }
+  // Readiness is how an overloaded replica sheds (the streamer answers 503 while draining, full or behind): the
+  // ingress should stop sending it new calls within seconds of a failover burst, and take it back as soon.
   {
     type: 'Readiness'
     httpGet: {
       path: '/readyz'
       port: port
     }
-    periodSeconds: 5
-    failureThreshold: 2
+    periodSeconds: 2
+    failureThreshold: 1
     successThreshold: 1
     timeoutSeconds: 3
   }
