@@ -23,5 +23,5 @@ def freeze_sdk_settings() -> None:
     the process runs, so each is resolved once, after telemetry is configured, and kept."""
     from azure.core.settings import settings
 
-    for setting in (settings.tracing_enabled, settings.tracing_implementation):
-        setting.set_value(setting())
+    settings.tracing_enabled.set_value(settings.tracing_enabled())
+    settings.tracing_implementation.set_value(settings.tracing_implementation())

@@ -5,14 +5,20 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
+
+
+def _run(module: str, out: Path, *args: str) -> tuple[dict[str, Any], str]:
+    """Run a benchmark module as the README says; -> (its results JSON, what it printed)."""
+    proc = subprocess.run([sys.executable, "-m", module, *args, "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
 
 
 def test_quick_benchmark_runs_end_to_end_and_loses_nothing(tmp_path):
-    out = tmp_path / "quick.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.capacity", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    r = json.loads(out.read_text())
+    r, stdout = _run("benchmarks.capacity", tmp_path / "quick.json", "--quick")
     assert r["max_rate"]["streamer"]["frames_per_cpu_second"] > 0 and r["max_rate"]["ratio"] > 0
     assert r["max_rate"]["bare_uvicorn_defaults"]["frames"] > 0 and r["max_rate"]["ratio_to_uvicorn_defaults"] > 0
     assert r["bare_realtime_uvicorn_defaults"]["server_cpu_us_per_frame"] > 0
@@ -23,18 +29,12 @@ def test_quick_benchmark_runs_end_to_end_and_loses_nothing(tmp_path):
             # Each step's chunks and manifests (>= 2 blobs per call) are deleted before the next step.
             assert step["blobs_pruned_after"] >= 2 * step["calls"], step
     assert r["memory"]["bytes_per_stream"] > 0
-    assert "frames per server CPU-second" in proc.stdout
+    assert "frames per server CPU-second" in stdout
 
 
 def test_short_soak_samples_streamer_and_rig_and_prunes_each_round(tmp_path):
-    out = tmp_path / "soak.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.soak", "--minutes", "0.8", "--calls", "10", "--call-seconds", "8",
-         "--every", "3", "--warmup", "3", "--max-rss-mb-per-min", "1000", "--max-fds-per-min", "1000",
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    r = json.loads(out.read_text())
+    r, _ = _run("benchmarks.soak", tmp_path / "soak.json", "--minutes", "0.8", "--calls", "10", "--call-seconds",
+                "8", "--every", "3", "--warmup", "3", "--max-rss-mb-per-min", "1000", "--max-fds-per-min", "1000")
     assert r["all_landed"] and r["spool_failures"] == 0 and r["bad_frames"] == 0
     assert r["calls_completed"] >= 20  # at least two rounds, so pruning ran between them
     # Every round's chunks (>= 1 per call) and manifests (1 per call) were deleted after they landed.
@@ -45,11 +45,7 @@ def test_short_soak_samples_streamer_and_rig_and_prunes_each_round(tmp_path):
 
 
 def test_quick_churn_benchmark_counts_cost_requests_and_sheds_cleanly(tmp_path):
-    out = tmp_path / "churn.json"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.churn", "--quick", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    r = json.loads(out.read_text())
+    r, stdout = _run("benchmarks.churn", tmp_path / "churn.json", "--quick")
     c = r["churn"]
     assert c["streamer_cpu_ms_per_call"] > 0 and c["bare_cpu_ms_per_call"] > 0 and c["ratio"] > 0
     # a new call: call state read, manifest created, chunk, final manifest, call state read
@@ -60,4 +56,4 @@ def test_quick_churn_benchmark_counts_cost_requests_and_sheds_cleanly(tmp_path):
     assert s["accepted"] + sum(s["refused_by_status"].values()) == s["storm_upgrades"]
     assert set(s["refused_by_status"]) <= {"503"}  # shed, never refused otherwise
     assert s["frames_lost"] == 0 and s["all_chunks_landed"] and s["frames_received"] == s["frames_sent"]
-    assert "storage requests per call" in proc.stdout
+    assert "storage requests per call" in stdout

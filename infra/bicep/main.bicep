@@ -46,6 +46,9 @@ param streamerMaxReplicas int = 10
 @minValue(1)
 param streamerMaxActiveCalls int = 400
 
+@description('Event-loop lag (seconds, a decimal string) beyond which a streamer replica sheds new calls; 0 = never.')
+param streamerMaxLoopLagSeconds string = '0.2'
+
 @minValue(10)
 @maxValue(90)
 param streamerCpuScaleThreshold int = 40
@@ -269,6 +272,7 @@ module streamer 'modules/containerapps.bicep' = {
     minReplicas: streamerMinReplicas
     maxReplicas: streamerMaxReplicas
     maxActiveCalls: streamerMaxActiveCalls
+    maxLoopLagSeconds: streamerMaxLoopLagSeconds
     cpuScaleThreshold: streamerCpuScaleThreshold
     shutdownGraceSeconds: streamerShutdownGraceSeconds
     // What the grace period leaves after the streamer's longest shutdown; the module's @minValue stops a deployment

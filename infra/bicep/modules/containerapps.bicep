@@ -43,6 +43,9 @@ param cpuScaleThreshold int = 40
 @minValue(1)
 param maxActiveCalls int = 400
 
+@description('MAX_LOOP_LAG_SECONDS: while the event loop runs this late, new calls are shed (503, not ready); 0 = never.')
+param maxLoopLagSeconds string = '0.2'
+
 // On SIGTERM the streamer may spend SHUTDOWN_GRACE_SECONDS twice: uvicorn waits up to that long for open sockets to
 // close (timeout_graceful_shutdown, streamer/__main__.py), then the lifespan drain flushes and uploads for up to that
 // long again, then spools what is left and exits. So the grace period before SIGKILL is 2 x shutdownGraceSeconds +
@@ -273,6 +276,10 @@ resource streamer 'Microsoft.App/containerApps@2024-03-01' = {
             {
               name: 'MAX_ACTIVE_CALLS'
               value: string(maxActiveCalls)
+            }
+            {
+              name: 'MAX_LOOP_LAG_SECONDS'
+              value: maxLoopLagSeconds
             }
             {
               name: 'SHUTDOWN_GRACE_SECONDS'
