@@ -48,6 +48,7 @@ from benchmarks.rawws import HandshakeError, RawWebSocket
 from devstack.simulator.frames import audio_data, audio_metadata, format_timestamp, now_ms
 
 FRAMES_PER_CALL = 10
+UPGRADE_TIMEOUT = 60.0  # storm: an upgrade unanswered this long counts as refused with status 0
 RATE = 16000
 
 
@@ -238,10 +239,14 @@ def storm(stack: Stack, *, live: int, storm_calls: int, within: float, after: fl
         async def open_call(call_id: str) -> float | None:
             t0 = time.perf_counter()
             try:
-                ws = await RawWebSocket.connect("127.0.0.1", server.port, "/ws/mixed", headers[call_id])
+                async with asyncio.timeout(UPGRADE_TIMEOUT):
+                    ws = await RawWebSocket.connect("127.0.0.1", server.port, "/ws/mixed", headers[call_id])
             except HandshakeError as exc:
                 refused[exc.status] += 1
                 refused_latency.append(time.perf_counter() - t0)
+                return None
+            except (TimeoutError, OSError):  # no answer in time (a client would give up), or the socket failed
+                refused[0] += 1
                 return None
             latency = time.perf_counter() - t0
             ws.send_text(audio_metadata(call_id, RATE))
