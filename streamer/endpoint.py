@@ -72,7 +72,7 @@ class MediaStreamEndpoint:
             return "draining"
         if len(self.registry) >= self.max_active_calls:
             return "at_capacity"
-        if self.lag is not None and self.max_loop_lag and self.lag.seconds > self.max_loop_lag:
+        if self.lag is not None and self.max_loop_lag and self.lag.over(self.max_loop_lag):
             return "overloaded"
         return None
 

@@ -4,34 +4,39 @@ One process, one core: every frame, chunk upload and call open shares one event 
 faster than the core can take them (a failover sends a dead replica's calls to the survivors at once), the loop
 falls behind and every live call's frames and chunks wait. Its lag covers every CPU cause and none that is not
 CPU (a storage outage leaves the loop idle and is readiness's other check), so admission refuses new upgrades with
-503 + Retry-After while the lag is over the limit, and calls already here keep their core.
+503 + Retry-After while the loop is persistently late, and the calls already here keep their core. Persistently:
+one stall (a first import, a garbage collection, a burst of chunk seals) is not overload, and shedding on it
+would refuse calls a replica has room for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from collections import deque
 
 SAMPLE_SECONDS = 0.05  # how often the loop's lateness is sampled
-WINDOW_SAMPLES = 20  # lag = the worst of the last second's samples
+RECENT = 5  # overloaded: most of the last RECENT samples were late (≥ 250 ms of lateness in a row)
 
 
 class LoopLag:
     def __init__(self) -> None:
-        self._samples: deque[float] = deque([0.0], maxlen=WINDOW_SAMPLES)
+        self._samples: deque[float] = deque([0.0] * RECENT, maxlen=RECENT)
         self.worst = 0.0  # since start, for /metrics
-        self._due = float("inf")  # when the sampler's current sleep should end
 
     @property
     def seconds(self) -> float:
-        """The loop's worst lateness over the last second (while the sampler is itself late, how late it is now)."""
-        return max(max(self._samples), time.monotonic() - self._due)
+        """How late the loop runs now: the median of the recent samples (one stall does not move it)."""
+        return statistics.median(self._samples)
+
+    def over(self, limit: float) -> bool:
+        return self.seconds > limit
 
     async def run(self) -> None:
         while True:
-            self._due = time.monotonic() + SAMPLE_SECONDS
+            due = time.monotonic() + SAMPLE_SECONDS
             await asyncio.sleep(SAMPLE_SECONDS)
-            late = max(0.0, time.monotonic() - self._due)
+            late = max(0.0, time.monotonic() - due)
             self._samples.append(late)
             self.worst = max(self.worst, late)

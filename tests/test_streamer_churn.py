@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import httpx
@@ -80,18 +81,36 @@ def test_an_unknown_call_is_refused_without_waiting_for_its_audio(streamer_facto
     assert not s.container.get_blob_client("churn-ended/manifest.json").exists()
 
 
-def _stall(server: ServerThread, seconds: float) -> None:
-    """Block the server's event loop, as a core saturated by call opens would."""
-    assert server.loop is not None
-    server.loop.call_soon_threadsafe(time.sleep, seconds)
-    time.sleep(seconds + 0.05)
+class _Stalls:
+    """Block the server's event loop again and again, as a core saturated by call opens would: 0.3 s at a time with
+    a few ms free in between, from a thread, until stopped."""
+
+    def __init__(self, server: ServerThread, each: float = 0.3):
+        self.server, self.each = server, each
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        assert self.server.loop is not None
+        while not self._stop.is_set():
+            self.server.loop.call_soon_threadsafe(time.sleep, self.each)
+            time.sleep(self.each + 0.02)
+
+    def __enter__(self) -> _Stalls:
+        self._thread.start()
+        time.sleep(6 * (self.each + 0.02))  # long enough for most of the lag samples to be late
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def test_a_replica_behind_sheds_new_calls_with_503_and_keeps_the_ones_it_has(tmp_path):
     backend = MemoryBackend()
     settings = Settings.from_env({"STREAMER_AUTH": "disabled", "STREAMER_CALL_CHECK": "disabled",
                                   "AZURE_STORAGE_CONNECTION_STRING": "unused", "CHUNK_SECONDS": "1",
-                                  "SPOOL_DIR": str(tmp_path / "spool"), "MAX_LOOP_LAG_SECONDS": "0.5"})
+                                  "SPOOL_DIR": str(tmp_path / "spool"), "MAX_LOOP_LAG_SECONDS": "0.2"})
     frames = tone_pcm(100, seed=32)
     with ServerThread(create_app(settings, backend)) as server:
         ws_url = f"ws://127.0.0.1:{server.port}/ws"
@@ -102,13 +121,19 @@ def test_a_replica_behind_sheds_new_calls_with_503_and_keeps_the_ones_it_has(tmp
                 await live.send(metadata())
                 for i, f in enumerate(frames[:50]):
                     await live.send(audio(f, at(i), participant=None))
-                await asyncio.to_thread(_stall, server, 1.0)
+                # One stall is not overload: nothing is shed for it.
+                assert server.loop is not None
+                server.loop.call_soon_threadsafe(time.sleep, 0.6)
+                await asyncio.sleep(0.7)
                 ready = await asyncio.to_thread(httpx.get, f"{server.url}/readyz")
-                assert (ready.status_code, ready.json()["status"]) == (503, "overloaded")
-                with pytest.raises(InvalidStatus) as err:
-                    async with connect(ws_url, additional_headers=headers(None, "churn-new")):
-                        pass
-                assert (err.value.response.status_code, err.value.response.headers["Retry-After"]) == (503, "1")
+                assert ready.status_code == 200, ready.text
+                with _Stalls(server):  # a loop that stays behind: new calls are shed
+                    ready = await asyncio.to_thread(httpx.get, f"{server.url}/readyz")
+                    assert (ready.status_code, ready.json()["status"]) == (503, "overloaded")
+                    with pytest.raises(InvalidStatus) as err:
+                        async with connect(ws_url, additional_headers=headers(None, "churn-new")):
+                            pass
+                    assert (err.value.response.status_code, err.value.response.headers["Retry-After"]) == (503, "1")
                 for i, f in enumerate(frames[50:], start=50):  # the call already here streams on
                     await live.send(audio(f, at(i), participant=None))
 
