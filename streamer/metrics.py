@@ -169,7 +169,7 @@ class _Collector(Collector):
                                      "Seconds from a chunk's last frame arriving to the chunk landing")
         lag, worst = m.loop_lag()
         yield GaugeMetricFamily("acs_streamer_loop_lag_seconds",
-                                "How late the event loop runs (median of its recent samples): the overload signal",
+                                "How late the event loop ran in the last second, one stall aside: the overload signal",
                                 value=lag)
         yield GaugeMetricFamily("acs_streamer_loop_lag_max_seconds", "Worst event-loop lateness since start",
                                 value=worst)

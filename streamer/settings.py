@@ -56,8 +56,8 @@ class Settings(StorageSettings, AcsAuthSettings):
                                     "`Retry-After`) and `/readyz` says not ready, so new calls go elsewhere",
                                     number(int))
     max_loop_lag_seconds: float = setting(
-        "MAX_LOOP_LAG_SECONDS", 0.2, "overload: while the event loop runs this late (median of its last five 50-ms "
-        "samples: one stall is not overload), new "
+        "MAX_LOOP_LAG_SECONDS", 0.2, "overload: while the event loop runs this late (twice within a second: one stall "
+        "is not overload), new "
         "upgrades are refused (503, `Retry-After`) and `/readyz` says not ready, so the calls already here keep "
         "their core; 0 turns shedding off", number(float, at_least=0.0))
     shutdown_grace_seconds: float = setting("SHUTDOWN_GRACE_SECONDS", 25.0,

@@ -231,8 +231,12 @@ class Spool:
         assert job.wav is not None
         # The stream id can be ~350 characters (base64 of a participant id): hashed, so names stay short.
         base = str(self._call_dir(job.call_id) / self._chunk_name(job))
-        _write_atomic(Path(base + ".wav"), job.wav)
-        _write_atomic(Path(base + ".json"), job.sidecar())
+        # No fsync, as for the open-session marker: a spooled chunk has to survive the process (a kill, an OOM, a
+        # container restart), which the page cache gives; the spool is an EmptyDir, lost with the node anyway. An
+        # fsync here runs on the event loop, and when chunks go overdue because the loop is behind, spooling every
+        # one of them with an fsync held the loop seconds more (the reconnect storm benchmark).
+        _write_atomic(Path(base + ".wav"), job.wav, sync=False)
+        _write_atomic(Path(base + ".json"), job.sidecar(), sync=False)
         job.spool_path = base
         job.wav = None
 
