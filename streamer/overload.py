@@ -6,8 +6,7 @@ falls behind and every live call's frames and chunks wait. Its lag covers every 
 CPU (a storage outage leaves the loop idle and is readiness's other check), so admission refuses new upgrades with
 503 + Retry-After while the loop keeps running late, and the calls already here keep their core. Keeps: one stall
 (a first import, a garbage collection, a burst of chunk seals) is not overload, and shedding on it would refuse
-calls a replica has room for; two late samples within a second are, and shedding then holds for that second (a
-storm measured with a slower trigger, three late samples out of five, shed too late: chunks waited 10-30 s).
+calls a replica has room for; two late samples within a second are, and shedding then holds for that second.
 """
 
 from __future__ import annotations
