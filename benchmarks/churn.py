@@ -198,7 +198,7 @@ def summarise_profile(raw: Path, top: int = 20) -> dict[str, Any]:
         leaf[where.split("/", 1)[0] if "/" in where else where.split(":", 1)[0]] += n
     total = max(1, total)
     branches = [(f, round(n / total, 3)) for f, n in inclusive.most_common() if n / total < 0.75][:top]
-    return {"samples": total, "raw": str(raw), "top_inclusive": branches,
+    return {"samples": total, "raw": raw.name, "top_inclusive": branches,
             "innermost_by_package": [(p, round(n / total, 3)) for p, n in leaf.most_common(8)]}
 
 
