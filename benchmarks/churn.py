@@ -295,7 +295,7 @@ def storm(stack: Stack, *, live: int, storm_calls: int, within: float, after: fl
         server.stop()
     lat = sorted(r["latencies"])
     p99, chunks = latency_p99(r["m0"], r["m1"])
-    bucket_max = _max_bucket(r["m0"], r["m1"])
+    bucket_max, _ = latency_p99(r["m0"], r["m1"], quantile=1.0)
     received = int(final["acs_streamer_frames_total"])
     return {
         "live_calls": live, "storm_upgrades": storm_calls, "storm_within_seconds": within,
@@ -353,16 +353,6 @@ def _rig(stack: Stack) -> dict[str, float]:
     """CPU seconds so far of the rig's other processes: the load generator (this one) and Azurite."""
     az = stack.azurite.proc.pid if stack.azurite.proc else None
     return {"load_generator": time.process_time(), "azurite": cpu_seconds(az) if az else 0.0}
-
-
-def _max_bucket(before: dict[str, float], after: dict[str, float]) -> float | None:
-    """Upper bound of the highest histogram bucket that gained a chunk between two scrapes."""
-    prefix = 'acs_streamer_chunk_latency_seconds_bucket{le="'
-    cum = sorted(((float("inf") if k[len(prefix):-2] == "+Inf" else float(k[len(prefix):-2]),
-                   v - before.get(k, 0.0)) for k, v in after.items() if k.startswith(prefix)))
-    if not cum or not cum[-1][1]:
-        return None
-    return next(le for le, n in cum if n >= cum[-1][1])
 
 
 def main() -> None:

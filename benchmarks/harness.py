@@ -70,8 +70,10 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
-def latency_p99(before: dict[str, float], after: dict[str, float]) -> tuple[float | None, int]:
-    """Upper bound of the histogram bucket holding the 99th percentile of chunks landed between two scrapes."""
+def latency_p99(before: dict[str, float], after: dict[str, float], quantile: float = 0.99
+                ) -> tuple[float | None, int]:
+    """Upper bound of the histogram bucket holding the `quantile` (by default the 99th percentile; 1.0: the
+    slowest) of chunks landed between two scrapes, and how many landed."""
     prefix = 'acs_streamer_chunk_latency_seconds_bucket{le="'
     buckets = sorted(
         ((float("inf") if k[len(prefix):-2] == "+Inf" else float(k[len(prefix):-2]), v - before.get(k, 0.0))
@@ -80,7 +82,7 @@ def latency_p99(before: dict[str, float], after: dict[str, float]) -> tuple[floa
     if not total:
         return None, 0
     for le, cum in buckets:
-        if cum >= 0.99 * total:
+        if cum >= quantile * total:
             return le, int(total)
     return float("inf"), int(total)
 
