@@ -141,6 +141,7 @@ class Session:
         self._origin_settled = asyncio.Event()
         self._claiming = False
         self._claimed_at = 0.0  # monotonic time the clock claim (the session's first manifest write) landed
+        self._listed = False  # the stored manifest lists this session (its claim or one of its writes landed)
         self._first_arrival: float | None = None
         self._implausible = 0
         self._wake = asyncio.Event()  # call id known, first audio held, or socket closed
@@ -251,12 +252,18 @@ class Session:
                         frame_bytes=self._held_fmt.frame_bytes if self._held_fmt else None,
                         chunk_seconds=self._chunk_seconds(), clock_origin=mf.utc_iso(self._origin),
                         audio_channel=self.channel,  # type: ignore[arg-type]  # a ChannelHint
-                        sessions=[mf.Session(id=self.id, replica=REPLICA, started_at=self.started_at)])
+                        # frames=1: the session has audio (its first frame set the clock), so the manifest cannot
+                        # read complete while it is open; its own writes carry the real count
+                        sessions=[mf.Session(id=self.id, replica=REPLICA, started_at=self.started_at, frames=1)])
         # Create-first: one request for a new call; a call that has a manifest (a reconnect, a restart of
         # streaming) reads it and takes its clock. Storage down: retried, messages held (and spilled) meanwhile.
         cached = await self._retry("claiming the call clock", lambda: self.store.claim_clock(call_id, claim))
-        self._claimed_at = time.monotonic()
         stored = cached.manifest
+        if stored is not None and any(x.id == self.id for x in stored.sessions):
+            self._listed = True  # the claim listed this session: its next write can wait
+            self._claimed_at = time.monotonic()
+        # else the call had a manifest without this session: its first write follows at once (even after a close),
+        # so that the manifest never reads complete while a session of the call is open and unlisted
         assert stored is not None and stored.clock_origin is not None and stored.chunk_seconds is not None
         self._cached = cached
         self.adopt_clock(mf.parse_iso(stored.clock_origin), float(stored.chunk_seconds), stored.sample_rate,
@@ -664,7 +671,7 @@ class Session:
                     return
                 continue
             if not final:
-                if self.closed:
+                if self.closed and self._listed:
                     continue  # closed: the next write is the final one, once every chunk has landed
                 since_claim = time.monotonic() - self._claimed_at
                 if since_claim < MANIFEST_MIN_INTERVAL:  # the claim wrote the clock and the session just now
@@ -673,6 +680,7 @@ class Session:
                     continue
             try:
                 self._cached = await self.store.merge_manifest(self.call_id, self.part(), cached=self._cached)
+                self._listed = True
                 self.metrics.manifest_writes += 1
                 attempt = 0
                 if final:

@@ -45,7 +45,8 @@ def test_a_new_call_costs_five_storage_requests_and_a_reconnect_takes_the_stored
     """A new call: the call state read (is it a call we placed or answered?), the manifest created with the
     clock and the session (no read first), the chunk, the final manifest, and the call state read after it
     (has the call ended? then ask for finalization). A second session of the call finds the manifest there and
-    continues the same clock, placing its audio after the first session's."""
+    continues the same clock, placing its audio after the first session's, and is listed in the manifest as soon
+    as it has the clock."""
     s = streamer_factory(STREAMER_CALL_CHECK="enabled")
     _call_state(s.container, "churn-1", status="connected")
     first, second = tone_pcm(50, seed=30), tone_pcm(50, seed=31)  # one 1-s chunk each
@@ -61,7 +62,9 @@ def test_a_new_call_costs_five_storage_requests_and_a_reconnect_takes_the_stored
                                               for i, f in enumerate(second))],
                          headers(token_issuer.token(), "churn-1")))
     _settled(s, 2)
-    assert _requests(s, "manifest") == {"PUT": 4, "GET": 1}  # the create found a manifest: read, final write
+    # the create found a manifest: read it, list the session at once (so the manifest cannot read complete while
+    # this session is open and unlisted), final write
+    assert _requests(s, "manifest") == {"PUT": 5, "GET": 1}
     m = rec.wait_complete(s.container, "churn-1", sessions=2)
     assert [c["seq"] for st in m["streams"] for c in st["chunks"]] == [0, 2]  # 2 s later on the same clock
     assert len(m["sessions"]) == 2 and all(x["complete"] for x in m["sessions"])
