@@ -184,6 +184,29 @@ class RecordingDocument(Finished, frozen=True, kw_only=True):
     urls_expire_at: Time | None = None
 
 
+class StreamPeaks(_Model, frozen=True, kw_only=True):
+    """One stream's waveform envelope from the clock origin: `levels[i]` covers [i, i+1) / pointsPerSecond
+    seconds of the call clock — 0…scale the loudest received sample there (common.peaks), -1 no frame received
+    (silence the recorder filled, or no chunk), null not known (a chunk without stored peaks, beyond what one
+    answer computes)."""
+
+    stream: StreamName
+    participant_raw_id: ParticipantId | None = None
+    levels: list[int | None] = field(default_factory=list)
+
+
+class PeaksDocument(_Model, frozen=True, kw_only=True):
+    """What `GET /api/recordings/{id}/peaks` answers: every stream's envelope on the call clock."""
+
+    call_connection_id: Id
+    clock_origin: Time | None = None
+    sample_rate: int | None = None
+    points_per_second: Annotated[float, Meta(gt=0)]
+    scale: int
+    streams: list[StreamPeaks] = field(default_factory=list)
+    computed_chunks: Count = 0  # chunks without stored peaks whose audio was read for this answer
+
+
 class ReadyCompleteness(_Model, frozen=True, kw_only=True):
     coverage: Ratio | None = None
     complete: bool

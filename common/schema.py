@@ -10,11 +10,12 @@ import msgspec
 
 from common.call_state import CallState
 from common.manifest import Manifest
-from common.recording import Recording, RecordingDocument, RecordingReadyData
+from common.recording import PeaksDocument, Recording, RecordingDocument, RecordingReadyData
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "schema"
 MODELS: dict[str, type] = {"manifest": Manifest, "call-state": CallState, "recording": RecordingDocument,
-                           "recording-stored": Recording, "recording-ready-event": RecordingReadyData}
+                           "recording-stored": Recording, "recording-ready-event": RecordingReadyData,
+                           "peaks": PeaksDocument}
 
 
 def render(model: type) -> bytes:

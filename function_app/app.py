@@ -18,7 +18,8 @@ from azurefunctions.extensions.http.fastapi import Request, Response, StreamingR
 
 from common.acs_jwt import AuthError, bearer_token
 from common.layout import FINALIZE_QUEUE, STREAMING_RESTART_QUEUE
-from function_app import callbacks, calls, finalize, healing, incoming, recordings, validation
+from common import peaks
+from function_app import callbacks, calls, finalize, healing, incoming, recordings, ui, validation
 from function_app.errors import ApiError
 from function_app.runtime import Runtime, get_runtime
 from function_app.settings import QUEUE_CONNECTION
@@ -118,9 +119,35 @@ async def get_recording_audio(req: Request, rt: Runtime) -> Response:
     call_id = validation.parse_call_id(req.path_params.get("callConnectionId"))
     participant = req.query_params.get("participant")
     wav, filename = await asyncio.to_thread(recordings.open_audio, rt.store, call_id, participant)
-    headers = {"Content-Length": str(wav.content_length),
-               "Content-Disposition": f'attachment; filename="{filename}"'}
-    return StreamingResponse(wav.body(), media_type="audio/wav", headers=headers)
+    headers = {"Accept-Ranges": "bytes", "Content-Disposition": f'attachment; filename="{filename}"'}
+    window = validation.parse_range(req.headers.get("range"), wav.content_length)
+    if window is None:
+        return StreamingResponse(wav.body(), media_type="audio/wav",
+                                 headers=headers | {"Content-Length": str(wav.content_length)})
+    first, last = window
+    headers |= {"Content-Length": str(last - first + 1), "Content-Range": f"bytes {first}-{last}/{wav.content_length}"}
+    return StreamingResponse(wav.byte_range(first, last), status_code=206, media_type="audio/wav", headers=headers)
+
+
+@http_function("GetRecordingPeaks", route="recordings/{callConnectionId}/peaks", method="GET")
+async def get_recording_peaks(req: Request, rt: Runtime) -> Response:
+    """The waveform envelope the recordings page draws (function_app.peaks)."""
+    call_id = validation.parse_call_id(req.path_params.get("callConnectionId"))
+    pps = validation.parse_points_per_second(req.query_params.get("pointsPerSecond"), peaks.POINTS_PER_SECOND)
+    participant = req.query_params.get("participant")
+    return json_response(200, await asyncio.to_thread(recordings.get_peaks, rt.store, call_id, pps, participant))
+
+
+@http_function("RecordingsPage", route="ui", method="GET", auth_level=func.AuthLevel.ANONYMOUS)
+async def recordings_page(req: Request, rt: Runtime) -> Response:
+    """The recordings page (function_app.ui). Anonymous: it is code and holds no data; every request it makes
+    for data carries the function key the person enters."""
+    return ui.page(req.url.path, rt.store.container.url)
+
+
+@http_function("RecordingsPageAsset", route="ui/{asset}", method="GET", auth_level=func.AuthLevel.ANONYMOUS)
+async def recordings_page_asset(req: Request, rt: Runtime) -> Response:
+    return ui.asset(str(req.path_params.get("asset") or ""), req.headers.get("if-none-match"))
 
 
 @app.function_name("IncomingCall")

@@ -10,8 +10,10 @@ from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoun
 class ApiError(Exception):
     """An answer to the client: HTTP status, a stable code, a safe message, and the request field at fault."""
 
-    def __init__(self, status: int, code: str, message: str, *, field: str | None = None, **extra: Any):
+    def __init__(self, status: int, code: str, message: str, *, field: str | None = None,
+                 headers: dict[str, str] | None = None, **extra: Any):
         super().__init__(message)
+        self.headers = headers
         self.status = status
         self.code = code
         self.message = message

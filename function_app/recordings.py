@@ -13,12 +13,22 @@ import msgspec
 from azure.core.exceptions import HttpResponseError
 
 from common import manifest as mf
+from common import peaks
 from common.call_state import CallState
 from common.layout import MIXED_STREAM, stream_id
-from common.recording import FINISHED_FIELDS, ChunkLink, Recording, RecordingDocument, RecordingStatus, StreamLinks
+from common.recording import (
+    FINISHED_FIELDS,
+    ChunkLink,
+    PeaksDocument,
+    Recording,
+    RecordingDocument,
+    RecordingStatus,
+    StreamLinks,
+)
 from function_app import state as state_model
 from function_app.completeness import completeness, estimated_streams
 from function_app.errors import ApiError, bad_request
+from function_app.peaks import peaks_document
 from function_app.stitch import StitchedWav, StitchError, stitch
 from function_app.store import RecordingStore
 
@@ -61,6 +71,8 @@ def list_recordings(store: RecordingStore, limit: int, page_token: str | None) -
         doc = store.read_state(call_id)
         item: dict[str, Any] = state_model.summary(doc) if doc else {"callConnectionId": call_id}
         item["callStatus"] = item.pop("status", None)
+        item["failures"] = [{k: f.get(k) for k in ("event", "code", "subCode", "at")}
+                            for f in (doc or {}).get("failures", [])[-3:]]
         rec, _ = store.read_recording(call_id)
         item["status"] = recording_status(rec, doc, None)
         done = rec.completeness if rec is not None else None
@@ -121,13 +133,19 @@ def get_recording(store: RecordingStore, call_id: str, api_base: str, ttl_second
 
 def choose_stream(manifest: dict[str, Any], participant: str | None) -> str:
     """`participant` is a participant raw id, `mixed`, or absent (fine when there is one obvious stream)."""
-    names = [s["stream"] for s in manifest.get("streams", [])]
+    streams = [(s["stream"], s.get("participantRawId")) for s in manifest.get("streams", [])]
+    return pick_stream(streams, participant)
+
+
+def pick_stream(streams: list[tuple[str, str | None]], participant: str | None) -> str:
+    """The stream of `participant` (a raw id, `mixed`, or a stream id) among (stream, participantRawId)."""
+    names = [name for name, _ in streams]
     if not participant:
         if MIXED_STREAM in names:
             return MIXED_STREAM
         if len(names) == 1:
             return str(names[0])
-        raw_ids = [s.get("participantRawId") for s in manifest.get("streams", [])]
+        raw_ids = [raw for _, raw in streams]
         raise bad_request("participant", f"is required for this unmixed recording; one of {raw_ids}")
     wanted = MIXED_STREAM if participant == MIXED_STREAM else stream_id(participant)
     if wanted not in names and participant in names:
@@ -154,3 +172,19 @@ def open_audio(store: RecordingStore, call_id: str, participant: str | None) -> 
     except StitchError as exc:
         raise ApiError(409, "NotStitchable", str(exc)) from None
     return wav, f"{call_id}-{stream}.wav"
+
+
+def get_peaks(store: RecordingStore, call_id: str, points_per_second: float, participant: str | None
+              ) -> dict[str, Any]:
+    """The waveform envelope of every stream (or of `participant`'s) on the call clock (function_app.peaks)."""
+    manifest = store.read_manifest_model(call_id)
+    if manifest is None:
+        if store.read_state(call_id) is not None:
+            return msgspec.to_builtins(PeaksDocument(  # type: ignore[no-any-return]
+                call_connection_id=call_id, points_per_second=points_per_second, scale=peaks.FULL_SCALE))
+        raise not_found(call_id)
+    stream = None
+    if participant:
+        stream = pick_stream([(s.stream, s.participant_raw_id) for s in manifest.streams], participant)
+    doc = peaks_document(store, call_id, manifest, points_per_second, stream)
+    return msgspec.to_builtins(doc)  # type: ignore[no-any-return]

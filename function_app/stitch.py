@@ -79,6 +79,23 @@ class StitchedWav:
             yield from _silence(self.chunk_bytes - len(pcm))
         yield self.last_pcm
 
+    def byte_range(self, first: int, last: int) -> Iterator[bytes]:
+        """Bytes first..last (inclusive) of the file `body` writes, reading only the chunks they fall in: what
+        an HTTP Range request asks for (the recordings page plays a call window by window this way)."""
+        last = min(last, self.content_length - 1)
+        if first > last:
+            return
+        head = wav.header(self.data_bytes, self.sample_rate)
+        if first < len(head):
+            yield head[first:last + 1]
+        pos = max(first, len(head)) - len(head)
+        end = last + 1 - len(head)
+        while pos < end:
+            seq, offset = divmod(pos, self.chunk_bytes)
+            take = min(end - pos, self.chunk_bytes - offset)
+            yield self.pcm_at(seq)[offset:offset + take]
+            pos += take
+
     def pcm_at(self, seq: int) -> bytes:
         """The PCM at chunk `seq` exactly as `body` writes it: a whole chunk (short or missing ones padded with
         silence) before the last, the last chunk's own length at it, nothing after."""

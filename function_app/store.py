@@ -33,6 +33,7 @@ from common import call_state as cs
 from common import manifest as manifest_model
 from common import recording as rec_model
 from common.layout import (
+    FINAL_FOLDER,
     FINALIZE_QUEUE,
     STREAMING_RESTART_QUEUE,
     UNFINISHED_PREFIX,
@@ -272,6 +273,14 @@ class RecordingStore:
         except ResourceNotFoundError:
             return None
         return downloader.readall(), dict(downloader.properties.metadata or {})
+
+    def chunk_metadata(self, call_id: str, stream: str | None = None) -> dict[str, dict[str, str]]:
+        """Every chunk of a call (or of one stream) with its metadata — slot occupancy and waveform peaks — from
+        one listing (5000 blobs a page): what drawing a call costs, whatever its length."""
+        prefix = f"{call_id}/{stream}/" if stream else f"{call_id}/"
+        return {b.name: dict(b.metadata or {})
+                for b in self.container.list_blobs(name_starts_with=prefix, include=["metadata"])
+                if b.name.endswith(".wav") and not b.name.startswith(f"{call_id}/{FINAL_FOLDER}/")}
 
     def stage_block(self, name: str, block_id: str, data: bytes) -> None:
         self.container.get_blob_client(name).stage_block(block_id, data, length=len(data))

@@ -3,6 +3,7 @@ calls costs money and a silently-ignored typo ("audiochannel") would record the 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -117,6 +118,45 @@ def parse_limit(value: str | None, default: int = 20, maximum: int = 100) -> int
     if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= maximum:
         raise bad_request("limit", f"must be an integer in 1..{maximum}")
     return int(value)
+
+
+def parse_points_per_second(value: str | None, maximum: float) -> float:
+    """The waveform resolution a client asks for: a number in (0, maximum]; absent means `maximum`."""
+    if value is None or value == "":
+        return maximum
+    try:
+        pps = float(value)
+    except ValueError:
+        pps = math.nan
+    if not (value.isascii() and 0 < pps <= maximum):  # NaN fails the comparison too
+        raise bad_request("pointsPerSecond", f"must be a number in (0, {maximum:g}]")
+    return pps
+
+
+def parse_range(header: str | None, length: int) -> tuple[int, int] | None:
+    """One byte range of an HTTP `Range` header (RFC 9110 §14.2) over a body of `length` bytes -> (first, last),
+    inclusive; None when the header is absent, not a single bytes range, or malformed (the whole body is
+    answered, as the RFC allows). Raises ApiError 416 when the range lies wholly past the end."""
+    if not header or not header.isascii():
+        return None
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first_s, dash, last_s = spec.strip().partition("-")
+    if not dash or not (first_s.isdigit() or first_s == "") or not (last_s.isdigit() or last_s == ""):
+        return None
+    if first_s == "":
+        if last_s == "" or int(last_s) == 0:
+            return None
+        return max(0, length - int(last_s)), length - 1
+    first = int(first_s)
+    last = int(last_s) if last_s else length - 1
+    if last < first:
+        return None
+    if first >= length:
+        raise ApiError(416, "RangeNotSatisfiable", f"Range: the audio is {length} bytes so far", field="Range",
+                       headers={"Content-Range": f"bytes */{length}"})
+    return first, min(last, length - 1)
 
 
 def parse_operation_context(body: dict[str, Any]) -> str | None:

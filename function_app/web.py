@@ -24,7 +24,7 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
 
 
 def error_response(err: ApiError) -> Response:
-    return json_response(err.status, err.body())
+    return json_response(err.status, err.body(), headers=err.headers)
 
 
 async def read_body(req: Request, limit: int) -> bytes:

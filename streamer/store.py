@@ -23,7 +23,7 @@ import numpy as np
 
 from common import call_state as cs
 from common import manifest as mf
-from common import wav
+from common import peaks, wav
 from common.layout import CALL_STATE_NAME, CHUNK_TAG, FINALIZE_QUEUE, MANIFEST_NAME, call_state_blob, manifest_blob
 from common.recording import finalize_request
 from common.retry import Backoff
@@ -348,6 +348,14 @@ class PermanentChunkError(Exception):
     unreadable, storage refuses the request itself): retrying would block an upload worker forever."""
 
 
+def _chunk_meta(revision: int, sha256: str, occupied: np.ndarray, frame_bytes: int, pcm: bytes | memoryview,
+                rate: int) -> dict[str, str]:
+    """A chunk blob's metadata: its revision and hash, which frame slots hold received audio, and the waveform
+    peaks the recordings page draws (common.peaks) — computed here, once per stored revision."""
+    return {"revision": str(revision), "sha256": sha256, "slots": occupancy(occupied), "slotbytes": str(frame_bytes),
+            peaks.META_KEY: peaks.encode(peaks.levels(pcm, occupied, frame_bytes, rate))}
+
+
 class RecordingStore:
     """The streamer's two writes, on any BlobBackend."""
 
@@ -376,7 +384,9 @@ class RecordingStore:
         when the audio differs; an identical replay is not a conflict)."""
         sha = hashlib.sha256(wav_bytes).hexdigest()
         new_occ = np.frombuffer(mask, dtype=np.uint8) != 0
-        meta = {"revision": "1", "sha256": sha, "slots": occupancy(new_occ), "slotbytes": str(frame_bytes)}
+        rate, pcm_bytes = wav.info(wav_bytes)
+        meta = _chunk_meta(1, sha, new_occ, frame_bytes,
+                           memoryview(wav_bytes)[wav.HEADER_BYTES:wav.HEADER_BYTES + pcm_bytes], rate)
         try:
             await self.backend.create(name, wav_bytes, meta, "audio/wav")
             return LandedChunk(1, sha, len(wav_bytes), self._duration_ms(wav_bytes), int(new_occ.sum()))
@@ -384,7 +394,7 @@ class RecordingStore:
             pass
         # Same chunk written before (early seal, previous streaming session, or a retried upload whose reply
         # was lost): fill what is empty, never overwrite.
-        rate, new_pcm = wav.decode(wav_bytes)
+        new_pcm = wav.decode(wav_bytes)[1]
         while True:
             cur = await self.backend.get(name)
             if cur is None:  # deleted under us; create again
@@ -415,9 +425,8 @@ class RecordingStore:
             merged = wav.encode(merged_pcm, rate)
             msha = hashlib.sha256(merged).hexdigest()
             try:
-                await self.backend.replace(name, merged, cur.etag, {
-                    "revision": str(revision + 1), "sha256": msha, "slots": occupancy(merged_occ),
-                    "slotbytes": str(frame_bytes)}, "audio/wav")
+                await self.backend.replace(name, merged, cur.etag, _chunk_meta(
+                    revision + 1, msha, merged_occ, frame_bytes, merged_pcm, rate), "audio/wav")
             except PreconditionFailed:
                 continue
             log.info("chunk merged", extra={"blob": name, "revision": revision + 1, "filledSlots": filled})

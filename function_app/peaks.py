@@ -1,0 +1,83 @@
+"""The waveform envelope of every stream of a call on the call clock, for the recordings page.
+
+Peaks come from the chunks' blob metadata (the streamer computes them when it stores a chunk; common.peaks), so a
+call of any length costs one manifest read and one blob listing. A chunk stored before peaks were kept is read
+and computed here, up to MAX_COMPUTED_CHUNKS per answer; beyond that its span is answered as not known.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from common import manifest as mf
+from common import peaks, wav
+from common.recording import PeaksDocument, StreamPeaks
+from common.slots import read_occupancy
+from function_app.store import RecordingStore
+
+MAX_COMPUTED_CHUNKS = 60  # ten minutes of one stream's audio read per answer, at most
+
+log = logging.getLogger(__name__)
+
+
+def _chunk_levels(store: RecordingStore, chunk: mf.Chunk, meta: dict[str, str] | None, frame_bytes: int,
+                  budget: list[int]) -> np.ndarray | None:
+    stored = peaks.decode(meta) if meta is not None else None
+    if stored is not None or budget[0] <= 0:
+        return stored
+    budget[0] -= 1
+    got = store.read_chunk(chunk.blob)
+    if got is None:
+        return None
+    data, blob_meta = got
+    try:
+        rate, _, pcm = wav.read(data)
+    except ValueError as exc:
+        log.warning("chunk %s is unreadable (%s); its peaks are not known", chunk.blob, exc)
+        return None
+    slot = int(blob_meta.get("slotbytes") or frame_bytes)
+    return peaks.levels(pcm, read_occupancy(blob_meta, len(pcm), slot), slot, rate)
+
+
+def stream_levels(store: RecordingStore, manifest: mf.Manifest, stream: mf.Stream, listing: dict[str, dict[str, str]],
+                  budget: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """-> (levels, known) at POINTS_PER_SECOND from the clock origin to the stream's last landed audio."""
+    per_chunk = round((manifest.chunk_seconds or 0) * peaks.POINTS_PER_SECOND)
+    frame_bytes = manifest.frame_bytes or 2
+    placed: list[tuple[int, np.ndarray | None, int]] = []
+    for c in sorted(stream.chunks, key=lambda c: c.seq):
+        got = _chunk_levels(store, c, listing.get(c.blob), frame_bytes, budget)
+        span = len(got) if got is not None else math.ceil(c.duration_ms * peaks.POINTS_PER_SECOND / 1000)
+        placed.append((c.seq * per_chunk, got, min(span, per_chunk)))
+    total = max((start + span for start, _, span in placed), default=0)
+    values = np.full(total, peaks.NO_AUDIO, dtype=np.uint8)
+    known = np.ones(total, dtype=bool)
+    for start, got, span in placed:
+        if got is None:
+            known[start:start + span] = False
+        else:
+            values[start:start + span] = got[:span]
+    return values, known
+
+
+def peaks_document(store: RecordingStore, call_id: str, manifest: mf.Manifest, points_per_second: float,
+                   stream: str | None = None) -> PeaksDocument:
+    """Every stream's envelope (or one stream's), at `points_per_second` (≤ POINTS_PER_SECOND: a whole divisor
+    of it is used; the answer says which)."""
+    factor = max(1, round(peaks.POINTS_PER_SECOND / points_per_second))
+    chosen = [s for s in manifest.streams if stream is None or s.stream == stream]
+    listing = store.chunk_metadata(call_id, stream) if chosen else {}
+    budget = [MAX_COMPUTED_CHUNKS]
+    out = []
+    for s in chosen:
+        values, known = stream_levels(store, manifest, s, listing, budget)
+        values, known = peaks.downsample(values, known, factor)
+        levels: list[int | None] = [None if not k else -1 if v == peaks.NO_AUDIO else int(v)
+                                    for v, k in zip(values.tolist(), known.tolist(), strict=True)]
+        out.append(StreamPeaks(stream=s.stream, participant_raw_id=s.participant_raw_id, levels=levels))
+    return PeaksDocument(call_connection_id=call_id, clock_origin=manifest.clock_origin,
+                         sample_rate=manifest.sample_rate, points_per_second=peaks.POINTS_PER_SECOND / factor,
+                         scale=peaks.FULL_SCALE, streams=out, computed_chunks=MAX_COMPUTED_CHUNKS - budget[0])
