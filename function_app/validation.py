@@ -150,13 +150,13 @@ def parse_range(header: str | None, length: int) -> tuple[int, int] | None:
             return None
         return max(0, length - int(last_s)), length - 1
     first = int(first_s)
-    last = int(last_s) if last_s else length - 1
-    if last < first:
+    last = int(last_s) if last_s else None
+    if last is not None and last < first:
         return None
     if first >= length:
         raise ApiError(416, "RangeNotSatisfiable", f"Range: the audio is {length} bytes so far", field="Range",
                        headers={"Content-Range": f"bytes */{length}"})
-    return first, min(last, length - 1)
+    return first, length - 1 if last is None else min(last, length - 1)
 
 
 def parse_operation_context(body: dict[str, Any]) -> str | None:
