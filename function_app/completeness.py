@@ -143,7 +143,9 @@ def _statement(c: Completeness, ended: bool) -> str:
     stops = [h for h in c.holes if h.cause == HoleCause.STOPPED_ON_REQUEST]
     if stops:
         parts.append(f"Streaming was stopped on request for {_seconds(sum(h.duration_ms for h in stops))}.")
-    if c.unsettled_sessions:
+    if c.unsettled_sessions and not ended:
+        parts.append(f"In progress: {len(c.unsettled_sessions)} session(s) still streaming or landing audio.")
+    elif c.unsettled_sessions:
         parts.append(f"NOT COMPLETE: {len(c.unsettled_sessions)} session(s) never reported that all their audio "
                      "landed (a replica was lost); audio in transit may be missing.")
     if c.incomplete_sessions:

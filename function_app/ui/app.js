@@ -253,8 +253,8 @@ function layout() {
   view.t0 = Math.floor(t0);
   view.t1 = Math.max(view.t0 + 1, t1);
   const scrub = $("scrub");
-  scrub.setAttribute("aria-valuemin", view.t0.toFixed(1));
-  scrub.setAttribute("aria-valuemax", view.t1.toFixed(1));
+  scrub.setAttribute("aria-valuemin", view.t0.toFixed(3));
+  scrub.setAttribute("aria-valuemax", view.t1.toFixed(3));
 }
 
 const frac = (t) => (t - view.t0) / (view.t1 - view.t0);
@@ -288,7 +288,7 @@ function renderTimeline(first) {
   const step = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600].find((s) => span / s <= most) || 7200;
   const ticks = [];
   for (let t = Math.ceil(view.t0 / step) * step; t <= view.t1; t += step) {
-    ticks.push(el("span", { style: { left: at(t) }, text: clock(t, false) }));
+    ticks.push(el("span", { class: frac(t) > 0.97 ? "end" : null, style: { left: at(t) }, text: clock(t, false) }));
   }
   $("ruler").replaceChildren(...ticks);
   // call events
@@ -296,8 +296,12 @@ function renderTimeline(first) {
   const marks = [["connected", cs.connectedAt], ["streaming started", cs.streamingStartedAt],
                  ["streaming stopped", cs.streamingStoppedAt], ["disconnected", cs.disconnectedAt]]
     .filter(([, iso]) => iso && Number.isFinite(o))
-    .map(([name, iso], i) => el("span", { class: i % 2 ? "low" : null, style: { left: at(parseTime(iso) - o) },
-                                           title: `${name} ${iso}`, text: name }));
+    .map(([name, iso], i) => {
+      const t = parseTime(iso) - o;
+      const side = frac(t) > 0.6 ? "end" : ""; // labels near the right edge hang to the left of their line
+      return el("span", { class: `${i % 2 ? "low" : ""} ${side}`.trim() || null, style: { left: at(t) },
+                          title: `${name} ${iso}`, text: name });
+    });
   $("marks").replaceChildren(...marks);
   // streaming sessions and replicas
   const incomplete = new Set(view.doc.completeness?.incompleteSessions || []);
@@ -407,9 +411,11 @@ function renderIntegrity() {
   const c = d.completeness || {};
   const parts = [];
   const ok = c.complete;
-  parts.push(el("p", { class: ok ? null : "bad" }, `${c.statement || "No completeness statement yet."}`));
+  const live = d.status === "live"; // provisional while the call runs: not a failure yet
+  parts.push(el("p", { class: ok || live ? null : "bad" },
+                `${live ? "While the call runs: " : ""}${c.statement || "No completeness statement yet."}`));
   const dl = el("dl", { class: "facts" },
-    el("dt", { text: "Coverage" }), el("dd", { class: c.coverage < 1 && !ok ? "bad" : null,
+    el("dt", { text: "Coverage" }), el("dd", { class: c.coverage < 1 && !ok && !live ? "bad" : null,
       text: `${pct(c.coverage)} of the connected call streamed (${((c.streamedMs || 0) / 1000).toFixed(1)} of ` +
             `${((c.connectedMs || 0) / 1000).toFixed(1)} s)` }),
     el("dt", { text: "Sessions" }), el("dd", { text: `${c.sessions ?? 0}` +
@@ -545,7 +551,7 @@ class Player {
     const end = this.end();
     if (!view.live && now >= end) { this.stop(); this.pos = end; movePlayhead(); return; }
     if (this.busy || this.next >= now + AHEAD_S) return;
-    if (this.next >= end) {
+    if (this.next >= end - 0.05) { // peaks round the end up to a point: nothing to fetch in that last sliver
       $("player-note").textContent = view.live ? "waiting for the next chunk to land…" : "";
       return;
     }
