@@ -41,7 +41,7 @@ def levels(pcm: bytes | memoryview, occupied: np.ndarray, frame_bytes: int, samp
     per_sample = np.repeat(np.asarray(occupied, dtype=bool), slot_samples)[: len(received)]
     received[: len(per_sample)] = per_sample
     out[~received.reshape(points, per_point).any(axis=1)] = NO_AUDIO
-    return out
+    return np.asarray(out, dtype=np.uint8)
 
 
 def encode(values: np.ndarray) -> str:
@@ -73,4 +73,4 @@ def downsample(values: np.ndarray, known: np.ndarray, factor: int) -> tuple[np.n
     heard = np.where((v != NO_AUDIO) & k, v, 0).astype(np.int16).reshape(n, factor)
     any_heard = ((v != NO_AUDIO) & k).reshape(n, factor).any(axis=1)
     out = np.where(any_heard, heard.max(axis=1), NO_AUDIO).astype(np.uint8)
-    return out, k.reshape(n, factor).any(axis=1)
+    return out, np.asarray(k.reshape(n, factor).any(axis=1), dtype=bool)

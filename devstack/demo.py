@@ -4,7 +4,8 @@ Starts Azurite, the streamer, the functions (local host) and the ACS simulator o
 call (unmixed, two speakers, 24 kHz, DTMF) through `POST /api/calls` and takes one incoming call (mixed, 16 kHz)
 through the Event Grid `IncomingCall` function — the real function code and the real Call Automation SDK; the
 simulator streams ~20 s of speech-like audio per call (espeak-ng when installed, generated otherwise) to the
-streamer. Then it prints each manifest and writes the stitched WAVs to `demo-output/`. Ctrl-C stops everything.
+streamer. Then it prints each manifest, writes the stitched WAVs to `demo-output/` and prints the recordings page's
+address and key; `--keep` keeps the stack up so a person can look. Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -23,10 +24,27 @@ from recorder_cli.client import RecorderClient, blob_bytes, save_stream
 OUTBOUND_TARGET = "+15557654321"
 CALLER = "+15551230000"
 OUR_NUMBER = "+15559870000"
+DEMO_DTMF = ((3.0, "4"), (3.5, "2"))  # (seconds into the call, tone)
 
 
 def say(msg: str) -> None:
     print(msg, flush=True)
+
+
+def place_demo_calls(stack: LocalStack, client: RecorderClient, seconds: float,
+                     audio: AudioSpec | None = None) -> dict[str, str]:
+    """The demo's two calls: one placed through `POST /api/calls` (unmixed, 24 kHz, two speakers, DTMF 4 and 2 at
+    3.0 and 3.5 s) and one incoming through the Event Grid function (mixed, 16 kHz). -> {"outbound": id,
+    "incoming": id}."""
+    assert stack.simulator is not None
+    sim, audio = stack.simulator, audio or AudioSpec(source="auto")
+    sim.set_script(CallScript(duration_s=seconds, speakers=2, audio=audio, dtmf=DEMO_DTMF),
+                   target=f"4:{OUTBOUND_TARGET}")
+    placed = client.place_call({"target": OUTBOUND_TARGET, "audioChannel": "unmixed", "sampleRate": 24000,
+                                "dtmf": True, "operationContext": "demo-outbound"})
+    rang = sim.place_incoming_call(stack.event_grid_url, from_=CALLER, to=OUR_NUMBER,
+                                   script={"durationS": seconds, "speakers": 2})
+    return {"outbound": placed["callConnectionId"], "incoming": sim.wait_for_answer(rang["incomingCallContext"])}
 
 
 def progress_line(client: RecorderClient, call_id: str, label: str) -> str:
@@ -84,18 +102,14 @@ def run(args: argparse.Namespace) -> int:
         say(f"  streamer   {stack.streamer_url}/ws  (logs streamer.log)")
         say(f"  simulator  {sim.url}  (ACS REST + callbacks + media WebSocket client)")
         client = RecorderClient(stack.functions_url, stack.function_key)
-        (out / "stack" / "function-key.txt").write_text(stack.function_key + "\n")
+        key_file = out / "stack" / "function-key.txt"
+        key_file.write_text(stack.function_key + "\n")
+        say(page_banner(stack.functions_url, stack.function_key, key_file))
 
-        sim.set_script(CallScript(duration_s=args.seconds, speakers=2, audio=audio,
-                                  dtmf=((3.0, "4"), (3.5, "2"))), target=f"4:{OUTBOUND_TARGET}")
-        placed = client.place_call({"target": OUTBOUND_TARGET, "audioChannel": "unmixed", "sampleRate": 24000,
-                                    "dtmf": True, "operationContext": "demo-outbound"})
-        say(f"\nPOST /api/calls -> 201 {placed['callConnectionId']} (unmixed, 24 kHz, 2 speakers)")
-        rang = sim.place_incoming_call(stack.event_grid_url, from_=CALLER, to=OUR_NUMBER,
-                                       script={"durationS": args.seconds, "speakers": 2})
-        incoming = sim.wait_for_answer(rang["incomingCallContext"])
-        say(f"IncomingCall from {CALLER} -> answered {incoming} (mixed, 16 kHz)\n")
-        calls: dict[str, str] = {placed["callConnectionId"]: "outbound", incoming: "incoming"}
+        placed = place_demo_calls(stack, client, args.seconds, audio)
+        say(f"\nPOST /api/calls -> 201 {placed['outbound']} (unmixed, 24 kHz, 2 speakers)")
+        say(f"IncomingCall from {CALLER} -> answered {placed['incoming']} (mixed, 16 kHz)\n")
+        calls: dict[str, str] = {cid: label for label, cid in placed.items()}
 
         deadline = time.monotonic() + args.seconds / max(args.pace, 0.01) + 60
         while True:
@@ -120,7 +134,20 @@ def run(args: argparse.Namespace) -> int:
             data = e.get("data") or {}
             say(f"  id {e['id']}  subject {e['subject']}  coverage {data.get('completeness', {}).get('coverage')}  "
                 f"digest {str(data.get('digest', {}).get('value'))[:16]}…")
+        say("\n" + page_banner(stack.functions_url, stack.function_key, key_file))
+        if args.keep:
+            say("\n--keep: the stack stays up so you can look (open the page above). Ctrl-C stops everything.")
+            while True:
+                time.sleep(3600)
+        else:
+            say("  (the stack stops now; run with --keep to keep it up and look)")
     return 0
+
+
+def page_banner(functions_url: str, key: str, key_file: Path) -> str:
+    return (f"recordings page  {functions_url}/api/ui\n"
+            f"  sign in with the function key {key}\n"
+            f"  (also in {key_file}; the page keeps it for the tab only and sends it as a header, never in a URL)")
 
 
 def finished(client: RecorderClient, call_id: str, label: str, out: Path, timeout: float = 60.0) -> list[Path]:
@@ -159,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="audio per call (default 20)")
     parser.add_argument("--pace", type=float, default=1.0, help="1 = real time; 4 = four times faster")
     parser.add_argument("--out", default="demo-output", help="where the WAVs go (default demo-output/)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the stack up after the demo calls, to look at them on the recordings page")
     args = parser.parse_args(argv)
     try:
         return run(args)

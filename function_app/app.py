@@ -16,9 +16,9 @@ from collections.abc import Awaitable, Callable
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response, StreamingResponse
 
+from common import peaks
 from common.acs_jwt import AuthError, bearer_token
 from common.layout import FINALIZE_QUEUE, STREAMING_RESTART_QUEUE
-from common import peaks
 from function_app import callbacks, calls, finalize, healing, incoming, recordings, ui, validation
 from function_app.errors import ApiError
 from function_app.runtime import Runtime, get_runtime
@@ -138,15 +138,33 @@ async def get_recording_peaks(req: Request, rt: Runtime) -> Response:
     return json_response(200, await asyncio.to_thread(recordings.get_peaks, rt.store, call_id, pps, participant))
 
 
-@http_function("RecordingsPage", route="ui", method="GET", auth_level=func.AuthLevel.ANONYMOUS)
-async def recordings_page(req: Request, rt: Runtime) -> Response:
-    """The recordings page (function_app.ui). Anonymous: it is code and holds no data; every request it makes
-    for data carries the function key the person enters."""
-    return ui.page(req.url.path, rt.store.container.url)
+def page_function(name: str, route: str) -> Callable[[Callable[[Request], Response]], Callable[[Request], Response]]:
+    """Registers a GET of the recordings page's code (function_app.ui): anonymous — it holds no data, and every
+    request it makes for data carries the function key — and independent of the runtime, so the page still
+    loads (and shows the API's "not configured" answers) when the app's settings are broken."""
+
+    def register(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
+        async def entry(req: Request) -> Response:
+            try:
+                return handler(req)
+            except Exception:
+                log.exception("%s failed", name)
+                return Response("internal error", status_code=500, media_type="text/plain")
+
+        entry.__name__ = entry.__qualname__ = handler.__name__
+        app.function_name(name)(app.route(route=route, methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)(entry))
+        return handler
+
+    return register
 
 
-@http_function("RecordingsPageAsset", route="ui/{asset}", method="GET", auth_level=func.AuthLevel.ANONYMOUS)
-async def recordings_page_asset(req: Request, rt: Runtime) -> Response:
+@page_function("RecordingsPage", route="ui")
+def recordings_page(req: Request) -> Response:
+    return ui.page(req.url.path, ui.storage_url(get_runtime))
+
+
+@page_function("RecordingsPageAsset", route="ui/{asset}")
+def recordings_page_asset(req: Request) -> Response:
     return ui.asset(str(req.path_params.get("asset") or ""), req.headers.get("if-none-match"))
 
 

@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import html
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from starlette.responses import Response
+
+from function_app.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 _DIR = Path(__file__).resolve().parent / "ui"
 _TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
@@ -49,6 +55,16 @@ def api_root(page_path: str) -> str:
     """The API's path prefix (`/api`) from the page's path (`/api/ui`), whatever routePrefix says."""
     path = page_path.rstrip("/")
     return path[: -len("/ui")] if path.endswith("/ui") else ""
+
+
+def storage_url(runtime: Callable[[], Runtime]) -> str:
+    """The recordings container's URL (the finished files' read URLs point there), or "" when the app's settings
+    are incomplete: the page loads anyway and its API requests say what is wrong."""
+    try:
+        return str(runtime().store.container.url)
+    except Exception as exc:  # SettingsError, or a storage client that cannot be built
+        log.warning("recordings page: no storage URL for the Content-Security-Policy (%s)", exc)
+        return ""
 
 
 def csp(storage_url: str) -> str:

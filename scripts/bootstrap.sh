@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the demo and the tests need on a fresh machine: a venv with the project and its dev
-# dependencies (all of requirements.lock), Azurite (pinned; pure JS, from npm) and, best effort, espeak-ng for
-# speech-like demo audio.
-# Idempotent: a second run only checks. Needs python3 (>= 3.11), node/npm; apt only for espeak-ng.
+# dependencies (all of requirements.lock), Azurite (pinned; pure JS, from npm), Debian's chromium (the page's browser
+# tests) and, best effort, espeak-ng for speech-like demo audio.
+# Idempotent: a second run only checks. Needs python3 (>= 3.11), node/npm; apt (as root or via sudo) for chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +37,20 @@ if [ ! -x .venv-checkov/bin/checkov ]; then
   "$PY" -m venv .venv-checkov
   .venv-checkov/bin/python -m pip install --quiet --upgrade pip
   .venv-checkov/bin/python -m pip install --quiet 'checkov>=3.2,<4'
+fi
+
+# The recordings page's browser tests drive Debian's Chromium (never a browser download: Playwright only gets
+# executable_path=/usr/bin/chromium).
+if [ ! -x /usr/bin/chromium ]; then
+  echo "==> installing chromium (Debian package; the recordings page's browser tests)"
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "    cannot install chromium here (needs apt as root): install Debian's chromium package" >&2
+    exit 1
+  fi
 fi
 
 if ! command -v espeak-ng >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

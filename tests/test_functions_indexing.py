@@ -37,6 +37,9 @@ EXPECTED_HTTP = {
     "ListRecordings": ("recordings", ["GET"], "FUNCTION"),
     "GetRecording": ("recordings/{callConnectionId}", ["GET"], "FUNCTION"),
     "GetRecordingAudio": ("recordings/{callConnectionId}/audio", ["GET"], "FUNCTION"),
+    "GetRecordingPeaks": ("recordings/{callConnectionId}/peaks", ["GET"], "FUNCTION"),
+    "RecordingsPage": ("ui", ["GET"], "ANONYMOUS"),  # code only: every data request it makes carries the key
+    "RecordingsPageAsset": ("ui/{asset}", ["GET"], "ANONYMOUS"),
 }
 EXPECTED_EVENT_GRID = {"IncomingCall": "event"}
 EXPECTED_OTHER = {  # binding fields the host reads (the queue trigger's connection names app settings)
@@ -180,9 +183,9 @@ def test_worker_indexes_every_function_with_its_bindings(package: Path, order: s
         assert functions[name]["types_ok"]
 
 
-def test_only_callbacks_is_anonymous() -> None:
+def test_only_callbacks_and_the_page_code_are_anonymous() -> None:
     anonymous = [n for n, (_, _, auth) in EXPECTED_HTTP.items() if auth != "FUNCTION"]
-    assert anonymous == ["Callbacks"]
+    assert anonymous == ["Callbacks", "RecordingsPage", "RecordingsPageAsset"]
 
 
 def test_without_the_setting_nothing_would_be_indexed(package: Path) -> None:

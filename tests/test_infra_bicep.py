@@ -834,3 +834,59 @@ def test_audio_at_risk_alert_matches_what_the_streamer_logs():
     sink_source = (ROOT / "streamer" / "sink.py").read_text()
     assert '"chunk quarantined: it can never land as it is; kept for an operator"' in sink_source
     assert "log.critical(" in sink_source
+
+
+# generated/web/microsoft.web/2024-04-01 (Azure/bicep-types-az): SiteAuthSettingsV2Properties and what it holds.
+AUTH_SETTINGS_V2 = {
+    "": {"parent", "name", "kind", "properties"},
+    "properties": {"globalValidation", "httpSettings", "identityProviders", "login", "platform"},
+    "properties.platform": {"configFilePath", "enabled", "runtimeVersion"},
+    "properties.globalValidation": {"excludedPaths", "redirectToProvider", "requireAuthentication",
+                                    "unauthenticatedClientAction"},
+    "properties.httpSettings": {"forwardProxy", "requireHttps", "routes"},
+    "properties.identityProviders": {"apple", "azureActiveDirectory", "azureStaticWebApps",
+                                     "customOpenIdConnectProviders", "facebook", "gitHub", "google",
+                                     "legacyMicrosoftAccount", "twitter"},
+    "properties.identityProviders.azureActiveDirectory": {"enabled", "isAutoProvisioned", "login", "registration",
+                                                          "validation"},
+    "properties.identityProviders.azureActiveDirectory.registration": {
+        "clientId", "clientSecretCertificateIssuer", "clientSecretCertificateSubjectAlternativeName",
+        "clientSecretCertificateThumbprint", "clientSecretSettingName", "openIdIssuer"},
+    "properties.identityProviders.azureActiveDirectory.validation": {"allowedAudiences", "defaultAuthorizationPolicy",
+                                                                     "jwtClaimChecks"},
+    "properties.login": {"allowedExternalRedirectUrls", "cookieExpiration", "nonce", "preserveUrlFragmentsForLogins",
+                         "routes", "tokenStore"},
+    "properties.login.tokenStore": {"azureBlobStorage", "enabled", "fileSystem", "tokenRefreshExtensionHours"},
+}
+
+
+def test_entra_sign_in_is_an_option_that_keeps_acs_and_event_grid_working():
+    """signIn = entraId puts App Service Authentication in front of the page and the API; ACS callbacks and the
+    Event Grid webhook cannot sign in (they authenticate with ACS's JWT and the webhook key), so exactly those stay
+    open. Off by default: the function key alone guards the API, as before."""
+    scope = module_scope("functions")
+    found = {s: r for s, r in scope.resources("Microsoft.Web/sites/config").items()
+             if body(r).get("name") == "authsettingsV2"}
+    assert len(found) == 1
+    res = next(iter(found.values()))
+    assert res["api_version"] == "2024-04-01"
+    assert ref(res["config"]["condition"]) is not None or res["config"].get("condition")  # only when asked for
+    assert scope.param_value("signIn") == "none" and main_scope().param_value("signIn") == "none"
+    for path, allowed in AUTH_SETTINGS_V2.items():
+        for obj in _at(body(res), path):
+            assert set(obj) <= allowed, (path, set(obj) - allowed)
+    props = body(res)["properties"]
+    gv = props["globalValidation"]
+    assert gv["requireAuthentication"] is True and gv["unauthenticatedClientAction"] == "RedirectToLoginPage"
+    anonymous = {f"/api/{route}" for _name, (route, _m, level) in _http_functions().items() if level == "ANONYMOUS"
+                 and not route.startswith("ui")}
+    assert set(gv["excludedPaths"]) == anonymous | {"/runtime/webhooks/eventgrid"}
+    assert props["httpSettings"]["requireHttps"] is True
+    assert props["login"]["tokenStore"]["enabled"] is False
+    assert module_decl("functions")["params"]["signIn"] == "signIn"
+
+
+def _http_functions() -> dict[str, tuple[str, list[str], str]]:
+    from tests.test_functions_indexing import EXPECTED_HTTP
+
+    return EXPECTED_HTTP

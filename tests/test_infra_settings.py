@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from common.settings import Setting
-from tests.test_infra_bicep import ROOT, Scope, main_scope, module_scope
+from tests.test_infra_bicep import ROOT, Scope, body, main_scope, module_scope
 
 # Settings the Bicep may set although our code never reads them: each is read by the platform.
 PLATFORM_FUNCTIONS: dict[str, str] = {
@@ -76,8 +76,9 @@ def streamer_env() -> dict[str, Any]:
 
 def function_settings() -> tuple[Scope, dict[str, Any]]:
     scope = module_scope("functions")
-    props = scope.resource("Microsoft.Web/sites/config")["properties"]
-    return scope, props
+    (app_settings,) = [body(r) for r in scope.resources("Microsoft.Web/sites/config").values()
+                       if body(r).get("name") == "appsettings"]
+    return scope, app_settings["properties"]
 
 
 def test_mismatch_helper_detects_both_directions():

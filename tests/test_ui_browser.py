@@ -28,6 +28,7 @@ from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwrigh
 
 from common import wav
 from common.manifest import parse_iso
+from devstack.demo import CALLER, DEMO_DTMF, OUTBOUND_TARGET, place_demo_calls
 from devstack.simulator import CallScript
 from devstack.stack import LocalStack
 from recorder_cli.client import RecorderClient
@@ -38,8 +39,6 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--dis
 ARTIFACTS = Path(__file__).resolve().parent.parent / ".artifacts" / "ui"
 README_SHOT = Path(__file__).resolve().parent.parent / "docs" / "images" / "recordings-page.png"
 SECONDS = 12.0
-TARGET = "+15557654321"
-DTMF = ((3.0, "4"), (3.5, "2"))
 AUDIO_RGB_MAX_R, AUDIO_RGB_MAX_G, AUDIO_RGB_MIN_B = 90, 140, 150  # the lanes' audio colour, #1f5fbf
 
 pytestmark = pytest.mark.timeout(600)
@@ -50,15 +49,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """The demo's two calls (as devstack.demo places them), recorded and finalized; the stack stays up."""
     with LocalStack(workdir=tmp_path_factory.mktemp("ui-stack"), pace=1.0, chunk_seconds=2.0,
                     default_script=CallScript(duration_s=SECONDS, speakers=2)) as stack:
-        assert stack.simulator is not None
         client = RecorderClient(stack.functions_url, stack.function_key)
-        stack.simulator.set_script(CallScript(duration_s=SECONDS, speakers=2, dtmf=DTMF), target=f"4:{TARGET}")
-        placed = client.place_call({"target": TARGET, "audioChannel": "unmixed", "sampleRate": 24000,
-                                    "dtmf": True, "operationContext": "ui-test"})
-        rang = stack.simulator.place_incoming_call(stack.event_grid_url, from_="+15551230000", to="+15559870000",
-                                                   script={"durationS": SECONDS, "speakers": 2})
-        incoming = stack.simulator.wait_for_answer(rang["incomingCallContext"])
-        calls = {"outbound": placed["callConnectionId"], "incoming": incoming}
+        calls = place_demo_calls(stack, client, SECONDS)
         deadline = time.monotonic() + SECONDS + 90
         for cid in calls.values():
             while client.recording(cid)["status"] != "ready":
@@ -175,8 +167,8 @@ def test_the_list_shows_both_demo_calls(context: BrowserContext, demo: dict[str,
         cells = [c.inner_text() for c in row.query_selector_all("td")]
         assert cells[1] == direction and cells[4] == "disconnected" and cells[5] == "ready", cells
         assert cells[6].endswith("%") and cells[7] == "none", cells
-    assert TARGET in rows[demo["outbound"]].inner_text()
-    assert "+15551230000" in rows[demo["incoming"]].inner_text()
+    assert OUTBOUND_TARGET in rows[demo["outbound"]].inner_text()
+    assert CALLER in rows[demo["incoming"]].inner_text()
     # newest first: the incoming call was answered after the outbound one was placed
     order = [r.get_attribute("data-call") for r in page.query_selector_all("#calls tbody tr")]
     assert order.index(demo["incoming"]) < order.index(demo["outbound"])
@@ -239,7 +231,7 @@ def test_the_dtmf_markers_sit_at_the_tones(context: BrowserContext, demo: dict[s
     scrub = page.locator("#scrub").bounding_box()
     t0, t1 = (float(page.get_attribute("#scrub", a) or 0) for a in ("aria-valuemin", "aria-valuemax"))
     assert scrub is not None
-    for (when, tone), d in zip(DTMF, doc["manifest"]["dtmf"], strict=True):
+    for (when, tone), d in zip(DEMO_DTMF, doc["manifest"]["dtmf"], strict=True):
         assert d["tone"] == tone
         recorded = _seconds(d.get("timestamp") or d["receivedAt"]) - origin
         assert abs(recorded - when) < 0.3, (tone, recorded)  # the simulator sent it at `when` on the call clock
@@ -283,7 +275,8 @@ def test_playback_starts_and_the_keyboard_seeks(context: BrowserContext, demo: d
     audio = page.locator("#files li[data-kind='multichannel'] audio")
     assert audio.count() == 1
     audio.evaluate("a => a.play()")
-    wait_until(page, "() => document.querySelector(\"#files li[data-kind='multichannel'] audio\").currentTime > 0.5", timeout=15)
+    wait_until(page, "() => document.querySelector(\"#files li[data-kind='multichannel'] audio\").currentTime > 0.5",
+               timeout=15)
     shot(page, "playing", full=False)
 
 

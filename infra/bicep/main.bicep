@@ -109,6 +109,19 @@ param incomingCallFunctionName string = 'IncomingCall'
 @description('Email for the "audio quarantined or at risk" alert; empty = the alert fires without notifying anyone.')
 param alertEmail string = ''
 
+@description('Entra ID sign-in in front of the function app (the recordings page and the API): none or entraId.')
+@allowed([
+  'none'
+  'entraId'
+])
+param signIn string = 'none'
+
+@description('Application (client) id of the Entra app registration for signIn = entraId.')
+param signInClientId string = ''
+
+@description('App setting holding that registration\'s client secret; empty = ID tokens only.')
+param signInClientSecretSettingName string = ''
+
 @description('Create the IncomingCall Event Grid subscription. Only after the function code is published.')
 param deployIncomingCallSubscription bool = false
 
@@ -335,6 +348,9 @@ module functions 'modules/functions.bicep' = {
     defaultSampleRate: defaultSampleRate
     sasTtlSeconds: sasTtlSeconds
     streamingRestartAttempts: streamingRestartAttempts
+    signIn: signIn
+    signInClientId: signInClientId
+    signInClientSecretSettingName: signInClientSecretSettingName
   }
   dependsOn: [
     roles
@@ -371,3 +387,4 @@ output RECORDING_EVENTS_TOPIC_PRINCIPAL_ID string = recordingEvents.outputs.prin
 output ACS_ENDPOINT string = communication.outputs.endpoint
 output EVENTGRID_SYSTEM_TOPIC_NAME string = eventGrid.outputs.name
 output INCOMING_CALL_FUNCTION_NAME string = incomingCallFunctionName
+output RECORDINGS_PAGE_URL string = '${functions.outputs.baseUrl}/api/ui'

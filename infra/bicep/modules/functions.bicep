@@ -46,6 +46,19 @@ param defaultSampleRate string
 param sasTtlSeconds string
 param streamingRestartAttempts string
 
+@description('Entra ID sign-in (App Service Authentication) in front of the app: none, or entraId — every request then needs a signed-in user or an Entra bearer token, except ACS callbacks and the Event Grid webhook, which authenticate themselves. The function key is still required on top.')
+@allowed([
+  'none'
+  'entraId'
+])
+param signIn string = 'none'
+@description('Application (client) id of the Entra app registration users sign in to (signIn = entraId).')
+param signInClientId string = ''
+@description('Directory (tenant) id of that registration.')
+param signInTenantId string = tenant().tenantId
+@description('Name of the app setting holding the registration\'s client secret (authorization-code flow); empty = ID tokens only (enable "ID tokens" on the registration).')
+param signInClientSecretSettingName string = ''
+
 resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: applicationInsightsName
 }
@@ -115,7 +128,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
 
 resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
   // checkov reads this 'appsettings' resource as if it were the 'web' site config; the checks below do not apply to it:
-  // checkov:skip=CKV_AZURE_13:Not site config (false positive); Easy Auth is unavailable on Flex, code verifies ACS JWTs and keys
+  // checkov:skip=CKV_AZURE_13:Not site config (false positive); Entra sign-in is the signIn option (authsettingsV2 below); code verifies ACS JWTs and keys
   // checkov:skip=CKV_AZURE_63:Not site config (false positive); HTTP logs go to Application Insights
   // checkov:skip=CKV_AZURE_65:Not site config (false positive); detailed error pages are off by default
   // checkov:skip=CKV_AZURE_66:Not site config (false positive); request tracing goes to Application Insights
@@ -156,6 +169,60 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     DEFAULT_SAMPLE_RATE: defaultSampleRate
     SAS_TTL_SECONDS: sasTtlSeconds
     STREAMING_RESTART_ATTEMPTS: streamingRestartAttempts
+  }
+}
+
+// Optional Entra ID sign-in (docs/deploy.md#recordings-page-sign-in). ACS posts callbacks with its own JWT and
+// Event Grid delivers IncomingCall with the webhook's system key: neither can sign in, so both paths stay open to them
+// (the code checks them).
+resource authSettings 'Microsoft.Web/sites/config@2024-04-01' = if (signIn == 'entraId') {
+  // checkov reads every sites/config resource as the 'web' site config; these checks are about that, not this one:
+  // checkov:skip=CKV_AZURE_13:Not site config (false positive); this resource is the App Service Authentication setting
+  // checkov:skip=CKV_AZURE_63:Not site config (false positive); HTTP logs go to Application Insights
+  // checkov:skip=CKV_AZURE_65:Not site config (false positive); detailed error pages are off by default
+  // checkov:skip=CKV_AZURE_66:Not site config (false positive); request tracing goes to Application Insights
+  // checkov:skip=CKV_AZURE_80:Not site config (false positive); Python app, no .NET Framework
+  // checkov:skip=CKV_AZURE_88:Not site config (false positive); Flex Consumption uses no Azure Files share
+  // checkov:skip=CKV_AZURE_222:Not site config (false positive); public access is decided on the site, see above
+  parent: site
+  name: 'authsettingsV2'
+  properties: {
+    platform: {
+      enabled: true
+    }
+    globalValidation: {
+      requireAuthentication: true
+      unauthenticatedClientAction: 'RedirectToLoginPage'
+      redirectToProvider: 'azureactivedirectory'
+      excludedPaths: [
+        '/api/callbacks'
+        '/runtime/webhooks/eventgrid'
+      ]
+    }
+    httpSettings: {
+      requireHttps: true
+    }
+    identityProviders: {
+      azureActiveDirectory: {
+        enabled: true
+        registration: {
+          clientId: signInClientId
+          openIdIssuer: '${environment().authentication.loginEndpoint}${signInTenantId}/v2.0'
+          clientSecretSettingName: empty(signInClientSecretSettingName) ? null : signInClientSecretSettingName
+        }
+        validation: {
+          allowedAudiences: [
+            'api://${signInClientId}'
+            signInClientId
+          ]
+        }
+      }
+    }
+    login: {
+      tokenStore: {
+        enabled: false
+      }
+    }
   }
 }
 
