@@ -7,6 +7,9 @@
     {container}/{callConnectionId}/final/{name}.wav         (finished files, written once: `name` is a stream id or
                                                              `multichannel`; `{name}.{part:03d}.wav` when split,
                                                              `{name}.r{n}….wav` for revision n ≥ 2)
+    {container}/{callConnectionId}/peaks.json               (control plane: the finished recording's waveform peaks,
+                                                             `peaks.r{n}.json` for revision n ≥ 2: the chunks, which
+                                                             carry them while the call runs, may expire first)
     {container}/_calls/…                                     (control plane: empty index blobs, newest first,
                                                               for GET /api/recordings; `_` is not a call-id start)
     {container}/_unfinished/{callConnectionId}               (control plane: empty marker while a call's recording
@@ -87,6 +90,12 @@ def final_blob(call_id: str, name: str, part: int = 1, parts: int = 1, revision:
     rev = "" if revision == 1 else f".r{revision}"
     suffix = "" if parts == 1 else f".{part:03d}"
     return f"{call_id}/{FINAL_FOLDER}/{name}{rev}{suffix}.wav"
+
+
+def peaks_blob(call_id: str, revision: int = 1) -> str:
+    """The finished recording's waveform peaks (common.recording.PeaksDocument at full resolution)."""
+    rev = "" if revision == 1 else f".r{revision}"
+    return f"{call_id}/peaks{rev}.json"
 
 
 def unfinished_marker(call_id: str) -> str:

@@ -156,6 +156,7 @@ class Recording(Finished, frozen=True, kw_only=True):
     finalizing_since: Time | None = None
     announcing_since: Time | None = None  # a finalizer is publishing the event (a lease: one event under a race)
     chunks_digest: Sha256 | None = None  # over the chunk lines alone: the chunks this revision was built from
+    peaks_blob: BlobName | None = None  # the waveform peaks of this revision (kept after the chunks expire)
 
 
 FINISHED_FIELDS = Finished.__struct_fields__
@@ -274,6 +275,11 @@ def digest_of(manifest: Manifest | None, files: Iterable[FinishedFile]) -> Diges
 
 
 _decoder = msgspec.json.Decoder(Recording)
+_peaks_decoder = msgspec.json.Decoder(PeaksDocument)
+
+
+def loads_peaks(data: bytes | str) -> PeaksDocument:
+    return _peaks_decoder.decode(data)
 
 
 def loads(data: bytes | str) -> Recording:

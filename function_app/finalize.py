@@ -46,6 +46,7 @@ from function_app import events
 from function_app.assemble import Assembled, assemble
 from function_app.completeness import completeness
 from function_app.events import Publisher
+from function_app.peaks import write_finished as write_finished_peaks
 from function_app.store import RecordingConflict, RecordingStore
 
 SETTLE_SECONDS = 5.0  # a session that began just before the call ended has written its entry by then
@@ -148,13 +149,14 @@ class Finalizer:
                 f" Revision {revision}: audio that landed after revision {previous.revision} was finalized is "
                 "included; the earlier files are kept as they were."))
         digest = digest_of(manifest, built.files)
+        peaks = write_finished_peaks(self.store, manifest, revision) if manifest is not None else None
         ready = Recording(
             call_connection_id=call_id, status=RecordingStatus.READY, revision=revision,
             correlation_id=state.correlation_id or (manifest.correlation_id if manifest else None),
             sample_rate=manifest.sample_rate if manifest else None,
             clock_origin=manifest.clock_origin if manifest else None, files=built.files,
             channel_map=built.channel_map, completeness=report, digest=digest,
-            chunks_digest=chunks_digest_of(manifest),
+            chunks_digest=chunks_digest_of(manifest), peaks_blob=peaks,
             finalizing_since=rec.finalizing_since if rec else None, ready_at=mf.now_iso(),
             event_id=events.event_id(call_id, digest.value))
         try:

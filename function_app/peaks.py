@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 import math
 
+import msgspec
 import numpy as np
 
 from common import manifest as mf
 from common import peaks, wav
+from common.layout import peaks_blob
 from common.recording import PeaksDocument, StreamPeaks
 from common.slots import read_occupancy
 from function_app.store import RecordingStore
@@ -63,21 +65,52 @@ def stream_levels(store: RecordingStore, manifest: mf.Manifest, stream: mf.Strea
     return values, known
 
 
+def _factor(points_per_second: float) -> int:
+    return max(1, round(peaks.POINTS_PER_SECOND / points_per_second))
+
+
+def _levels(values: np.ndarray, known: np.ndarray) -> list[int | None]:
+    return [None if not k else -1 if v == peaks.NO_AUDIO else int(v)
+            for v, k in zip(values.tolist(), known.tolist(), strict=True)]
+
+
 def peaks_document(store: RecordingStore, call_id: str, manifest: mf.Manifest, points_per_second: float,
-                   stream: str | None = None) -> PeaksDocument:
+                   stream: str | None = None, *, max_computed: int = MAX_COMPUTED_CHUNKS) -> PeaksDocument:
     """Every stream's envelope (or one stream's), at `points_per_second` (≤ POINTS_PER_SECOND: a whole divisor
     of it is used; the answer says which)."""
-    factor = max(1, round(peaks.POINTS_PER_SECOND / points_per_second))
+    factor = _factor(points_per_second)
     chosen = [s for s in manifest.streams if stream is None or s.stream == stream]
     listing = store.chunk_metadata(call_id, stream) if chosen else {}
-    budget = [MAX_COMPUTED_CHUNKS]
+    budget = [max_computed]
     out = []
     for s in chosen:
-        values, known = stream_levels(store, manifest, s, listing, budget)
-        values, known = peaks.downsample(values, known, factor)
-        levels: list[int | None] = [None if not k else -1 if v == peaks.NO_AUDIO else int(v)
-                                    for v, k in zip(values.tolist(), known.tolist(), strict=True)]
-        out.append(StreamPeaks(stream=s.stream, participant_raw_id=s.participant_raw_id, levels=levels))
+        values, known = peaks.downsample(*stream_levels(store, manifest, s, listing, budget), factor)
+        out.append(StreamPeaks(stream=s.stream, participant_raw_id=s.participant_raw_id, levels=_levels(values, known)))
     return PeaksDocument(call_connection_id=call_id, clock_origin=manifest.clock_origin,
                          sample_rate=manifest.sample_rate, points_per_second=peaks.POINTS_PER_SECOND / factor,
-                         scale=peaks.FULL_SCALE, streams=out, computed_chunks=MAX_COMPUTED_CHUNKS - budget[0])
+                         scale=peaks.FULL_SCALE, streams=out, computed_chunks=max_computed - budget[0])
+
+
+def resampled(doc: PeaksDocument, points_per_second: float, stream: str | None = None) -> PeaksDocument:
+    """A stored full-resolution document (the finished recording's) at `points_per_second`, for one stream or
+    all."""
+    factor = max(1, round(_factor(points_per_second) * doc.points_per_second / peaks.POINTS_PER_SECOND))
+    out = []
+    for s in doc.streams:
+        if stream is not None and s.stream != stream:
+            continue
+        known = np.array([v is not None for v in s.levels], dtype=bool)
+        values = np.array([peaks.NO_AUDIO if v is None or v < 0 else v for v in s.levels], dtype=np.uint8)
+        out.append(msgspec.structs.replace(s, levels=_levels(*peaks.downsample(values, known, factor))))
+    return msgspec.structs.replace(doc, streams=out, points_per_second=doc.points_per_second / factor,
+                                   computed_chunks=0)
+
+
+def write_finished(store: RecordingStore, manifest: mf.Manifest, revision: int) -> str:
+    """At finalization: every stream's peaks at full resolution, kept beside the finished files (the chunks carry
+    them while the call runs, and may be expired by the lifecycle rule long before the files). -> its blob."""
+    call_id = manifest.call_connection_id
+    doc = peaks_document(store, call_id, manifest, peaks.POINTS_PER_SECOND, max_computed=1 << 30)
+    name = peaks_blob(call_id, revision)
+    store.write_json(name, msgspec.json.encode(doc))
+    return name

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -19,16 +21,18 @@ from common.layout import MIXED_STREAM, stream_id
 from common.recording import (
     FINISHED_FIELDS,
     ChunkLink,
+    FileKind,
     PeaksDocument,
     Recording,
     RecordingDocument,
     RecordingStatus,
     StreamLinks,
+    loads_peaks,
 )
 from function_app import state as state_model
 from function_app.completeness import completeness, estimated_streams
 from function_app.errors import ApiError, bad_request
-from function_app.peaks import peaks_document
+from function_app.peaks import peaks_document, resampled
 from function_app.stitch import StitchedWav, StitchError, stitch
 from function_app.store import RecordingStore
 
@@ -156,7 +160,35 @@ def pick_stream(streams: list[tuple[str, str | None]], participant: str | None) 
     return wanted
 
 
-def open_audio(store: RecordingStore, call_id: str, participant: str | None) -> tuple[StitchedWav, str]:
+@dataclass(frozen=True)
+class FinishedWav:
+    """A ready recording's finished file of one stream, served as it is stored: byte-identical to the stitched
+    WAV (function_app.assemble), and still there after the lifecycle rule has expired the chunks."""
+
+    store: RecordingStore
+    blob: str
+    content_length: int
+
+    def body(self) -> Iterator[bytes]:
+        return self.store.blob_pieces(self.blob)
+
+    def byte_range(self, first: int, last: int) -> Iterator[bytes]:
+        return self.store.blob_pieces(self.blob, first, min(last, self.content_length - 1) - first + 1)
+
+
+def finished_file(store: RecordingStore, call_id: str, stream: str) -> FinishedWav | None:
+    """The stream's finished file when the recording is ready and the file is one part (a longer one is split
+    into parts, and stitching refuses it anyway)."""
+    rec, _ = store.read_recording(call_id)
+    if rec is None or rec.status != RecordingStatus.READY:
+        return None
+    for f in rec.files:
+        if f.kind == FileKind.STREAM and f.stream == stream and f.parts == 1:
+            return FinishedWav(store, f.blob, f.size)
+    return None
+
+
+def open_audio(store: RecordingStore, call_id: str, participant: str | None) -> tuple[StitchedWav | FinishedWav, str]:
     manifest = store.read_manifest(call_id)
     if manifest is None:
         if store.read_state(call_id) is not None:
@@ -167,6 +199,9 @@ def open_audio(store: RecordingStore, call_id: str, participant: str | None) -> 
         raise ApiError(404, "NoAudioYet", "the call exists but no audio has been recorded yet",
                        field="callConnectionId")
     stream = choose_stream(manifest, participant)
+    finished = finished_file(store, call_id, stream)
+    if finished is not None:
+        return finished, f"{call_id}-{stream}.wav"
     try:
         wav = stitch(manifest, stream, store.read_blob)
     except StitchError as exc:
@@ -177,6 +212,14 @@ def open_audio(store: RecordingStore, call_id: str, participant: str | None) -> 
 def get_peaks(store: RecordingStore, call_id: str, points_per_second: float, participant: str | None
               ) -> dict[str, Any]:
     """The waveform envelope of every stream (or of `participant`'s) on the call clock (function_app.peaks)."""
+    rec, _ = store.read_recording(call_id)
+    stored = store.read_blob(rec.peaks_blob) if rec is not None and rec.peaks_blob else None
+    if rec is not None and rec.status == RecordingStatus.READY and stored is not None:
+        doc = loads_peaks(stored)
+        stream = None
+        if participant:
+            stream = pick_stream([(s.stream, s.participant_raw_id) for s in doc.streams], participant)
+        return msgspec.to_builtins(resampled(doc, points_per_second, stream))  # type: ignore[no-any-return]
     manifest = store.read_manifest_model(call_id)
     if manifest is None:
         if store.read_state(call_id) is not None:

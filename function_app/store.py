@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -273,6 +273,14 @@ class RecordingStore:
         except ResourceNotFoundError:
             return None
         return downloader.readall(), dict(downloader.properties.metadata or {})
+
+    def write_json(self, name: str, data: bytes) -> None:
+        """A derived document (the finished recording's peaks): rewritten whole, the same by whoever writes it."""
+        self._upload(name, data, overwrite=True)
+
+    def blob_pieces(self, name: str, offset: int | None = None, length: int | None = None) -> Iterator[bytes]:
+        """A blob's bytes (or `length` of them from `offset`) as the service sends them, a few MB at a time."""
+        return iter(self.container.get_blob_client(name).download_blob(offset=offset, length=length).chunks())
 
     def chunk_metadata(self, call_id: str, stream: str | None = None) -> dict[str, dict[str, str]]:
         """Every chunk of a call (or of one stream) with its metadata — slot occupancy and waveform peaks — from

@@ -467,3 +467,39 @@ def test_finalizers_of_different_chunk_sets_never_mix_their_blocks(
         data = container.download_blob(b.name).readall()
         assert hashlib.sha256(data).hexdigest() == container.get_blob_client(b.name).get_blob_properties(
             ).metadata["sha256"], b.name
+
+
+def test_a_finished_recording_keeps_its_peaks_and_audio_after_the_chunks_expire(azurite: Azurite,
+                                                                               container: ContainerClient) -> None:
+    """The chunk lifecycle rule may delete chunks long before the finished files: the page's waveforms (peaks
+    stored at finalization) and playback (`/audio` served from the finished file, ranges included) must not
+    depend on them."""
+    from function_app import recordings
+    from function_app.peaks import peaks_document
+
+    a = {0: tone(CHUNK_BYTES, 440, 11), 2: tone(CHUNK_BYTES // 2, 440, 12)}
+    b = {1: tone(CHUNK_BYTES, 220, 13)}
+    call_id = write_call(azurite, container, streams={A: a, B: b})
+    store = fstore(container)
+    manifest = store.read_manifest_model(call_id)
+    assert manifest is not None
+    live = mf.to_builtins(peaks_document(store, call_id, manifest, 10))
+    with_chunks = {p: b"".join(recordings.open_audio(store, call_id, p)[0].body()) for p in (A, B)}
+    assert Finalizer(store, Events(), settle_seconds=0).run(call_id) == Outcome.FINALIZED
+    rec, _ = store.read_recording(call_id)
+    assert rec is not None and rec.peaks_blob == f"{call_id}/peaks.json"
+    for s in manifest.streams:
+        for c in s.chunks:
+            container.delete_blob(c.blob)  # what the lifecycle rule does after chunkRetentionDays
+    stored = recordings.get_peaks(store, call_id, 10, None)
+    assert stored["streams"] == live["streams"] and stored["pointsPerSecond"] == 10
+    assert any(v is not None and v > 50 for v in stored["streams"][0]["levels"])  # the tones: 8000 of 32768
+    coarse = recordings.get_peaks(store, call_id, 2, B)
+    assert [s["participantRawId"] for s in coarse["streams"]] == [B] and coarse["pointsPerSecond"] == 2
+    for p in (A, B):
+        audio, _name = recordings.open_audio(store, call_id, p)
+        assert isinstance(audio, recordings.FinishedWav)
+        assert audio.content_length == len(with_chunks[p])
+        assert b"".join(audio.body()) == with_chunks[p]
+        assert b"".join(audio.byte_range(40, 4000)) == with_chunks[p][40:4001]
+        assert b"".join(audio.byte_range(len(with_chunks[p]) - 10, 10 ** 9)) == with_chunks[p][-10:]
