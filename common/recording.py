@@ -206,6 +206,7 @@ class PeaksDocument(_Model, frozen=True, kw_only=True):
     scale: int
     streams: list[StreamPeaks] = field(default_factory=list)
     computed_chunks: Count = 0  # chunks without stored peaks whose audio was read for this answer
+    first_point: Count = 0  # every stream's levels[0] is this point (fromSeq × points per chunk; 0 = the origin)
 
 
 class ReadyCompleteness(_Model, frozen=True, kw_only=True):

@@ -135,7 +135,9 @@ async def get_recording_peaks(req: Request, rt: Runtime) -> Response:
     call_id = validation.parse_call_id(req.path_params.get("callConnectionId"))
     pps = validation.parse_points_per_second(req.query_params.get("pointsPerSecond"), peaks.POINTS_PER_SECOND)
     participant = req.query_params.get("participant")
-    return json_response(200, await asyncio.to_thread(recordings.get_peaks, rt.store, call_id, pps, participant))
+    from_seq = validation.parse_count(req.query_params.get("fromSeq"), "fromSeq")
+    return json_response(200, await asyncio.to_thread(recordings.get_peaks, rt.store, call_id, pps, participant,
+                                                      from_seq))
 
 
 def page_function(name: str, route: str) -> Callable[[Callable[[Request], Response]], Callable[[Request], Response]]:

@@ -209,8 +209,8 @@ def open_audio(store: RecordingStore, call_id: str, participant: str | None) -> 
     return wav, f"{call_id}-{stream}.wav"
 
 
-def get_peaks(store: RecordingStore, call_id: str, points_per_second: float, participant: str | None
-              ) -> dict[str, Any]:
+def get_peaks(store: RecordingStore, call_id: str, points_per_second: float, participant: str | None,
+              from_seq: int = 0) -> dict[str, Any]:
     """The waveform envelope of every stream (or of `participant`'s) on the call clock (function_app.peaks)."""
     rec, _ = store.read_recording(call_id)
     stored = store.read_blob(rec.peaks_blob) if rec is not None and rec.peaks_blob else None
@@ -219,7 +219,10 @@ def get_peaks(store: RecordingStore, call_id: str, points_per_second: float, par
         stream = None
         if participant:
             stream = pick_stream([(s.stream, s.participant_raw_id) for s in doc.streams], participant)
-        return msgspec.to_builtins(resampled(doc, points_per_second, stream))  # type: ignore[no-any-return]
+        manifest = store.read_manifest_model(call_id) if from_seq else None  # chunk length: where fromSeq starts
+        chunk_seconds = manifest.chunk_seconds if manifest else None
+        return msgspec.to_builtins(  # type: ignore[no-any-return]
+            resampled(doc, points_per_second, stream, chunk_seconds, from_seq))
     manifest = store.read_manifest_model(call_id)
     if manifest is None:
         if store.read_state(call_id) is not None:
@@ -229,5 +232,5 @@ def get_peaks(store: RecordingStore, call_id: str, points_per_second: float, par
     stream = None
     if participant:
         stream = pick_stream([(s.stream, s.participant_raw_id) for s in manifest.streams], participant)
-    doc = peaks_document(store, call_id, manifest, points_per_second, stream)
+    doc = peaks_document(store, call_id, manifest, points_per_second, stream, from_seq=from_seq)
     return msgspec.to_builtins(doc)  # type: ignore[no-any-return]

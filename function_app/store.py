@@ -282,6 +282,16 @@ class RecordingStore:
         """A blob's bytes (or `length` of them from `offset`) as the service sends them, a few MB at a time."""
         return iter(self.container.get_blob_client(name).download_blob(offset=offset, length=length).chunks())
 
+    def chunk_properties(self, names: list[str]) -> dict[str, dict[str, str]]:
+        """Metadata of a few chunks, a request each (absent ones are left out)."""
+        out = {}
+        for name in names:
+            try:
+                out[name] = dict(self.container.get_blob_client(name).get_blob_properties().metadata or {})
+            except ResourceNotFoundError:
+                continue
+        return out
+
     def chunk_metadata(self, call_id: str, stream: str | None = None) -> dict[str, dict[str, str]]:
         """Every chunk of a call (or of one stream) with its metadata — slot occupancy and waveform peaks — from
         one listing (5000 blobs a page): what drawing a call costs, whatever its length."""

@@ -120,6 +120,15 @@ def parse_limit(value: str | None, default: int = 20, maximum: int = 100) -> int
     return int(value)
 
 
+def parse_count(value: str | None, field: str, maximum: int = 10**9) -> int:
+    """A non-negative integer query parameter; absent means 0."""
+    if value is None or value == "":
+        return 0
+    if not (value.isascii() and value.isdigit()) or int(value) > maximum:
+        raise bad_request(field, f"must be an integer in 0..{maximum}")
+    return int(value)
+
+
 def parse_points_per_second(value: str | None, maximum: float) -> float:
     """The waveform resolution a client asks for: a number in (0, maximum]; absent means `maximum`."""
     if value is None or value == "":

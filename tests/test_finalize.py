@@ -496,6 +496,10 @@ def test_a_finished_recording_keeps_its_peaks_and_audio_after_the_chunks_expire(
     assert any(v is not None and v > 50 for v in stored["streams"][0]["levels"])  # the tones: 8000 of 32768
     coarse = recordings.get_peaks(store, call_id, 2, B)
     assert [s["participantRawId"] for s in coarse["streams"]] == [B] and coarse["pointsPerSecond"] == 2
+    newest = recordings.get_peaks(store, call_id, 10, None, from_seq=1)
+    per_chunk = round(CHUNK_SECONDS * 10)
+    assert newest["firstPoint"] == per_chunk
+    assert [s["levels"] for s in newest["streams"]] == [s["levels"][per_chunk:] for s in live["streams"]]
     for p in (A, B):
         audio, _name = recordings.open_audio(store, call_id, p)
         assert isinstance(audio, recordings.FinishedWav)

@@ -119,6 +119,17 @@ def test_the_peaks_api_answers_stored_peaks_on_the_call_clock(host: HostUnderTes
     assert coarse["streams"][0]["levels"] == [max(s["levels"][:5]), 0, -1, -1, 0, -1]
     assert one.status_code == 200 and one.json()["streams"][0]["stream"] == stream_id(who)
     assert other.status_code == 404 and other.json()["error"]["field"] == "participant"
+    # what a page following a live call asks for: only chunks from fromSeq on, joined at firstPoint
+    with host.client() as http:
+        newest = http.get(f"/recordings/{call}/peaks", params={"fromSeq": "2"}).json()
+        newest_coarse = http.get(f"/recordings/{call}/peaks", params={"fromSeq": "1", "pointsPerSecond": "2"}).json()
+        beyond = http.get(f"/recordings/{call}/peaks", params={"fromSeq": "7"}).json()
+        bad = http.get(f"/recordings/{call}/peaks", params={"fromSeq": "-1"})
+    assert newest["firstPoint"] == 20 and newest["streams"][0]["levels"] == s["levels"][20:]
+    assert newest_coarse["firstPoint"] == 2 and newest_coarse["streams"][0]["levels"] == \
+        coarse["streams"][0]["levels"][2:]
+    assert beyond["firstPoint"] == 70 and beyond["streams"][0]["levels"] == []
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "fromSeq"
 
 
 def test_chunks_stored_without_peaks_are_computed_from_their_audio(host: HostUnderTest) -> None:

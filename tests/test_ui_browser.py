@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import numpy as np
@@ -258,10 +259,22 @@ def test_playback_starts_and_the_keyboard_seeks(context: BrowserContext, demo: d
     page = context.new_page()
     sign_in(page, demo)
     open_call(page, demo["outbound"])
+    windows: list[tuple[str, str]] = []  # (participant, Range) of every audio window the player fetched
+    page.on("request", lambda r: windows.append((parse_qs(urlsplit(r.url).query)["participant"][0],
+                                                 r.headers.get("range", ""))) if "/audio?" in r.url else None)
     # the Web Audio player: both lanes mixed in the browser, fetched window by window
     page.click("#play")
     wait_until(page, "() => +document.querySelector('#scrub').getAttribute('aria-valuenow') > 1.0", timeout=15)
     assert page.get_attribute("#play", "aria-pressed") == "true"
+    both = {p for p, _ in windows}
+    assert len(both) == 2 and all(r.startswith("bytes=") for _, r in windows), windows
+    # one participant alone
+    only = page.query_selector_all("#lanes .lane")[1]
+    alone = only.get_attribute("data-participant")
+    only.query_selector("button.solo").click()
+    windows.clear()
+    page.wait_for_timeout(1500)  # the player restarts at once and keeps 8 s scheduled ahead
+    assert windows and {p for p, _ in windows} == {alone}, windows
     page.click("#play")
     paused = float(page.get_attribute("#scrub", "aria-valuenow") or 0)
     end = float(page.get_attribute("#scrub", "aria-valuemax") or 0)
@@ -287,7 +300,7 @@ def test_a_live_calls_lanes_grow_while_it_streams(context: BrowserContext, demo:
     placed = client.place_call({"target": target, "audioChannel": "unmixed", "sampleRate": 16000})
     call_id = placed["callConnectionId"]
     page = context.new_page()
-    sign_in(page, demo)
+    urls = sign_in(page, demo)
     page.wait_for_selector(f"#calls tr[data-call='{call_id}']")  # the list picks up a new call by itself
     deadline = time.monotonic() + 20
     while client.recording(call_id)["manifest"] is None or not client.recording(call_id)["manifest"]["streams"]:
@@ -315,7 +328,21 @@ def test_a_live_calls_lanes_grow_while_it_streams(context: BrowserContext, demo:
     grew = [b - a for a, b in itertools.pairwise(extents) if b > a + 0.5]
     assert len(grew) >= 2, extents  # the lanes grew at least twice while the call streamed
     assert extents[-1] - extents[0] > 4.0, extents
+    # while live, the page asked only for the newest chunks' peaks ...
+    incremental = [u for u in urls if "/peaks?" in u and parse_qs(urlsplit(u).query).get("fromSeq", ["0"])[0] != "0"]
+    assert incremental, [u for u in urls if "/peaks?" in u]
     wait_until(page, "() => document.querySelector('#call-status').textContent === 'ready'", timeout=60)
+    # ... and what it drew by joining them is what a fresh load of the finished call draws
+    followed = {lane.get_attribute("data-stream"): audio_columns(page, lane.get_attribute("data-stream") or "")
+                for lane in page.query_selector_all("#lanes .lane")}
+    page.reload()
+    wait_until(page, "() => document.querySelectorAll('#lanes .lane canvas').length > 0")
+    page.wait_for_timeout(500)
+    for stream, drawn in followed.items():
+        fresh = audio_columns(page, stream or "")
+        assert (fresh["t0"], fresh["t1"]) == (drawn["t0"], drawn["t1"])
+        differ = sum(1 for a, b in zip(fresh["cols"], drawn["cols"], strict=True) if abs(a - b) > 1)
+        assert differ <= 2, (stream, differ)
 
 
 def test_the_page_and_api_agree_on_the_function_key(demo: dict[str, Any]) -> None:

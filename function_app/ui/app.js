@@ -209,12 +209,41 @@ async function openCall(id) {
   $("main").focus();
 }
 
+// While a call is live, only the peaks of the newest chunks are asked for (fromSeq: the last chunk again, which
+// may have grown, and what came after) and joined to what the page has; a new stream, or the recording becoming
+// ready, fetches everything once more.
+function peaksFrom(first) {
+  const prev = view.peaks;
+  const seconds = view.doc?.manifest?.chunkSeconds;
+  if (first || !prev || !seconds || prev.pointsPerSecond !== 10) return 0;
+  const perChunk = Math.round(seconds * 10);
+  const longest = Math.max(0, ...prev.streams.map((s) => s.levels.length));
+  return Math.max(0, Math.floor(longest / perChunk) - 1);
+}
+
+function joinPeaks(prev, next) {
+  if (!next.firstPoint) return next;
+  const old = new Map(prev.streams.map((s) => [s.stream, s.levels]));
+  if (next.streams.some((s) => !old.has(s.stream))) return null;
+  const streams = prev.streams.map((p) => {
+    const got = next.streams.find((s) => s.stream === p.stream);
+    if (!got) return p;
+    const head = p.levels.slice(0, next.firstPoint);
+    while (head.length < next.firstPoint) head.push(-1);
+    return { ...p, levels: head.concat(got.levels) };
+  });
+  return { ...next, streams, firstPoint: 0 };
+}
+
 async function refreshCall(first) {
   const id = view.id;
+  const path = `/recordings/${encodeURIComponent(id)}`;
   let doc, peaks;
   try {
-    [doc, peaks] = await Promise.all([api(`/recordings/${encodeURIComponent(id)}`),
-                                      api(`/recordings/${encodeURIComponent(id)}/peaks?pointsPerSecond=10`)]);
+    const from = peaksFrom(first);
+    [doc, peaks] = await Promise.all([api(path), api(`${path}/peaks?pointsPerSecond=10&fromSeq=${from}`)]);
+    if (from > 0) peaks = doc.status === "ready" ? null : joinPeaks(view.peaks, peaks);
+    if (!peaks) peaks = await api(`${path}/peaks?pointsPerSecond=10`);
   } catch (err) {
     if (err instanceof AuthError) return onAuthError(err);
     $("call-error").textContent = `Could not load this call: ${err.message}`;
@@ -357,8 +386,10 @@ function makeLane(s) {
   const box = el("input", { type: "checkbox", checked: true, "aria-label": `Play ${name}`,
                             onchange: () => player.setEnabled(s.stream, box.checked) });
   const canvas = el("canvas", { role: "img", "aria-label": `Waveform of ${name}` });
+  const solo = el("button", { type: "button", class: "solo", text: "only this",
+                              "aria-label": `Play only ${name}`, onclick: () => player.solo(s.stream) });
   return el("div", { class: "lane", "data-stream": s.stream, "data-participant": s.participantRawId || "" },
-    el("div", { class: "lane-label" }, el("label", { title: name }, box, el("span", { text: name }))), canvas);
+    el("div", { class: "lane-label" }, el("label", { title: name }, box, el("span", { text: name })), solo), canvas);
 }
 
 // A lane is drawn per device pixel column: the loudest received level in the column as a bar around the middle,
@@ -508,6 +539,12 @@ class Player {
 
   setEnabled(stream, on) {
     if (on) this.disabled.delete(stream); else this.disabled.add(stream);
+    if (this.playing) this.play(this.position(), this.follow);
+  }
+
+  solo(stream) {
+    this.disabled = new Set((view.doc.manifest?.streams || []).map((s) => s.stream).filter((x) => x !== stream));
+    for (const lane of $("lanes").children) lane.querySelector("input").checked = !this.disabled.has(lane.dataset.stream);
     if (this.playing) this.play(this.position(), this.follow);
   }
 
