@@ -118,15 +118,15 @@ async def get_recording(req: Request, rt: Runtime) -> Response:
 async def get_recording_audio(req: Request, rt: Runtime) -> Response:
     call_id = validation.parse_call_id(req.path_params.get("callConnectionId"))
     participant = req.query_params.get("participant")
-    wav, filename = await asyncio.to_thread(recordings.open_audio, rt.store, call_id, participant)
-    headers = {"Accept-Ranges": "bytes", "Content-Disposition": f'attachment; filename="{filename}"'}
-    window = validation.parse_range(req.headers.get("range"), wav.content_length)
-    if window is None:
-        return StreamingResponse(wav.body(), media_type="audio/wav",
-                                 headers=headers | {"Content-Length": str(wav.content_length)})
-    first, last = window
-    headers |= {"Content-Length": str(last - first + 1), "Content-Range": f"bytes {first}-{last}/{wav.content_length}"}
-    return StreamingResponse(wav.byte_range(first, last), status_code=206, media_type="audio/wav", headers=headers)
+    audio = await asyncio.to_thread(recordings.open_audio, rt.store, call_id, participant, req.headers.get("range"))
+    headers = {"Accept-Ranges": "bytes", "Content-Disposition": f'attachment; filename="{audio.filename}"'}
+    if audio.window is None:
+        return StreamingResponse(audio.pieces, media_type="audio/wav",
+                                 headers=headers | {"Content-Length": str(audio.content_length)})
+    first, last = audio.window
+    headers |= {"Content-Length": str(last - first + 1),
+                "Content-Range": f"bytes {first}-{last}/{audio.content_length}"}
+    return StreamingResponse(audio.pieces, status_code=206, media_type="audio/wav", headers=headers)
 
 
 @http_function("GetRecordingPeaks", route="recordings/{callConnectionId}/peaks", method="GET")

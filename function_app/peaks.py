@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 import msgspec
 import numpy as np
@@ -22,8 +23,47 @@ from function_app.store import RecordingStore
 
 MAX_COMPUTED_CHUNKS = 60  # ten minutes of one stream's audio read per answer, at most
 MAX_PROPERTY_READS = 16  # chunks asked for one by one (fromSeq); more than this and one listing is cheaper
+MAX_POINTS = 100 * 3600 * peaks.POINTS_PER_SECOND  # 100 hours of call clock: beyond it a manifest is not a call
+MAX_SLOT_BYTES = 1 << 20
 
 log = logging.getLogger(__name__)
+
+
+class PeaksError(ValueError):
+    """The manifest places audio where no envelope can be drawn (a chunk absurdly far along the call clock)."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where a chunk's points go on the call clock: chunk k starts at sample k × samples_per_chunk (its length in
+    whole samples, as stitching places it), and point i covers samples [i, i+1) × per_point. With chunk lengths
+    that are not whole points (30-ms frames make 9.99-s chunks) a chunk's own points are off the grid by less than
+    one point, and never add up along the call."""
+
+    samples_per_chunk: int
+    per_point: int
+
+    def start(self, seq: int) -> int:
+        return seq * self.samples_per_chunk // self.per_point
+
+    def chunk_of(self, point: int) -> int:
+        return point * self.per_point // self.samples_per_chunk
+
+
+def grid(manifest: mf.Manifest) -> Grid | None:
+    if not manifest.sample_rate or not manifest.chunk_seconds:
+        return None
+    per_point = max(1, manifest.sample_rate // peaks.POINTS_PER_SECOND)
+    return Grid(max(1, round(manifest.chunk_seconds * manifest.sample_rate)), per_point)
+
+
+def _slot_bytes(meta: dict[str, str], default: int) -> int | None:
+    raw = meta.get("slotbytes")
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not 2 <= int(raw) <= MAX_SLOT_BYTES or int(raw) % 2:
+        return None
+    return int(raw)
 
 
 def _chunk_levels(store: RecordingStore, chunk: mf.Chunk, meta: dict[str, str] | None, frame_bytes: int,
@@ -36,38 +76,48 @@ def _chunk_levels(store: RecordingStore, chunk: mf.Chunk, meta: dict[str, str] |
     if got is None:
         return None
     data, blob_meta = got
+    slot = _slot_bytes(blob_meta, frame_bytes)
+    if slot is None:
+        log.warning("chunk %s has no usable slot size; its peaks are not known", chunk.blob)
+        return None
     try:
         rate, _, pcm = wav.read(data)
+        return peaks.levels(pcm, read_occupancy(blob_meta, len(pcm), slot), slot, rate)
     except ValueError as exc:
         log.warning("chunk %s is unreadable (%s); its peaks are not known", chunk.blob, exc)
         return None
-    slot = int(blob_meta.get("slotbytes") or frame_bytes)
-    return peaks.levels(pcm, read_occupancy(blob_meta, len(pcm), slot), slot, rate)
-
-
-def _per_chunk(manifest: mf.Manifest) -> int:
-    return round((manifest.chunk_seconds or 0) * peaks.POINTS_PER_SECOND)
 
 
 def stream_levels(store: RecordingStore, manifest: mf.Manifest, stream: mf.Stream, listing: dict[str, dict[str, str]],
-                  budget: list[int], from_seq: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """-> (levels, known) at POINTS_PER_SECOND from chunk `from_seq` (0: the clock origin) to the stream's last
+                  budget: list[int], from_point: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """-> (levels, known) at POINTS_PER_SECOND from point `from_point` (0: the clock origin) to the stream's last
     landed audio."""
-    per_chunk = _per_chunk(manifest)
+    g = grid(manifest)
+    if g is None:
+        return np.zeros(0, dtype=np.uint8), np.zeros(0, dtype=bool)
     frame_bytes = manifest.frame_bytes or 2
     placed: list[tuple[int, np.ndarray | None, int]] = []
-    for c in sorted((c for c in stream.chunks if c.seq >= from_seq), key=lambda c: c.seq):
-        got = _chunk_levels(store, c, listing.get(c.blob), frame_bytes, budget)
-        span = len(got) if got is not None else math.ceil(c.duration_ms * peaks.POINTS_PER_SECOND / 1000)
-        placed.append(((c.seq - from_seq) * per_chunk, got, min(span, per_chunk)))
+    first_seq = g.chunk_of(from_point)
+    for c in sorted((c for c in stream.chunks if c.seq >= first_seq), key=lambda c: c.seq):
+        start = g.start(c.seq)
+        if start > MAX_POINTS:
+            raise PeaksError(f"chunk {c.seq} starts {start // peaks.POINTS_PER_SECOND} s into the call")
+        span = min(g.start(c.seq + 1) - start, math.ceil(c.duration_ms * peaks.POINTS_PER_SECOND / 1000))
+        placed.append((start - from_point, _chunk_levels(store, c, listing.get(c.blob), frame_bytes, budget), span))
     total = max((start + span for start, _, span in placed), default=0)
-    values = np.full(total, peaks.NO_AUDIO, dtype=np.uint8)
-    known = np.ones(total, dtype=bool)
+    values = np.full(max(0, total), peaks.NO_AUDIO, dtype=np.uint8)
+    known = np.ones(max(0, total), dtype=bool)
     for start, got, span in placed:
+        skip = max(0, -start)  # the chunk that holds from_point begins before it
+        lo, hi = start + skip, start + span
+        if hi <= lo:
+            continue
         if got is None:
-            known[start:start + span] = False
-        else:
-            values[start:start + span] = got[:span]
+            known[lo:hi] = False
+            continue
+        part = got[skip:span]
+        values[lo:lo + len(part)] = part
+        known[lo + len(part):hi] = False  # stored peaks shorter than the chunk: the rest is not known
     return values, known
 
 
@@ -82,11 +132,12 @@ def _levels(values: np.ndarray, known: np.ndarray) -> list[int | None]:
     return out
 
 
-def _aligned(from_seq: int, per_chunk: int, factor: int) -> int:
-    """The latest chunk at or before `from_seq` whose first point starts a downsampled point."""
-    while from_seq > 0 and (from_seq * per_chunk) % factor:
-        from_seq -= 1
-    return from_seq
+def _first_point(g: Grid | None, from_seq: int, factor: int) -> int:
+    """The point an answer from chunk `from_seq` starts at: where that chunk starts, rounded down to a whole
+    downsampled point."""
+    if g is None or from_seq <= 0:
+        return 0
+    return min(g.start(from_seq), MAX_POINTS) // factor * factor
 
 
 def peaks_document(store: RecordingStore, call_id: str, manifest: mf.Manifest, points_per_second: float,
@@ -97,35 +148,34 @@ def peaks_document(store: RecordingStore, call_id: str, manifest: mf.Manifest, p
     a page following a live call asks only for what is new, which costs a request per new chunk instead of a
     listing of the whole call."""
     factor = _factor(points_per_second)
-    per_chunk = _per_chunk(manifest)
-    from_seq = _aligned(from_seq, per_chunk, factor)
+    g = grid(manifest)
+    first = _first_point(g, from_seq, factor)
     chosen = [s for s in manifest.streams if stream is None or s.stream == stream]
-    recent = [c.blob for s in chosen for c in s.chunks if c.seq >= from_seq]
+    first_seq = g.chunk_of(first) if g is not None else 0
+    recent = [c.blob for s in chosen for c in s.chunks if c.seq >= first_seq]
     if not chosen:
         listing = {}
-    elif from_seq > 0 and len(recent) <= MAX_PROPERTY_READS:
+    elif first > 0 and len(recent) <= MAX_PROPERTY_READS:
         listing = store.chunk_properties(recent)
     else:
         listing = store.chunk_metadata(call_id, stream)
     budget = [max_computed]
     out = []
     for s in chosen:
-        values, known = peaks.downsample(*stream_levels(store, manifest, s, listing, budget, from_seq), factor)
+        values, known = peaks.downsample(*stream_levels(store, manifest, s, listing, budget, first), factor)
         out.append(StreamPeaks(stream=s.stream, participant_raw_id=s.participant_raw_id, levels=_levels(values, known)))
     return PeaksDocument(call_connection_id=call_id, clock_origin=manifest.clock_origin,
                          sample_rate=manifest.sample_rate, points_per_second=peaks.POINTS_PER_SECOND / factor,
                          scale=peaks.FULL_SCALE, streams=out, computed_chunks=max_computed - budget[0],
-                         first_point=from_seq * per_chunk // factor)
+                         first_point=first // factor)
 
 
 def resampled(doc: PeaksDocument, points_per_second: float, stream: str | None = None,
-              chunk_seconds: float | None = None, from_seq: int = 0) -> PeaksDocument:
+              manifest: mf.Manifest | None = None, from_seq: int = 0) -> PeaksDocument:
     """A stored full-resolution document (the finished recording's) at `points_per_second`, for one stream or
-    all, from chunk `from_seq` on."""
-    factor = max(1, round(_factor(points_per_second) * doc.points_per_second / peaks.POINTS_PER_SECOND))
-    per_chunk = round((chunk_seconds or 0) * doc.points_per_second)
-    from_seq = _aligned(from_seq, per_chunk, factor) if per_chunk else 0
-    first = from_seq * per_chunk
+    all, from chunk `from_seq` of `manifest` on."""
+    factor = _factor(points_per_second)
+    first = _first_point(grid(manifest) if manifest else None, from_seq, factor)
     out = []
     for s in doc.streams:
         if stream is not None and s.stream != stream:

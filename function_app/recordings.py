@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 import msgspec
-from azure.core.exceptions import HttpResponseError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
 from common import manifest as mf
 from common import peaks
@@ -32,9 +32,10 @@ from common.recording import (
 from function_app import state as state_model
 from function_app.completeness import completeness, estimated_streams
 from function_app.errors import ApiError, bad_request
-from function_app.peaks import peaks_document, resampled
-from function_app.stitch import StitchedWav, StitchError, stitch
+from function_app.peaks import PeaksError, peaks_document, resampled
+from function_app.stitch import StitchError, stitch
 from function_app.store import RecordingStore
+from function_app.validation import parse_range
 
 MAX_PAGE_TOKEN = 2048
 
@@ -161,34 +162,32 @@ def pick_stream(streams: list[tuple[str, str | None]], participant: str | None) 
 
 
 @dataclass(frozen=True)
-class FinishedWav:
-    """A ready recording's finished file of one stream, served as it is stored: byte-identical to the stitched
-    WAV (function_app.assemble), and still there after the lifecycle rule has expired the chunks."""
+class Audio:
+    """One stream's WAV as the answer sends it: the whole file, or the bytes `window` (first, last) of it."""
 
-    store: RecordingStore
-    blob: str
     content_length: int
-
-    def body(self) -> Iterator[bytes]:
-        return self.store.blob_pieces(self.blob)
-
-    def byte_range(self, first: int, last: int) -> Iterator[bytes]:
-        return self.store.blob_pieces(self.blob, first, min(last, self.content_length - 1) - first + 1)
+    window: tuple[int, int] | None
+    pieces: Iterator[bytes]
+    filename: str
 
 
-def finished_file(store: RecordingStore, call_id: str, stream: str) -> FinishedWav | None:
-    """The stream's finished file when the recording is ready and the file is one part (a longer one is split
-    into parts, and stitching refuses it anyway)."""
+def _finished_file(store: RecordingStore, call_id: str, stream: str) -> tuple[str, int] | None:
+    """(blob, bytes) of the stream's finished file when the recording is ready and the file is one part (a longer
+    one is split into parts, which stitching refuses anyway)."""
     rec, _ = store.read_recording(call_id)
     if rec is None or rec.status != RecordingStatus.READY:
         return None
     for f in rec.files:
         if f.kind == FileKind.STREAM and f.stream == stream and f.parts == 1:
-            return FinishedWav(store, f.blob, f.size)
+            return f.blob, f.size
     return None
 
 
-def open_audio(store: RecordingStore, call_id: str, participant: str | None) -> tuple[StitchedWav | FinishedWav, str]:
+def open_audio(store: RecordingStore, call_id: str, participant: str | None, range_header: str | None = None
+               ) -> Audio:
+    """One stream of the call as a WAV on the call clock. A ready recording's finished file is served as stored
+    (byte-identical to the stitched WAV, and still there after the chunks expire); otherwise the chunks are
+    stitched. Runs in a worker thread: the finished file's first request is made here, not on the event loop."""
     manifest = store.read_manifest(call_id)
     if manifest is None:
         if store.read_state(call_id) is not None:
@@ -199,14 +198,24 @@ def open_audio(store: RecordingStore, call_id: str, participant: str | None) -> 
         raise ApiError(404, "NoAudioYet", "the call exists but no audio has been recorded yet",
                        field="callConnectionId")
     stream = choose_stream(manifest, participant)
-    finished = finished_file(store, call_id, stream)
+    filename = f"{call_id}-{stream}.wav"
+    finished = _finished_file(store, call_id, stream)
     if finished is not None:
-        return finished, f"{call_id}-{stream}.wav"
+        blob, size = finished
+        window = parse_range(range_header, size)
+        first, last = window or (0, size - 1)
+        try:
+            return Audio(size, window, store.blob_pieces(blob, first, last - first + 1), filename)
+        except ResourceNotFoundError:
+            log.warning("finished file %s of a ready recording is missing; stitching the chunks instead", blob,
+                        extra={"callConnectionId": call_id})
     try:
         wav = stitch(manifest, stream, store.read_blob)
     except StitchError as exc:
         raise ApiError(409, "NotStitchable", str(exc)) from None
-    return wav, f"{call_id}-{stream}.wav"
+    window = parse_range(range_header, wav.content_length)
+    pieces = wav.body() if window is None else wav.byte_range(*window)
+    return Audio(wav.content_length, window, pieces, filename)
 
 
 def get_peaks(store: RecordingStore, call_id: str, points_per_second: float, participant: str | None,
@@ -219,10 +228,9 @@ def get_peaks(store: RecordingStore, call_id: str, points_per_second: float, par
         stream = None
         if participant:
             stream = pick_stream([(s.stream, s.participant_raw_id) for s in doc.streams], participant)
-        manifest = store.read_manifest_model(call_id) if from_seq else None  # chunk length: where fromSeq starts
-        chunk_seconds = manifest.chunk_seconds if manifest else None
+        manifest = store.read_manifest_model(call_id) if from_seq else None  # where chunk fromSeq starts
         return msgspec.to_builtins(  # type: ignore[no-any-return]
-            resampled(doc, points_per_second, stream, chunk_seconds, from_seq))
+            resampled(doc, points_per_second, stream, manifest, from_seq))
     manifest = store.read_manifest_model(call_id)
     if manifest is None:
         if store.read_state(call_id) is not None:
@@ -232,5 +240,8 @@ def get_peaks(store: RecordingStore, call_id: str, points_per_second: float, par
     stream = None
     if participant:
         stream = pick_stream([(s.stream, s.participant_raw_id) for s in manifest.streams], participant)
-    doc = peaks_document(store, call_id, manifest, points_per_second, stream, from_seq=from_seq)
+    try:
+        doc = peaks_document(store, call_id, manifest, points_per_second, stream, from_seq=from_seq)
+    except PeaksError as exc:
+        raise ApiError(409, "NoEnvelope", f"this recording's manifest cannot be drawn: {exc}") from None
     return msgspec.to_builtins(doc)  # type: ignore[no-any-return]

@@ -279,7 +279,8 @@ class RecordingStore:
         self._upload(name, data, overwrite=True)
 
     def blob_pieces(self, name: str, offset: int | None = None, length: int | None = None) -> Iterator[bytes]:
-        """A blob's bytes (or `length` of them from `offset`) as the service sends them, a few MB at a time."""
+        """A blob's bytes (or `length` of them from `offset`) as the service sends them, a few MB at a time. The
+        first request is made now (ResourceNotFoundError if the blob is gone), the rest as the pieces are read."""
         return iter(self.container.get_blob_client(name).download_blob(offset=offset, length=length).chunks())
 
     def chunk_properties(self, names: list[str]) -> dict[str, dict[str, str]]:

@@ -54,7 +54,7 @@ _SECURITY = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referre
 def api_root(page_path: str) -> str:
     """The API's path prefix (`/api`) from the page's path (`/api/ui`), whatever routePrefix says."""
     path = page_path.rstrip("/")
-    return path[: -len("/ui")] if path.endswith("/ui") else ""
+    return path[: -len("/ui")] if path.lower().endswith("/ui") else ""  # the host matches routes in any case
 
 
 def storage_url(runtime: Callable[[], Runtime]) -> str:

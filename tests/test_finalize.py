@@ -484,7 +484,7 @@ def test_a_finished_recording_keeps_its_peaks_and_audio_after_the_chunks_expire(
     manifest = store.read_manifest_model(call_id)
     assert manifest is not None
     live = mf.to_builtins(peaks_document(store, call_id, manifest, 10))
-    with_chunks = {p: b"".join(recordings.open_audio(store, call_id, p)[0].body()) for p in (A, B)}
+    with_chunks = {p: b"".join(recordings.open_audio(store, call_id, p).pieces) for p in (A, B)}
     assert Finalizer(store, Events(), settle_seconds=0).run(call_id) == Outcome.FINALIZED
     rec, _ = store.read_recording(call_id)
     assert rec is not None and rec.peaks_blob == f"{call_id}/peaks.json"
@@ -500,10 +500,17 @@ def test_a_finished_recording_keeps_its_peaks_and_audio_after_the_chunks_expire(
     per_chunk = round(CHUNK_SECONDS * 10)
     assert newest["firstPoint"] == per_chunk
     assert [s["levels"] for s in newest["streams"]] == [s["levels"][per_chunk:] for s in live["streams"]]
-    for p in (A, B):
-        audio, _name = recordings.open_audio(store, call_id, p)
-        assert isinstance(audio, recordings.FinishedWav)
-        assert audio.content_length == len(with_chunks[p])
-        assert b"".join(audio.body()) == with_chunks[p]
-        assert b"".join(audio.byte_range(40, 4000)) == with_chunks[p][40:4001]
-        assert b"".join(audio.byte_range(len(with_chunks[p]) - 10, 10 ** 9)) == with_chunks[p][-10:]
+    for p in (A, B):  # the chunks are gone: stitching would answer silence, the finished file the audio
+        audio = recordings.open_audio(store, call_id, p)
+        assert audio.content_length == len(with_chunks[p]) and audio.window is None
+        assert b"".join(audio.pieces) == with_chunks[p]
+        part = recordings.open_audio(store, call_id, p, "bytes=40-4000")
+        assert part.window == (40, 4000) and b"".join(part.pieces) == with_chunks[p][40:4001]
+        tail = recordings.open_audio(store, call_id, p, f"bytes={len(with_chunks[p]) - 10}-")
+        assert b"".join(tail.pieces) == with_chunks[p][-10:]
+    # a finished file that has gone missing: the chunks are stitched instead, not a 500 (here they expired too,
+    # so what is stitched is an empty WAV)
+    container.delete_blob(next(f.blob for f in rec.files if f.stream == stream_id(A)))
+    fallback = recordings.open_audio(store, call_id, A)
+    body = b"".join(fallback.pieces)
+    assert fallback.content_length == len(body) == 44 and wav.read(body)[2] == b""

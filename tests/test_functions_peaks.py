@@ -144,7 +144,8 @@ def test_chunks_stored_without_peaks_are_computed_from_their_audio(host: HostUnd
     assert levels == expected + expected
 
 
-@pytest.mark.parametrize("value", ["0", "11", "-1", "abc", "nan", "inf", "１"])
+@pytest.mark.parametrize("value", ["0", "11", "-1", "abc", "nan", "inf", "１", "0.001", "1e-7", "1e-300", " 5", "+5",
+                                   "0_5", "0x1"])
 def test_bad_points_per_second_is_refused(host: HostUnderTest, value: str) -> None:
     with host.client() as http:
         resp = http.get("/recordings/some-call/peaks", params={"pointsPerSecond": value})
@@ -247,3 +248,50 @@ def test_api_root_follows_the_route_prefix() -> None:
     assert ui.api_root("/api/ui/") == "/api"
     assert ui.api_root("/ui") == ""
     assert ui.api_root("/x/api/ui") == "/x/api"
+    assert ui.api_root("/api/UI") == "/api"
+
+
+def test_the_lowest_resolution_is_bounded(host: HostUnderTest) -> None:
+    call = str(uuid.uuid4())
+    put_recording(host.runtime.store, call, {None: {0: speech(1.0, 9000).tobytes()}})
+    with host.client() as http:
+        doc = http.get(f"/recordings/{call}/peaks", params={"pointsPerSecond": "0.01"}).json()
+    assert doc["pointsPerSecond"] == 0.01 and len(doc["streams"][0]["levels"]) == 1
+
+
+def test_peaks_stay_on_the_audio_when_chunks_are_not_whole_points(host: HostUnderTest) -> None:
+    """30-ms frames make 0.99-s chunks: chunk 100 starts at 99.0 s, where stitching puts it, not at 100 s."""
+    call = str(uuid.uuid4())
+    samples = round(0.99 * RATE)
+    loud = speech(samples / RATE, 30000).tobytes()
+    put_recording(host.runtime.store, call, {None: {0: bytes(2 * samples), 100: loud}}, chunk_seconds=0.99)
+    with host.client() as http:
+        levels = http.get(f"/recordings/{call}/peaks").json()["streams"][0]["levels"]
+        audio = http.get(f"/recordings/{call}/audio").content
+    loud_from = next(i for i, v in enumerate(levels) if v is not None and v > 100)
+    assert loud_from == 990  # 99.0 s
+    first_sample = next(i for i, v in enumerate(np.frombuffer(audio[44:], dtype="<i2")) if abs(v) > 1000)
+    assert abs(first_sample / RATE - loud_from / 10) < 0.1
+
+
+def test_hostile_chunk_metadata_and_manifests_get_clear_answers(host: HostUnderTest) -> None:
+    call = str(uuid.uuid4())
+    put_recording(host.runtime.store, call, {None: {0: speech(1.0, 9000).tobytes(), 1: speech(1.0, 9000).tobytes()}})
+    blob = host.runtime.store.container.get_blob_client(chunk_blob(call, "mixed", 0))
+    for bad in ("0", "abc", "-640", "2000000000"):
+        blob.set_blob_metadata({"slotbytes": bad})
+        with host.client() as http:
+            resp = http.get(f"/recordings/{call}/peaks")
+        assert resp.status_code == 200, (bad, resp.text)
+        assert resp.json()["streams"][0]["levels"][:10] == [None] * 10  # not known, rather than a 500
+    far = str(uuid.uuid4())
+    put_recording(host.runtime.store, far, {None: {10 ** 9: speech(1.0, 9000).tobytes()}})
+    with host.client() as http:
+        resp = http.get(f"/recordings/{far}/peaks")
+        huge = http.get(f"/recordings/{call}/audio", headers={"Range": "bytes=" + "9" * 5000 + "-"})
+        huge_last = http.get(f"/recordings/{call}/audio", headers={"Range": "bytes=0-" + "9" * 5000})
+        huge_from = http.get(f"/recordings/{call}/peaks", params={"fromSeq": "999999999"})
+    assert resp.status_code == 409 and resp.json()["error"]["code"] == "NoEnvelope"
+    assert huge.status_code == 416
+    assert huge_last.status_code == 206 and len(huge_last.content) == int(huge_last.headers["content-length"])
+    assert huge_from.status_code == 200 and huge_from.json()["streams"][0]["levels"] == []

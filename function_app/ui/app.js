@@ -125,7 +125,15 @@ function route() {
   player.stop();
   if (!key()) { showAuth(""); return; }
   const m = location.hash.match(/^#\/call\/([^/?#]+)/);
-  if (m) openCall(decodeURIComponent(m[1]));
+  let id = null;
+  try {
+    id = m ? decodeURIComponent(m[1]) : null;
+  } catch (_) {
+    openList();
+    $("list-error").textContent = "That link does not name a call.";
+    return;
+  }
+  if (id) openCall(id);
   else openList();
 }
 window.addEventListener("hashchange", route);
@@ -205,7 +213,12 @@ async function openCall(id) {
   ["call-facts", "lanes", "integrity", "files", "marks", "sessions", "dtmf", "holes", "ruler"]
     .forEach((x) => $(x).replaceChildren());
   await refreshCall(true);
-  timers.push(setInterval(() => { if (view.live && !document.hidden) refreshCall(false); }, CALL_REFRESH_MS));
+  timers.push(setInterval(() => {
+    if (document.hidden) return;
+    // a ready call's finished-file links are short-lived read URLs: fetch fresh ones a minute before they expire
+    const expires = parseTime(view.doc?.urlsExpireAt);
+    if (view.live || (Number.isFinite(expires) && expires - Date.now() / 1000 < 60)) refreshCall(false);
+  }, CALL_REFRESH_MS));
   $("main").focus();
 }
 
@@ -503,7 +516,8 @@ function renderFiles() {
                                             text: `Download ${name} as stitched so far (WAV)` })));
   }
   const list = el("ul", { class: "files" }, ...items);
-  if (d.status === "ready" && $("files").dataset.status === "ready") return; // final: keep what may be playing
+  const playing = [...$("files").querySelectorAll("audio")].some((a) => !a.paused);
+  if (d.status === "ready" && $("files").dataset.status === "ready" && playing) return; // new links after it stops
   $("files").dataset.status = d.status;
   $("files").replaceChildren(d.status === "ready" ? "" : el("p", { class: "muted",
     text: "The finished files are written once the call has ended and every session has settled." }), list);
