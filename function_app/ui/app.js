@@ -129,8 +129,8 @@ function route() {
   try {
     id = m ? decodeURIComponent(m[1]) : null;
   } catch (_) {
+    listNotice = "That link does not name a call.";
     openList();
-    $("list-error").textContent = "That link does not name a call.";
     return;
   }
   if (id) openCall(id);
@@ -140,6 +140,7 @@ window.addEventListener("hashchange", route);
 
 // -------------------------------------------------------------------------------------------------- the list
 const pages = { tokens: [null], index: 0 };
+let listNotice = ""; // shown once above the list (e.g. why a link led here)
 
 async function loadList() {
   const token = pages.tokens[pages.index];
@@ -152,7 +153,8 @@ async function loadList() {
     $("list-error").textContent = `Could not load the calls: ${err.message}`;
     return;
   }
-  $("list-error").textContent = "";
+  $("list-error").textContent = listNotice;
+  listNotice = "";
   pages.tokens[pages.index + 1] = body.nextPageToken || null;
   const rows = body.items.map(listRow);
   $("calls").tBodies[0].replaceChildren(...rows);
@@ -201,7 +203,7 @@ function openList() {
 }
 
 // ------------------------------------------------------------------------------------------------- one call
-const view = { id: null, doc: null, peaks: null, t0: 0, t1: 1, live: false };
+const view = { id: null, doc: null, peaks: null, t0: 0, t1: 1, live: false, busy: false };
 
 async function openCall(id) {
   show("call");
@@ -249,9 +251,11 @@ function joinPeaks(prev, next) {
 }
 
 async function refreshCall(first) {
+  if (view.busy && !first) return; // the previous refresh is still on its way (a slow answer)
   const id = view.id;
   const path = `/recordings/${encodeURIComponent(id)}`;
   let doc, peaks;
+  view.busy = true;
   try {
     const from = peaksFrom(first);
     [doc, peaks] = await Promise.all([api(path), api(`${path}/peaks?pointsPerSecond=10&fromSeq=${from}`)]);
@@ -261,6 +265,8 @@ async function refreshCall(first) {
     if (err instanceof AuthError) return onAuthError(err);
     $("call-error").textContent = `Could not load this call: ${err.message}`;
     return;
+  } finally {
+    view.busy = false;
   }
   if (id !== view.id) return;
   $("call-error").textContent = "";
