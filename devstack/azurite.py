@@ -75,9 +75,12 @@ class Azurite:
             log.close()
 
     def start(self, timeout: float = 60.0) -> Azurite:
+        """Starts whichever service is not running (a fault test restarts the blob service alone; a second queue
+        process could not bind the port and would only leak the first)."""
         self.location.mkdir(parents=True, exist_ok=True)
-        self.proc = self._spawn(AZURITE_BIN, "blob", self.port, "azurite.log")
-        if self.queue_port is not None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = self._spawn(AZURITE_BIN, "blob", self.port, "azurite.log")
+        if self.queue_port is not None and (self.queue_proc is None or self.queue_proc.poll() is not None):
             self.queue_proc = self._spawn(AZURITE_QUEUE_BIN, "queue", self.queue_port, "azurite-queue.log")
         try:
             wait_for_port(self.port, timeout)

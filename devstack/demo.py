@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -189,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true",
                         help="keep the stack up after the demo calls, to look at them on the recordings page")
     args = parser.parse_args(argv)
+
+    def terminate(*_: object) -> None:
+        raise KeyboardInterrupt  # `kill` or a timeout stops the stack as Ctrl-C does, leaving no process behind
+
+    signal.signal(signal.SIGTERM, terminate)
     try:
         return run(args)
     except KeyboardInterrupt:
