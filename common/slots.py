@@ -31,7 +31,7 @@ def read_occupancy(meta: dict[str, str], pcm_bytes: int, frame_bytes: int) -> np
     return out
 
 
-def fill_empty(cur_pcm: bytes, cur_occ: np.ndarray, new_pcm: bytes, new_occ: np.ndarray, frame_bytes: int
+def fill_empty(cur_pcm: bytes, cur_occ: np.ndarray, new_pcm: bytes | memoryview, new_occ: np.ndarray, frame_bytes: int
                ) -> tuple[bytes, np.ndarray, int, int]:
     """Stored chunk audio with the frames of a new part added where the stored chunk has none.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import azure.functions as func
 from azurefunctions.extensions.http.fastapi import Request, Response, StreamingResponse
@@ -44,12 +45,18 @@ def http_function(name: str, *, route: str, method: str,
         async def entry(req: Request) -> Response:
             return await guarded(name, lambda rt: handler(req, rt))
 
-        entry.__name__ = entry.__qualname__ = handler.__name__
-        entry.__doc__ = handler.__doc__
-        app.function_name(name)(app.route(route=route, methods=[method], auth_level=auth_level)(entry))
+        _register(name, route, method, auth_level, entry, handler)
         return handler
 
     return register
+
+
+def _register(name: str, route: str, method: str, auth_level: func.AuthLevel,
+              entry: Callable[[Request], Awaitable[Response]], handler: Callable[..., Any]) -> None:
+    """Indexes `entry` as the HTTP function `name`, named and documented as the handler it runs."""
+    entry.__name__ = entry.__qualname__ = handler.__name__
+    entry.__doc__ = handler.__doc__
+    app.function_name(name)(app.route(route=route, methods=[method], auth_level=auth_level)(entry))
 
 
 @http_function("CreateCall", route="calls", method="POST")
@@ -153,8 +160,7 @@ def page_function(name: str, route: str) -> Callable[[Callable[[Request], Respon
                 log.exception("%s failed", name)
                 return Response("internal error", status_code=500, media_type="text/plain")
 
-        entry.__name__ = entry.__qualname__ = handler.__name__
-        app.function_name(name)(app.route(route=route, methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)(entry))
+        _register(name, route, "GET", func.AuthLevel.ANONYMOUS, entry, handler)
         return handler
 
     return register

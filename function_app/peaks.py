@@ -88,11 +88,11 @@ def _chunk_levels(store: RecordingStore, chunk: mf.Chunk, meta: dict[str, str] |
         return None
 
 
-def stream_levels(store: RecordingStore, manifest: mf.Manifest, stream: mf.Stream, listing: dict[str, dict[str, str]],
-                  budget: list[int], from_point: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def stream_levels(store: RecordingStore, manifest: mf.Manifest, g: Grid | None, stream: mf.Stream,
+                  listing: dict[str, dict[str, str]], budget: list[int], from_point: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """-> (levels, known) at POINTS_PER_SECOND from point `from_point` (0: the clock origin) to the stream's last
-    landed audio."""
-    g = grid(manifest)
+    landed audio, on the manifest's grid `g`."""
     if g is None:
         return np.zeros(0, dtype=np.uint8), np.zeros(0, dtype=bool)
     frame_bytes = manifest.frame_bytes or 2
@@ -162,7 +162,7 @@ def peaks_document(store: RecordingStore, call_id: str, manifest: mf.Manifest, p
     budget = [max_computed]
     out = []
     for s in chosen:
-        values, known = peaks.downsample(*stream_levels(store, manifest, s, listing, budget, first), factor)
+        values, known = peaks.downsample(*stream_levels(store, manifest, g, s, listing, budget, first), factor)
         out.append(StreamPeaks(stream=s.stream, participant_raw_id=s.participant_raw_id, levels=_levels(values, known)))
     return PeaksDocument(call_connection_id=call_id, clock_origin=manifest.clock_origin,
                          sample_rate=manifest.sample_rate, points_per_second=peaks.POINTS_PER_SECOND / factor,

@@ -385,22 +385,22 @@ class RecordingStore:
         sha = hashlib.sha256(wav_bytes).hexdigest()
         new_occ = np.frombuffer(mask, dtype=np.uint8) != 0
         rate, pcm_bytes = wav.info(wav_bytes)
-        meta = _chunk_meta(1, sha, new_occ, frame_bytes,
-                           memoryview(wav_bytes)[wav.HEADER_BYTES:wav.HEADER_BYTES + pcm_bytes], rate)
+        new_pcm = memoryview(wav_bytes)[wav.HEADER_BYTES:wav.HEADER_BYTES + pcm_bytes]
+        duration_ms = round(pcm_bytes / 2 / rate * 1000)
+        meta = _chunk_meta(1, sha, new_occ, frame_bytes, new_pcm, rate)
         try:
             await self.backend.create(name, wav_bytes, meta, "audio/wav")
-            return LandedChunk(1, sha, len(wav_bytes), self._duration_ms(wav_bytes), int(new_occ.sum()))
+            return LandedChunk(1, sha, len(wav_bytes), duration_ms, int(new_occ.sum()))
         except AlreadyExists:
             pass
         # Same chunk written before (early seal, previous streaming session, or a retried upload whose reply
         # was lost): fill what is empty, never overwrite.
-        new_pcm = wav.decode(wav_bytes)[1]
         while True:
             cur = await self.backend.get(name)
             if cur is None:  # deleted under us; create again
                 try:
                     await self.backend.create(name, wav_bytes, meta, "audio/wav")
-                    return LandedChunk(1, sha, len(wav_bytes), self._duration_ms(wav_bytes), int(new_occ.sum()))
+                    return LandedChunk(1, sha, len(wav_bytes), duration_ms, int(new_occ.sum()))
                 except AlreadyExists:
                     continue
             try:
