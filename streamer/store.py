@@ -348,12 +348,18 @@ class PermanentChunkError(Exception):
     unreadable, storage refuses the request itself): retrying would block an upload worker forever."""
 
 
+MAX_METADATA_CHARS = 7 * 1024  # Azure refuses blob metadata over 8 KiB (Azurite does not); keep clear of it
+
+
 def _chunk_meta(revision: int, sha256: str, occupied: np.ndarray, frame_bytes: int, pcm: bytes | memoryview,
                 rate: int) -> dict[str, str]:
     """A chunk blob's metadata: its revision and hash, which frame slots hold received audio, and the waveform
     peaks the recordings page draws (common.peaks) — computed here, once per stored revision."""
-    return {"revision": str(revision), "sha256": sha256, "slots": occupancy(occupied), "slotbytes": str(frame_bytes),
+    meta = {"revision": str(revision), "sha256": sha256, "slots": occupancy(occupied), "slotbytes": str(frame_bytes),
             peaks.META_KEY: peaks.encode(peaks.levels(pcm, occupied, frame_bytes, rate))}
+    if sum(len(k) + len(v) for k, v in meta.items()) > MAX_METADATA_CHARS:
+        del meta[peaks.META_KEY]  # a very long chunk: the page computes its peaks from the audio instead
+    return meta
 
 
 class RecordingStore:

@@ -295,3 +295,15 @@ def test_hostile_chunk_metadata_and_manifests_get_clear_answers(host: HostUnderT
     assert huge.status_code == 416
     assert huge_last.status_code == 206 and len(huge_last.content) == int(huge_last.headers["content-length"])
     assert huge_from.status_code == 200 and huge_from.json()["streams"][0]["levels"] == []
+
+
+def test_a_very_long_chunk_keeps_its_metadata_under_azures_limit() -> None:
+    """Azure refuses blob metadata over 8 KiB; peaks (10 bytes a second) would pass it at ~6 minutes a chunk, so a
+    chunk that long is stored without them (the page computes them from its audio)."""
+    from streamer.store import MAX_METADATA_CHARS, _chunk_meta
+
+    for seconds, kept in ((10, True), (600, False)):
+        pcm = np.zeros(seconds * RATE, dtype="<i2").tobytes()
+        meta = _chunk_meta(1, "0" * 64, np.ones(seconds * 50, dtype=bool), FRAME, pcm, RATE)
+        assert (peaks.META_KEY in meta) is kept
+        assert sum(len(k) + len(v) for k, v in meta.items()) <= MAX_METADATA_CHARS
