@@ -57,6 +57,7 @@ class StreamingRequest(_Model, frozen=True, kw_only=True):
     attempt: int | None = None  # the recorder's n-th try to heal one outage
     heals: Time | None = None  # the recorder's: when the outage it answers began (the event that stopped streaming)
     error: Text | None = None  # ACS refused the request
+    accepted_at: Time | None = None  # the recorder's: ACS accepted the start (whether it streams, a callback says)
 
 
 class CallState(_Model, frozen=True, kw_only=True):

@@ -99,7 +99,7 @@ def handle_events(store: RecordingStore, events: list[dict[str, Any]], *,
                 store.request_finalize(call_id, "call_ended")
             except Exception:
                 log.exception("could not ask for finalization of %s; the sweep will", call_id, extra=fields)
-        elif any(state_model.event_name(e) in healing.OUTAGE_EVENTS for e in evs):  # redelivered ones too
+        elif any(state_model.event_name(e) in healing.TRIGGER_EVENTS for e in evs):  # redelivered ones too
             try:
                 restart = healing.plan(msgspec.convert(doc, cs.CallState), restart_attempts)
                 if restart is not None:

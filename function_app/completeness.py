@@ -108,7 +108,9 @@ def holes(state: cs.CallState, manifest: mf.Manifest | None, now: float) -> tupl
                                               last=is_last, any_session=bool(spans))
             starts = [r for r in state.streaming_requests if r.action == "start"
                       and (at := mf.instant(r.at)) is not None and cursor - NEAR_MS / 1000 <= at <= a]
-            healer = next((r for r in reversed(starts) if r.error is None), None)
+            # a recorder's start heals only once ACS accepted it (a claim whose trigger died asked nothing)
+            healer = next((r for r in reversed(starts) if r.error is None
+                           and (r.by == "api" or r.accepted_at is not None)), None)
             healed_by = None if is_last else (HealedBy.ACS if healer is None else HealedBy(healer.by))
             found.append(Hole(
                 start_time=mf.utc_iso(cursor), end_time=mf.utc_iso(a), duration_ms=_ms(a - cursor), cause=cause,

@@ -42,7 +42,7 @@ from common import wav
 from common.layout import is_valid_call_id
 from common.recording import Recording, RecordingStatus, chunks_digest_of, digest_of, parse_finalize_request
 from common.retry import Backoff
-from function_app import events
+from function_app import events, healing
 from function_app.assemble import Assembled, assemble
 from function_app.completeness import completeness
 from function_app.events import Publisher
@@ -88,6 +88,7 @@ class Finalizer:
     publisher: Publisher | None
     settle_seconds: float = SETTLE_SECONDS
     max_data_bytes: int = wav.MAX_DATA_BYTES
+    restart_attempts: int = healing.DEFAULT_ATTEMPTS  # STREAMING_RESTART_ATTEMPTS, for the sweep's watchdog
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     stats: dict[str, Any] = field(default_factory=dict)  # what the last run did (benchmarks, logs)
@@ -216,7 +217,8 @@ class Finalizer:
 
     def sweep(self) -> dict[str, int]:
         """For every call whose recording is not ready and announced: ask a finalizer again when the call has
-        ended (forcing it once the call ended STALE_SECONDS ago). Only reads here; the queue does the work."""
+        ended (forcing it once the call ended STALE_SECONDS ago); for a live one, plan the streaming restart a
+        callback could not (see healing.overdue). Only reads here; the queues do the work."""
         counts: dict[str, int] = {}
         now = self.clock()
         for call_id, marked in self.store.unfinished_calls():
@@ -228,6 +230,13 @@ class Finalizer:
                     verdict = "unknown"
                 elif not state.ended:
                     verdict = "live"
+                    restart = healing.overdue(state, self.restart_attempts, now)
+                    if restart is not None:  # the watchdog: a restart that should be under way is not
+                        log.warning("sweep: media streaming of %s is down since %s and no restart is under way; "
+                                    "planning attempt %d", call_id, restart.outage_at, restart.attempt,
+                                    extra={"callConnectionId": call_id})
+                        healing.schedule(self.store, restart)
+                        verdict = "restart"
                 else:
                     force = now - _ended_at(state, marked.timestamp()) > STALE_SECONDS
                     self.store.request_finalize(call_id, "sweep", force=force)

@@ -9,12 +9,18 @@ ETag-guarded write, so a request delivered twice restarts once) and calls `start
 with MediaStreamingStarted (healed: the completeness report shows the hole as healed by the recorder) or with
 another MediaStreamingFailed, which plans the next attempt. After the last attempt the recorder gives up, loudly;
 the hole stays in the report as not healed.
+
+While an attempt is in flight (claimed, ACS has not answered) no further attempt is planned: a second outage event of
+the same outage (ACS may send Failed and then Stopped) waits for the answer. What a callback cannot see, the
+watchdog in the periodic sweep does (`overdue`): a plan whose queue message was lost, a trigger that died after its
+claim, an attempt ACS never answered, or an outage reported before the call's CallConnected.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import time
 
 import msgspec
 from azure.communication.callautomation import CallAutomationClient
@@ -22,7 +28,7 @@ from azure.core.exceptions import AzureError
 
 from common import call_state as cs
 from common.logs import call_fields
-from common.manifest import Id, Time, instant
+from common.manifest import Id, Time, instant, now_iso
 from common.retry import Backoff
 from function_app import state as state_model
 from function_app.store import RecordingStore
@@ -35,6 +41,11 @@ MIN_DELAY_SECONDS = 1.0  # lets a CallDisconnected that follows the stop land fi
 BACKOFF = Backoff(base=1.0, cap=8.0)  # full jitter: a replica lost under many calls is not hit by all at once
 OPERATION_CONTEXT = "recorder-restart"
 OUTAGE_EVENTS = frozenset({"MediaStreamingFailed", "MediaStreamingStopped"})
+# events after which a call may need healing: an outage, or the CallConnected that follows an outage reported first
+TRIGGER_EVENTS = OUTAGE_EVENTS | {"CallConnected"}
+ANSWER_SECONDS = 60.0  # an attempt ACS has not answered after this counts as failed (the watchdog plans the next)
+OVERDUE_SECONDS = 30.0  # a planned attempt nobody claimed after this was lost (the watchdog plans it again)
+SKEW_SECONDS = 0.25  # our clock against ACS's event times: an outage event this close to a claim is not its answer
 
 
 class RestartRequest(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
@@ -90,20 +101,50 @@ def outage(state: cs.CallState) -> str | None:
     return down[0].time if down else None
 
 
-def plan(state: cs.CallState, max_attempts: int) -> RestartRequest | None:
-    """The next restart this call needs, or None (nothing to heal, healing off, or out of attempts)."""
+def _answered(state: cs.CallState, attempt: cs.StreamingRequest) -> bool:
+    """Whether ACS has answered this attempt: refused at once, or an outage event dated after the claim (an
+    accepted start ends the outage instead)."""
+    if attempt.error is not None:
+        return True
+    claimed = instant(attempt.at)
+    return claimed is None or any(
+        e.type in OUTAGE_EVENTS and _ts(e.time) > claimed + SKEW_SECONDS for e in state.events)
+
+
+def plan(state: cs.CallState, max_attempts: int, now: float | None = None) -> RestartRequest | None:
+    """The next restart this call needs, or None (nothing to heal, healing off, out of attempts, or an attempt in
+    flight that ACS has not answered for less than ANSWER_SECONDS)."""
     began = outage(state)
     if began is None or max_attempts <= 0:
         return None
     mine = [r for r in state.streaming_requests if r.by == "recorder"]
-    tries = sum(1 for r in mine if r.heals == began)
+    these = [r for r in mine if r.heals == began]
+    tries = len(these)
     fields = call_fields(state.call_connection_id, state.correlation_id)
+    last = max(these, key=lambda r: r.attempt or 0, default=None)
+    if last is not None and not _answered(state, last):
+        waited = (time.time() if now is None else now) - _ts(last.at)
+        if waited < ANSWER_SECONDS:
+            return None  # ACS's answer (or the watchdog) plans the next
+        log.warning("restart %s of media streaming of %s has had no answer from ACS for %.0f s; trying again",
+                    last.attempt, state.call_connection_id, waited, extra=fields)
     if tries >= max_attempts or len(mine) >= MAX_RESTARTS_PER_CALL:
         log.error("media streaming of %s is down since %s and %d restart(s) did not bring it back; giving up — "
                   "the recording has a hole until the call ends", state.call_connection_id, began, tries,
                   extra=fields)
         return None
     return RestartRequest(call_connection_id=state.call_connection_id, outage_at=began, attempt=tries + 1)
+
+
+def overdue(state: cs.CallState, max_attempts: int, now: float) -> RestartRequest | None:
+    """The watchdog's question (asked by the periodic sweep of live calls): a restart that should be under way and
+    is not — planned but never claimed for OVERDUE_SECONDS, or claimed and unanswered for ANSWER_SECONDS."""
+    req = plan(state, max_attempts, now)
+    if req is None:
+        return None
+    attempts = [_ts(r.at) for r in state.streaming_requests if r.by == "recorder" and r.heals == req.outage_at]
+    since = max([_ts(req.outage_at), *attempts])
+    return req if now - since >= OVERDUE_SECONDS else None
 
 
 def delay(attempt: int) -> float:
@@ -154,17 +195,33 @@ def restart(client: CallAutomationClient, store: RecordingStore, req: RestartReq
         log.warning("restart %d of media streaming of %s refused: %s", req.attempt, call_id, error, extra=fields)
 
         def note(doc: dict[str, object]) -> bool:
-            requests = doc.get("streamingRequests")
-            assert isinstance(requests, list)
-            for r in reversed(requests):
-                if r.get("by") == "recorder" and r.get("heals") == req.outage_at and r.get("attempt") == req.attempt:
-                    r["error"] = error
-                    return True
-            return False
+            entry = _entry(doc, req)
+            if entry is None:
+                return False
+            entry["error"] = error
+            return True
 
         nxt = plan(msgspec.convert(store.update_state(call_id, note), cs.CallState), max_attempts)
         if nxt is not None:
             schedule(store, nxt)
         return Outcome.REFUSED
     log.info("restart %d of media streaming of %s accepted", req.attempt, call_id, extra=fields)
+    accepted = now_iso()
+
+    def mark(doc: dict[str, object]) -> bool:
+        entry = _entry(doc, req)
+        if entry is None or entry.get("acceptedAt") is not None:
+            return False
+        entry["acceptedAt"] = accepted
+        return True
+
+    store.update_state(call_id, mark)
     return Outcome.REQUESTED
+
+
+def _entry(doc: dict[str, object], req: RestartRequest) -> dict[str, object] | None:
+    """The call state's record of this attempt (a claim made by `restart`)."""
+    requests = doc.get("streamingRequests")
+    assert isinstance(requests, list)
+    return next((r for r in reversed(requests) if r.get("by") == "recorder" and r.get("heals") == req.outage_at
+                 and r.get("attempt") == req.attempt), None)

@@ -33,7 +33,8 @@ def build_runtime(settings: Settings) -> Runtime:
         verifier = AcsJwtVerifier(AuthConfig(issuer=settings.jwt_issuer, audience=settings.acs_resource_id,
                                              jwks_url=settings.jwks_url))
     store = RecordingStore.from_settings(settings)
-    return Runtime(settings, build_client(settings), store, verifier, Finalizer(store, build_publisher(settings)))
+    finalizer = Finalizer(store, build_publisher(settings), restart_attempts=settings.streaming_restart_attempts)
+    return Runtime(settings, build_client(settings), store, verifier, finalizer)
 
 
 _lock = threading.Lock()

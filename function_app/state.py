@@ -55,7 +55,15 @@ def record_streaming_request(state: dict[str, Any], action: str, *, by: str = "a
                              attempt: int | None = None, heals: str | None = None) -> None:
     """A start/stop we asked ACS for: through the API (`by: api`) or to heal an outage (`by: recorder`)."""
     entry = {"action": action, "by": by, "at": now_iso(), "attempt": attempt, "heals": heals, "error": error}
-    state["streamingRequests"] = [*state.get("streamingRequests", []), entry][-MAX_EVENTS:]
+    requests = [*state.get("streamingRequests", []), entry]
+    # a user's many starts and stops are trimmed first: the recorder's own (a few per call, bounded by
+    # healing.MAX_RESTARTS_PER_CALL) are what bounds its restarts and explains the holes it healed
+    excess = len(requests) - MAX_EVENTS
+    if excess > 0:
+        users = [i for i, r in enumerate(requests) if r.get("by") != "recorder"][:excess]
+        dropped = set(users)
+        requests = [r for i, r in enumerate(requests) if i not in dropped][-MAX_EVENTS:]
+    state["streamingRequests"] = requests
     state["updatedAt"] = now_iso()
 
 

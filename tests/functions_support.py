@@ -182,7 +182,8 @@ def start_host(settings: Settings, verifier: Any = None, port: int | None = None
 
     settings.warn_about_risks()
     store = RecordingStore.from_settings(settings)
-    runtime = Runtime(settings, build_client(settings), store, verifier, Finalizer(store, build_publisher(settings)))
+    finalizer = Finalizer(store, build_publisher(settings), restart_attempts=settings.streaming_restart_attempts)
+    runtime = Runtime(settings, build_client(settings), store, verifier, finalizer)
     set_runtime(runtime)
     # timers=False: the 5-minute sweep must not fire into a test; tests run it through the admin endpoint
     app = build_app(function_entry.app, Keys(frozenset({FUNCTION_KEY}), MASTER_KEY), timers=False)

@@ -5,9 +5,11 @@ shows the hole as healed) is in test_e2e.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -16,7 +18,9 @@ import pytest
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy
 
 from common import call_state as cs
+from common import manifest as mf
 from common.layout import STREAMING_RESTART_QUEUE
+from common.recording import HealedBy
 from devstack.azurite import Azurite
 from devstack.serve import ServerThread
 from function_app import healing
@@ -124,6 +128,84 @@ def test_attempts_are_counted_per_outage_and_bounded() -> None:
     assert healing.plan(msgspec.structs.replace(doc2, streaming_requests=many), 3) is None
 
 
+def _claimed(state: cs.CallState, outage_at: str, attempt: int, at: float, **fields: Any) -> cs.CallState:
+    """`state` with the recorder's claim of one attempt, made at `at` (our clock)."""
+    mine = cs.StreamingRequest(action="start", by="recorder", at=mf.utc_iso(at), attempt=attempt, heals=outage_at,
+                               **fields)
+    return msgspec.structs.replace(state, streaming_requests=[*state.streaming_requests, mine])
+
+
+def test_an_attempt_in_flight_is_not_doubled_by_a_second_event_of_the_same_outage() -> None:
+    """ACS may report one outage twice (Failed, then Stopped): the second must not plan attempt 2 while attempt 1
+    waits for ACS's answer; an outage event dated after the claim is that answer."""
+    now = time.time()
+    state = _claimed(_state(*_connected(), _failed(), _stopped(second=6)), T0.format(5), 1, now - 5)
+    assert healing.plan(state, 3, now) is None
+    answer = event("MediaStreamingFailed", "c1", mf.utc_iso(now - 2),
+                   **streaming("mediaStreamingFailed", "streamConnectionInterrupted", 500, 8603, "interrupted"))
+    doc = state_model.new_state("c1")
+    for e in [*_connected(), _failed(), _stopped(second=6), answer]:
+        state_model.apply_event(doc, e)
+    answered = _claimed(msgspec.convert(doc, cs.CallState), T0.format(5), 1, now - 5)
+    assert healing.plan(answered, 3, now) == healing.RestartRequest(call_connection_id="c1", outage_at=T0.format(5),
+                                                                    attempt=2)
+    # unanswered for ANSWER_SECONDS (a trigger that died after its claim, or ACS never called back): tried again
+    assert healing.plan(state, 3, now + healing.ANSWER_SECONDS) == healing.RestartRequest(
+        call_connection_id="c1", outage_at=T0.format(5), attempt=2)
+    # a refusal is an answer at once
+    refused = _claimed(_state(*_connected(), _failed()), T0.format(5), 1, now, error="400 invalid")
+    assert healing.plan(refused, 3, now) is not None
+
+
+def test_the_watchdog_plans_only_what_is_overdue() -> None:
+    """The sweep's question: a restart that should be under way and is not."""
+    now = time.time()
+    fresh = _state(event("CallConnected", "c1", mf.utc_iso(now - 3)),
+                   event("MediaStreamingFailed", "c1", mf.utc_iso(now - 2),
+                         **streaming("mediaStreamingFailed", "x", 500, 8603, "interrupted")))
+    began = fresh.events[-1].time
+    assert healing.plan(fresh, 3, now) is not None  # the callback's plan
+    assert healing.overdue(fresh, 3, now) is None  # its message may still be invisible in the queue
+    assert healing.overdue(fresh, 3, now + healing.OVERDUE_SECONDS) == healing.RestartRequest(
+        call_connection_id="c1", outage_at=began, attempt=1)  # never claimed: lost
+    in_flight = _claimed(fresh, began, 1, now)
+    assert healing.overdue(in_flight, 3, now + healing.OVERDUE_SECONDS) is None
+    assert healing.overdue(in_flight, 3, now + healing.ANSWER_SECONDS).attempt == 2  # type: ignore[union-attr]
+    assert healing.overdue(in_flight, 1, now + healing.ANSWER_SECONDS) is None  # that was the last attempt
+
+
+def test_a_users_many_requests_never_push_out_the_recorders_own() -> None:
+    doc = state_model.new_state("c1")
+    state_model.record_streaming_request(doc, "start", by="recorder", attempt=1, heals=T0.format(5))
+    for i in range(state_model.MAX_EVENTS + 50):
+        state_model.record_streaming_request(doc, "stop" if i % 2 else "start")
+    requests = doc["streamingRequests"]
+    assert len(requests) == state_model.MAX_EVENTS
+    assert requests[0]["by"] == "recorder" and requests[-1]["action"] == "stop"  # the newest user's kept
+
+
+def test_a_hole_is_healed_by_the_recorder_only_if_acs_accepted_its_start() -> None:
+    from function_app.completeness import completeness
+
+    t0 = time.time() - 100
+    def session(sid: str, a: float, b: float, reason: mf.EndReason) -> mf.Session:
+        return mf.Session(id=sid, started_at=mf.utc_iso(t0 + a), ended_at=mf.utc_iso(t0 + b), frames=10,
+                          complete=reason == mf.EndReason.PEER_CLOSED, settled=True, end_reason=reason)
+
+    manifest = mf.Manifest(call_connection_id="c1", sessions=[
+        session("s1", 0, 20, mf.EndReason.PEER_LOST), session("s2", 30, 60, mf.EndReason.PEER_CLOSED)])
+    claim = cs.StreamingRequest(action="start", by="recorder", at=mf.utc_iso(t0 + 22), attempt=1,
+                                heals=mf.utc_iso(t0 + 20))
+    state = cs.CallState(call_connection_id="c1", status="disconnected", connected_at=mf.utc_iso(t0),
+                         disconnected_at=mf.utc_iso(t0 + 60), streaming_requests=[claim])
+    (hole,) = completeness(state, manifest, [], t0 + 100).holes
+    assert hole.healed and hole.healed_by == HealedBy.ACS  # claimed, but its start never reached ACS
+    accepted = msgspec.structs.replace(claim, accepted_at=mf.utc_iso(t0 + 22.5))
+    (hole,) = completeness(msgspec.structs.replace(state, streaming_requests=[accepted]), manifest, [],
+                           t0 + 100).holes
+    assert hole.healed_by == HealedBy.RECORDER and hole.restarts == 1
+
+
 # -- through the local host -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def host(azurite: Azurite) -> Iterator[HostUnderTest]:
@@ -191,6 +273,7 @@ def test_a_failure_callback_restarts_streaming_once_per_attempt(host: HostUnderT
     state = host.runtime.store.read_state_model(call)
     (mine,) = state.streaming_requests
     assert (mine.action, mine.by, mine.attempt, mine.heals, mine.error) == ("start", "recorder", 1, T0.format(5), None)
+    assert mine.accepted_at is not None
     _run_trigger(host, req)  # delivered twice: restarted once
     time.sleep(1.5)
     assert len(_starts(host, call)) == 1
@@ -234,3 +317,44 @@ def test_no_restart_for_a_call_that_ended_meanwhile_or_a_stop_a_user_asked_for(h
         assert http.post(f"/calls/{asked}/streaming/stop", json={}).status_code == 202
     _callbacks(host, _stopped(asked, second=9))
     assert _planned(restarts, asked, timeout=4) == []
+
+
+def test_a_failure_reported_before_the_call_connected_is_healed_once_it_does(host: HostUnderTest,
+                                                                           restarts: QueueClient) -> None:
+    """Callbacks are not ordered: a MediaStreamingFailed may arrive before CallConnected."""
+    call = str(uuid.uuid4())
+    _callbacks(host, _failed(call, second=2))
+    assert _planned(restarts, call, timeout=3) == []  # not connected (yet): nothing to heal
+    _callbacks(host, event("CallConnected", call, T0.format(1)))
+    (req,) = _planned(restarts, call)
+    assert (req.attempt, req.outage_at) == (1, T0.format(2))
+
+
+def test_the_sweep_plans_a_restart_a_callback_could_not(host: HostUnderTest, restarts: QueueClient) -> None:
+    """The watchdog: an outage whose plan was lost (its queue message never sent) is planned by the sweep; an
+    attempt claimed and never answered is followed by the next once ANSWER_SECONDS have passed."""
+    call = str(uuid.uuid4())
+    store = host.runtime.store
+    store.add_to_index(call, datetime.now(UTC))
+
+    def lost_plan(doc: dict[str, Any]) -> bool:  # the callbacks stored the events, then could not queue the plan
+        for e in [*_connected(call), _failed(call)]:
+            state_model.apply_event(doc, e)
+        return True
+
+    store.update_state(call, lost_plan)
+    fin = host.runtime.finalizer  # (other tests' calls in this container may be swept too: only ours is checked)
+    now = time.time()
+    assert dataclasses.replace(fin, clock=lambda: now).sweep().get("restart", 0) >= 1
+    (req,) = _planned(restarts, call)
+    assert (req.attempt, req.outage_at) == (1, T0.format(5))
+    _run_trigger(host, req)
+    _wait(lambda: _starts(host, call), "the restart to reach ACS")
+    _wait(lambda: host.runtime.store.read_state_model(call).streaming_requests[-1].accepted_at, "the acceptance")
+    # ACS accepted, then said nothing: not overdue yet, then overdue
+    dataclasses.replace(fin, clock=lambda: time.time() + 5).sweep()
+    assert _planned(restarts, call, timeout=2) == []
+    dataclasses.replace(fin, clock=lambda: time.time() + healing.ANSWER_SECONDS).sweep()
+    (nxt,) = _planned(restarts, call)
+    assert nxt.attempt == 2
+    store.mark_finished(call)
