@@ -40,8 +40,9 @@ def _run(frames: list[str], t0_ms: int, *, cadence: bool) -> float:
     import streamer.session as session_module
 
     config = SessionConfig()
-    session = Session("bench-call", "corr", "mixed", store=None, sink=_NullSink(),  # type: ignore[arg-type]
-                      metrics=Metrics(), config=config)
+    sink = _NullSink()
+    session = Session("bench-call", "corr", "mixed", store=None, sink=sink,  # type: ignore[arg-type]
+                      spool=sink.spool, metrics=Metrics(), config=config)
     session.adopt_clock(t0_ms / 1000, config.chunk_seconds)
     session.on_message(audio_metadata("sub", 16000))
     real_wall = session_module._wall

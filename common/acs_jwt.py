@@ -2,8 +2,9 @@
 
 Both carry `Authorization: Bearer <JWT>`: RS256, issuer `https://acscallautomation.communication.azure.com`,
 audience = the ACS resource's immutable resource id, keys from the JWKS at `/calling/keys`
-(acs-protocol.md §3, §5). Keys are cached and refetched when a token names an unknown `kid` — but at most once
-per `min_refetch_seconds`, so a flood of made-up kids cannot turn us into a JWKS amplifier.
+(docs/acs-protocol.md, "Callback authentication" and "WebSocket upgrade"). Keys are cached and refetched when a
+token names an unknown `kid` — but at most once per `min_refetch_seconds`, so a flood of made-up kids cannot turn
+us into a JWKS amplifier.
 """
 
 from __future__ import annotations

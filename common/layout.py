@@ -58,16 +58,6 @@ def stream_id(participant_raw_id: str | None) -> str:
     return _PARTICIPANT_PREFIX + encoded
 
 
-def participant_of(stream: str) -> str | None:
-    """Inverse of `stream_id`: the participantRawId, or None for the mixed stream."""
-    if stream == MIXED_STREAM:
-        return None
-    if not stream.startswith(_PARTICIPANT_PREFIX):
-        raise ValueError(f"not a stream id: {stream!r}")
-    body = stream[len(_PARTICIPANT_PREFIX):]
-    return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode("utf-8")
-
-
 def chunk_blob(call_id: str, stream: str, seq: int) -> str:
     return f"{call_id}/{stream}/{seq:06d}.wav"
 

@@ -25,7 +25,10 @@ def read_occupancy(meta: dict[str, str], pcm_bytes: int, frame_bytes: int) -> np
     raw = meta.get("slots")
     if raw is None:
         return np.ones(slots, dtype=bool)
-    bits = np.unpackbits(np.frombuffer(base64.b64decode(raw), dtype=np.uint8)).astype(bool)
+    # validate: a lenient decode reads a damaged map as "nothing stored", and stored audio would then be replaced
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(raw, validate=True), dtype=np.uint8)).astype(bool)
+    if len(bits) < slots:
+        raise ValueError(f"slot map covers {len(bits)} of the chunk's {slots} frame slots")
     out = np.zeros(max(slots, len(bits)), dtype=bool)
     out[: len(bits)] = bits
     return out

@@ -40,6 +40,8 @@ def info(data: bytes) -> tuple[int, int]:
     fmt, channels, rate, _, _, bits = _FMT.unpack_from(data, 20)
     if fmt != 1 or channels != 1 or bits != 16 or data[36:40] != b"data":
         raise ValueError("not 16-bit mono PCM with a canonical header")
+    if rate == 0:
+        raise ValueError("sample rate 0")
     (size,) = struct.unpack_from("<I", data, 40)
     return rate, min(size, len(data) - HEADER_BYTES)
 

@@ -76,7 +76,11 @@ def _occupancy(meta: dict[str, str], data: bytes) -> tuple[int, int | None, int]
     """(slots holding a received frame, the first of them, slot bytes) of a stored chunk."""
     pcm_bytes = max(0, len(data) - wav.HEADER_BYTES)
     slot_bytes = int(meta.get("slotbytes") or 0) or 2  # no slot size recorded: count samples
-    held = np.flatnonzero(read_occupancy(meta, pcm_bytes, slot_bytes))
+    try:
+        held = np.flatnonzero(read_occupancy(meta, pcm_bytes, slot_bytes))
+    except ValueError as exc:  # a damaged slot map: what is stored counts as received (as for chunks without one)
+        log.error("a chunk's slot map is unreadable (%s); all its audio counts as received", exc)
+        held = np.arange(-(-pcm_bytes // slot_bytes))
     return int(held.size), (int(held[0]) if held.size else None), slot_bytes
 
 

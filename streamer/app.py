@@ -107,14 +107,14 @@ def create_app(settings: Settings, backend: BlobBackend | None = None,
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         be = backend or build_backend(settings, metrics)
         fq = queue if backend is not None else build_queue(settings, metrics)
-        store = RecordingStore(be, fq)
+        store = RecordingStore(be, fq, on_retry=metrics.retried)
         spool = Spool(settings.spool_dir)
         sink = UploadSink(store, spool, metrics, memory_limit=settings.upload_memory_bytes,
                           workers=settings.upload_concurrency)
 
         def make_session(call_id: str | None, correlation_id: str | None, channel: str, **kw: Any) -> Session:
-            return Session(call_id, correlation_id, channel, store=store, sink=sink, metrics=metrics, config=config,
-                           **kw)
+            return Session(call_id, correlation_id, channel, store=store, sink=sink, spool=spool, metrics=metrics,
+                           config=config, **kw)
 
         registry = SessionRegistry(sink, metrics, make_session)
         verifier = None

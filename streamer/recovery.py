@@ -28,8 +28,9 @@ async def recover_spool(spool: Spool, store: RecordingStore, metrics: Metrics, *
     """-> chunks recovered. A call whose recovery fails is tried again after a backoff, the others go on."""
     policy = Backoff(cap=retry_seconds, on_retry=metrics.retried)
     recovered = 0
-    unreadable: set[str] = set()
+    unreadable: dict[str, int] = {}
     pending = spool.scan(unreadable)
+    metrics.chunks_quarantined += sum(unreadable.values())
     attempt = 0
     while pending:
         for call_id, (jobs, parts, markers) in list(pending.items()):
@@ -59,13 +60,23 @@ async def _recover_call(spool: Spool, store: RecordingStore, metrics: Metrics, c
         ref = job.ref
         if job.quarantined is None:
             try:
-                result = await store.put_chunk(job.blob, spool.read_chunk(job), job.mask, job.frame_bytes)
-            except (PermanentChunkError, RequestRejected) as exc:
-                job.quarantined = str(exc)[:300]
+                data = spool.read_chunk(job)
+            except OSError as exc:  # its sidecar is there, its audio cannot be read: nothing can ever land
+                job.quarantined = f"spooled chunk unreadable: {exc}"[:300]
                 metrics.chunks_quarantined += 1
-                spool.quarantine(job, job.quarantined)
-                log.error("chunk quarantined: it can never land as it is; kept for an operator",
+                spool.set_aside(call_id, [Path(job.spool_path + s) for s in (".json", ".wav")] if job.spool_path
+                                else [])
+                log.error("chunk quarantined: its spooled audio is unreadable",
                           extra={"callConnectionId": call_id, "blob": job.blob, "reason": job.quarantined})
+            else:
+                try:
+                    result = await store.put_chunk(job.blob, data, job.mask, job.frame_bytes)
+                except (PermanentChunkError, RequestRejected) as exc:
+                    job.quarantined = str(exc)[:300]
+                    metrics.chunks_quarantined += 1
+                    spool.quarantine(job, job.quarantined)
+                    log.error("chunk quarantined: it can never land as it is; kept for an operator",
+                              extra={"callConnectionId": call_id, "blob": job.blob, "reason": job.quarantined})
         if job.quarantined is not None:
             quarantined.setdefault(ref.session_id, []).append(
                 mf.QuarantinedChunk(stream=ref.stream, seq=ref.seq, reason=job.quarantined))
@@ -83,7 +94,11 @@ async def _recover_call(spool: Spool, store: RecordingStore, metrics: Metrics, c
         sessions=[mf.Session(id=sid, quarantined_chunks=q) for sid, q in quarantined.items()]))
     spooled_sessions = set()
     for path in parts:
-        saved = mf.loads_part(path.read_bytes())
+        try:
+            saved = mf.loads_part(path.read_bytes())
+        except (OSError, ValueError) as exc:  # damaged: kept for an operator (an open marker still says the
+            _set_aside(spool, call_id, path, exc)  # session never closed)
+            continue
         sessions = []
         for sess in saved.sessions:
             # Every chunk of the session has now landed (or is quarantined): it is complete if it ended well.
@@ -95,7 +110,11 @@ async def _recover_call(spool: Spool, store: RecordingStore, metrics: Metrics, c
         merged = mf.merge(merged, replace(saved, sessions=sessions))
     never_closed = []
     for marker in markers:
-        info = mf.loads_session(marker.read_bytes())
+        try:
+            info = mf.loads_session(marker.read_bytes())
+        except (OSError, ValueError) as exc:
+            _set_aside(spool, call_id, marker, exc)
+            continue
         if info.id not in spooled_sessions:
             never_closed.append(info.id)
             merged = mf.merge(merged, mf.Part(call_connection_id=call_id, sessions=[replace(
@@ -122,3 +141,11 @@ async def _recover_call(spool: Spool, store: RecordingStore, metrics: Metrics, c
         (spool.root / call_id).rmdir()
     log.info("spool recovered", extra={"callConnectionId": call_id, "chunks": len(done)})
     return len(done)
+
+
+def _set_aside(spool: Spool, call_id: str, path: Path, exc: Exception) -> None:
+    """A spooled manifest part or open-session marker that cannot be read: retrying cannot help, and the rest of
+    the call must still be recovered. Logged like a quarantined chunk, so the same alert fires."""
+    folder = spool.set_aside(call_id, [path])
+    log.error("chunk quarantined: a spooled session record is unreadable; kept for an operator",
+              extra={"callConnectionId": call_id, "path": str(folder / path.name), "error": str(exc)[:200]})

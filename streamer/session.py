@@ -84,11 +84,11 @@ class Session:
     the sink (chunks) and its spool (what must survive a kill), and the process-wide counters."""
 
     def __init__(self, call_id: str | None, correlation_id: str | None, channel: str, *, store: RecordingStore,
-                 sink: UploadSink, metrics: Metrics, config: SessionConfig, session_id: str | None = None,
-                 started_at: str | None = None):
+                 sink: UploadSink, spool: Spool, metrics: Metrics, config: SessionConfig,
+                 session_id: str | None = None, started_at: str | None = None):
         self.store = store
         self.sink = sink
-        self.spool: Spool = sink.spool
+        self.spool = spool
         self.metrics = metrics
         self.config = config
         self._retry_policy = Backoff(on_retry=metrics.retried)

@@ -289,11 +289,21 @@ class Spool:
             return []
         return sorted(p for p in self.root.glob("*/frames.*.log") if p.parent.name != QUARANTINE)
 
-    def scan(self, unreadable: set[str] | None = None) -> dict[str, tuple[list[ChunkJob], list[Path], list[Path]]]:
-        """Everything spooled, per call: (chunk jobs referencing their files, part files, open markers). Calls with
-        a chunk whose sidecar cannot be read are added to `unreadable` (the chunk is quarantined)."""
+    def set_aside(self, call_id: str, paths: list[Path]) -> Path:
+        """Move spool files that cannot be read into the quarantine (kept for an operator, never retried)."""
+        folder = self.root / QUARANTINE / call_id
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(path, folder / path.name)
+        return folder
+
+    def scan(self, unreadable: dict[str, int] | None = None
+             ) -> dict[str, tuple[list[ChunkJob], list[Path], list[Path]]]:
+        """Everything spooled, per call: (chunk jobs referencing their files, part files, open markers). A chunk
+        whose sidecar cannot be read is quarantined and counted in `unreadable[call id]`."""
         out: dict[str, tuple[list[ChunkJob], list[Path], list[Path]]] = {}
-        unreadable = set() if unreadable is None else unreadable
+        unreadable = {} if unreadable is None else unreadable
         if not self.root.is_dir():
             return out
         for call_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and p.name != QUARANTINE):
@@ -313,12 +323,9 @@ class Spool:
                     jobs.append(ChunkJob.from_sidecar(side.read_bytes(), base))
                 except (ValueError, KeyError, TypeError) as exc:
                     # Kept for an operator (never retried, never dropped); the call's sessions cannot be complete.
-                    unreadable.add(call_dir.name)
-                    folder = self.root / QUARANTINE / call_dir.name
-                    folder.mkdir(parents=True, exist_ok=True)
-                    for path in (side, Path(base + ".wav")):
-                        os.replace(path, folder / path.name)
-                    log.error("unreadable chunk sidecar quarantined", extra={
+                    unreadable[call_dir.name] = unreadable.get(call_dir.name, 0) + 1
+                    folder = self.set_aside(call_dir.name, [side, Path(base + ".wav")])
+                    log.error("chunk quarantined: its spool sidecar is unreadable; kept for an operator", extra={
                         "callConnectionId": call_dir.name, "path": str(folder / side.name), "error": str(exc)[:200]})
             if jobs or parts or markers:
                 out[call_dir.name] = (jobs, parts, markers)
@@ -451,11 +458,12 @@ class UploadSink:
                 break
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
                 if self.healthy:  # storage is down: whatever waits in memory goes to disk now
                     self.healthy = False
                     self._spool_outstanding("storage is down")
                 attempt += 1
+                self.retry.note("storage probe", attempt, exc)
                 await asyncio.sleep(self.retry.delay(attempt))
         if not self.healthy:
             log.info("storage answers again; retrying waiting chunks", extra={"chunks": len(self._delayed)})

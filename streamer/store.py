@@ -26,7 +26,7 @@ from common import manifest as mf
 from common import peaks, wav
 from common.layout import CALL_STATE_NAME, CHUNK_TAG, FINALIZE_QUEUE, MANIFEST_NAME, call_state_blob, manifest_blob
 from common.recording import finalize_request
-from common.retry import Backoff
+from common.retry import Backoff, RetryHook
 from common.slots import fill_empty, occupancy, read_occupancy
 
 log = logging.getLogger(__name__)
@@ -365,11 +365,11 @@ def _chunk_meta(revision: int, sha256: str, occupied: np.ndarray, frame_bytes: i
 class RecordingStore:
     """The streamer's two writes, on any BlobBackend."""
 
-    MERGE_RETRY = Backoff(base=0.005, cap=0.2)  # ETag conflicts: another writer of this call just wrote
-
-    def __init__(self, backend: BlobBackend, queue: FinalizeQueue | None = None):
+    def __init__(self, backend: BlobBackend, queue: FinalizeQueue | None = None, on_retry: RetryHook | None = None):
         self.backend = backend
         self.queue = queue
+        # ETag conflicts: another writer of this call just wrote (counted like every other retry)
+        self.merge_retry = Backoff(base=0.005, cap=0.2, on_retry=on_retry)
 
     async def settled(self, call_id: str, manifest: mf.Manifest | None) -> bool:
         """After a final manifest write: when every session of the call has settled and the call state (read
@@ -390,7 +390,10 @@ class RecordingStore:
         when the audio differs; an identical replay is not a conflict)."""
         sha = hashlib.sha256(wav_bytes).hexdigest()
         new_occ = np.frombuffer(mask, dtype=np.uint8) != 0
-        rate, pcm_bytes = wav.info(wav_bytes)
+        try:
+            rate, pcm_bytes = wav.info(wav_bytes)
+        except ValueError as exc:  # only a damaged spool file gets here (the streamer writes every part itself)
+            raise PermanentChunkError(f"{name}: this part is unreadable ({exc})") from None
         new_pcm = memoryview(wav_bytes)[wav.HEADER_BYTES:wav.HEADER_BYTES + pcm_bytes]
         duration_ms = round(pcm_bytes / 2 / rate * 1000)
         meta = _chunk_meta(1, sha, new_occ, frame_bytes, new_pcm, rate)
@@ -418,10 +421,13 @@ class RecordingStore:
             if cur.metadata.get("slotbytes", str(frame_bytes)) != str(frame_bytes):
                 raise PermanentChunkError(f"{name}: stored chunk has {cur.metadata['slotbytes']}-byte frame slots, "
                                           f"this part {frame_bytes}")
-            cur_occ = read_occupancy(cur.metadata, len(cur_pcm), frame_bytes)
+            try:
+                cur_occ = read_occupancy(cur.metadata, len(cur_pcm), frame_bytes)
+                revision = int(cur.metadata.get("revision", "1"))
+            except ValueError as exc:  # changed by hand: which slots hold audio is unknown, so nothing may be added
+                raise PermanentChunkError(f"{name}: stored chunk's metadata is unreadable ({exc})") from None
             merged_pcm, merged_occ, filled, conflicts = fill_empty(cur_pcm, cur_occ, new_pcm, new_occ,
                                                                         frame_bytes)
-            revision = int(cur.metadata.get("revision", "1"))
             if conflicts:
                 log.warning("chunk part conflicts with stored audio; stored audio kept",
                             extra={"blob": name, "conflictSlots": conflicts})
@@ -470,8 +476,9 @@ class RecordingStore:
                 else:
                     new_etag = await self.backend.replace(name, mf.dumps(merged), etag, {}, "application/json")
                 return CachedManifest(merged, new_etag)
-            except (AlreadyExists, PreconditionFailed):
-                await asyncio.sleep(self.MERGE_RETRY.delay(attempt))
+            except (AlreadyExists, PreconditionFailed) as exc:
+                self.merge_retry.note("manifest merge", attempt, exc)
+                await asyncio.sleep(self.merge_retry.delay(attempt))
         raise StorageUnavailable(f"manifest of {call_id}: too many concurrent updates")
 
     async def claim_clock(self, call_id: str, claim: mf.Part) -> CachedManifest:

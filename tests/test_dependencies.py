@@ -55,8 +55,6 @@ NOT_IMPORTED = {
     "uvloop": "the event loop uvicorn runs the streamer on (loop='uvloop')",
     "websockets": "the library under uvicorn's websockets-sansio implementation (ws='websockets-sansio')",
     "aiohttp": "the HTTP transport of azure-core's async clients (storage, identity)",
-    "msgspec": "the typed manifest contract (issue 14, item 1), declared ahead of its code",
-    "prometheus-client": "the streamer's /metrics (issue 14, item 5), declared ahead of its code",
 }
 
 

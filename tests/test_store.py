@@ -11,6 +11,7 @@ import pytest
 from common import manifest as mf
 from common import wav
 from streamer.store import (
+    AlreadyExists,
     AzureBlobBackend,
     MemoryBackend,
     PermanentChunkError,
@@ -120,6 +121,47 @@ def test_a_part_at_another_sample_rate_is_a_permanent_error():
 
     with pytest.raises(PermanentChunkError, match="16000 Hz"):
         asyncio.run(run())
+
+
+def test_a_damaged_part_or_stored_metadata_is_a_permanent_error_not_retried():
+    """Only a damaged spool file or a hand-edited blob gets here; retried, it would hold an upload worker forever
+    and keep the replica not-ready."""
+    async def part(data: bytes) -> None:
+        await RecordingStore(MemoryBackend()).put_chunk("c1/mixed/000000.wav", data, b"\x01", 640)
+
+    for junk in (b"RIFF" + bytes(60), wav.encode(b"\x01" * 640, 16000)[:24] + bytes(4) + bytes(656)):
+        with pytest.raises(PermanentChunkError, match="unreadable"):
+            asyncio.run(part(junk))
+
+    async def stored(meta: dict[str, str]) -> None:
+        be = MemoryBackend()
+        await be.create("c1/mixed/000000.wav", wav.encode(bytes(640), 16000), meta, "audio/wav")
+        await RecordingStore(be).put_chunk("c1/mixed/000000.wav", wav.encode(b"\x05" * 1280, 16000),
+                                           b"\x01\x01", 640)
+
+    for meta in ({"revision": "1", "slots": "%%%"}, {"revision": "one"}):
+        with pytest.raises(PermanentChunkError, match="metadata is unreadable"):
+            asyncio.run(stored(meta))
+
+
+def test_manifest_merge_conflicts_are_counted_as_retries():
+    retried: list[str] = []
+
+    class Busy(MemoryBackend):
+        conflicts = 2
+
+        async def create(self, name, data, metadata, content_type):  # type: ignore[no-untyped-def]
+            if self.conflicts:
+                self.conflicts -= 1
+                raise AlreadyExists(name)
+            return await super().create(name, data, metadata, content_type)
+
+        async def get(self, name):  # type: ignore[no-untyped-def]
+            return None if self.conflicts else await super().get(name)
+
+    store = RecordingStore(Busy(), on_retry=lambda what, attempt, exc: retried.append(what))
+    asyncio.run(store.merge_manifest("c1", mf.Part(call_connection_id="c1")))
+    assert retried == ["manifest merge", "manifest merge"]
 
 
 def test_memory_backend_outage_raises_storage_unavailable():

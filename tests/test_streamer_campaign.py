@@ -261,8 +261,9 @@ def test_session_frame_path_only_ever_raises_protocol_close(messages):
     from streamer.session import ProtocolClose, Session, SessionConfig
 
     cfg = SessionConfig()
-    session = Session("fuzz", None, "auto", store=None, sink=_NullSink(), metrics=Metrics(),  # type: ignore[arg-type]
-                      config=cfg)
+    sink = _NullSink()
+    session = Session("fuzz", None, "auto", store=None, sink=sink, spool=sink.spool,  # type: ignore[arg-type]
+                      metrics=Metrics(), config=cfg)
     session.adopt_clock(time.time(), cfg.chunk_seconds)
     session.on_message(metadata())
     for raw in messages:

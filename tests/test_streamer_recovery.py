@@ -216,12 +216,55 @@ def test_an_unreadable_sidecar_is_quarantined_and_its_call_not_complete(tmp_path
     (call_dir / "part.s1.json").write_bytes(orjson.dumps({
         "callConnectionId": "torn", "sessions": [{"id": "s1", "frames": 2, "endReason": "peer_closed"}]}))
 
+    metrics = Metrics()
+
     async def run():
         store = RecordingStore(MemoryBackend())
-        await recover_spool(Spool(tmp_path), store, Metrics())
+        await recover_spool(Spool(tmp_path), store, metrics)
         return await store.read_manifest("torn")
 
     m = asyncio.run(run())
     assert m is not None and not m.complete and not m.sessions[0].complete
+    assert metrics.chunks_quarantined == 1  # counted like every quarantine (the alert reads the log line)
     assert sorted(p.name for p in (tmp_path / QUARANTINE / "torn").iterdir()) == [
         "c.0123456789abcdef.000000.abcd1234.json", "c.0123456789abcdef.000000.abcd1234.wav"]
+
+
+def test_damaged_spool_files_are_quarantined_at_restart_not_retried_forever(tmp_path):
+    """A spooled chunk whose audio is garbage, a manifest part and an open-session marker that are not JSON: none
+    can ever be read, so recovery sets them aside (counted, logged as quarantined) and finishes the call at once,
+    instead of retrying it every few seconds for as long as the process lives."""
+    import orjson
+
+    from common import manifest as mf
+    from streamer.metrics import Metrics
+    from streamer.recovery import recover_spool
+    from streamer.sink import QUARANTINE, Spool
+    from streamer.store import MemoryBackend, RecordingStore
+
+    call_dir = tmp_path / "poison"
+    call_dir.mkdir()
+    base = call_dir / "c.0123456789abcdef.000000.abcd1234"
+    base.with_suffix(".wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" + bytes(40))
+    base.with_suffix(".json").write_bytes(orjson.dumps({
+        "call_id": "poison", "blob": "poison/mixed/000000.wav", "stream": "mixed", "participant": None, "seq": 0,
+        "start_iso": "2026-01-01T00:00:00.000Z", "frame_bytes": 640, "mask": "01", "session_id": "s1"}))
+    (call_dir / "part.s2.json").write_bytes(b"{not json")
+    (call_dir / "open.s3.json").write_bytes(b"\x00\x01")
+    (call_dir / "open.s1.json").write_bytes(orjson.dumps({"id": "s1", "startedAt": "2026-01-01T00:00:00.000Z"}))
+    metrics = Metrics()
+
+    async def run() -> mf.Manifest | None:
+        store = RecordingStore(MemoryBackend())
+        await asyncio.wait_for(recover_spool(Spool(tmp_path), store, metrics, retry_seconds=0.1), 10)
+        return await store.read_manifest("poison")
+
+    m = asyncio.run(run())
+    assert m is not None and not m.complete
+    (s1,) = [x for x in m.sessions if x.id == "s1"]
+    assert s1.end_reason == mf.EndReason.NEVER_CLOSED and [q.seq for q in s1.quarantined_chunks] == [0]
+    assert "unreadable" in s1.quarantined_chunks[0].reason
+    assert metrics.chunks_quarantined == 1
+    kept = sorted(p.name for p in (tmp_path / QUARANTINE / "poison").iterdir())
+    assert "part.s2.json" in kept and "open.s3.json" in kept and any(n.endswith(".wav") for n in kept)
+    assert not list(call_dir.glob("*")) if call_dir.exists() else True

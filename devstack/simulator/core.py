@@ -45,8 +45,8 @@ from devstack.simulator.media import (
 
 log = logging.getLogger("devstack.simulator")
 
-WS_TOKEN_LIFETIME = 24 * 3600  # §5: a new token per connection, 24 h
-CALLBACK_TOKEN_LIFETIME = 300  # §3: 5 minutes, new per event
+WS_TOKEN_LIFETIME = 24 * 3600  # docs/acs-protocol.md#websocket-upgrade: a new token per connection, 24 h
+CALLBACK_TOKEN_LIFETIME = 300  # docs/acs-protocol.md#callback-authentication: 5 minutes, new per event
 _EXTRA_SPEAKER_NS = uuid.UUID("0b7e3c2a-8a59-4d0e-9f7b-5c1d2e3f4a5b")
 
 
@@ -71,7 +71,8 @@ def not_found(call_id: str) -> ApiError:
 
 @dataclass(frozen=True)
 class StreamingOptions:
-    """The app's mediaStreamingOptions, validated (§2.2). Values compared case-insensitively like the service."""
+    """The app's mediaStreamingOptions, validated (docs/acs-protocol.md#request-bodies). Values compared
+    case-insensitively like the service."""
 
     transport_url: str
     audio_channel_type: str  # "mixed" | "unmixed"
@@ -266,7 +267,7 @@ class CallSession:
         self.record.states.append((state, time.time()))
 
     def properties(self) -> dict[str, Any]:
-        """CallConnectionProperties (§2.3), identifiers with rawId and kind."""
+        """CallConnectionProperties (docs/acs-protocol.md#identifiers), identifiers with rawId and kind."""
         body: dict[str, Any] = {"callConnectionId": self.id, "serverCallId": self.server_call_id,
                                 "targets": self.targets, "callConnectionState": self.state,
                                 "callbackUri": self.callback_uri, "source": self.source,
@@ -383,7 +384,7 @@ class CallSession:
             self._emit("MediaStreamingStarted", result=events.OK, operation_context=op_ctx, url=op_url,
                        streaming=("mediaStreamingStarted", details))
 
-        def headers() -> dict[str, str]:  # a new token per connection (§5)
+        def headers() -> dict[str, str]:  # a new token per connection (docs/acs-protocol.md#websocket-upgrade)
             token = self.sim.issuer.token(lifetime=WS_TOKEN_LIFETIME, jti=str(uuid.uuid4()))
             return acs_headers(self.id, self.correlation_id, token)
 

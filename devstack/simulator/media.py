@@ -412,7 +412,8 @@ async def _send_frames(ws: Any, plan: MediaPlan, start_frame: int, stop: asyncio
 
 
 def acs_headers(call_connection_id: str, correlation_id: str, token: str | None) -> dict[str, str]:
-    """The upgrade headers ACS sends (§5): call connection id, correlation id, and a Bearer JWT."""
+    """The upgrade headers ACS sends (docs/acs-protocol.md#websocket-upgrade): call connection id, correlation
+    id, and a Bearer JWT."""
     headers = {"x-ms-call-connection-id": call_connection_id, "x-ms-call-correlation-id": correlation_id}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"

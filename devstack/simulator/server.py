@@ -72,7 +72,8 @@ class SimulatorServer:
 
     # -- SDK -----------------------------------------------------------------------------------------------------
     def client(self, **kwargs: Any) -> Any:
-        """A real `CallAutomationClient` for this simulator (plain http, explicit endpoint: §2.4 option (a))."""
+        """A real `CallAutomationClient` for this simulator (plain http, explicit endpoint; see
+        docs/acs-protocol.md#hmac-request-signing)."""
         from azure.communication.callautomation import CallAutomationClient
         from azure.core.credentials import AzureKeyCredential
 
