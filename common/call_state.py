@@ -35,6 +35,7 @@ class EventRef(_Model, frozen=True, kw_only=True):
     id: Text
     type: Text
     time: Time
+    operation_context: Text | None = None  # the request it answers, when ACS says (the recorder's restarts do)
 
 
 class RejectedEvent(_Model, frozen=True, kw_only=True):

@@ -298,10 +298,16 @@ def merge(base: Manifest | None, part: Manifest) -> Manifest:
     gap_keys = sorted(gaps)
     gaps_dropped = max(src.gaps_dropped, part.gaps_dropped, len(gap_keys) - MAX_GAPS_PER_CALL)
 
+    # Stored tones are kept (as stored audio is): a later part adds only what still fits under the call's cap.
     dtmf = {(d.timestamp or "", d.tone, d.participant_raw_id or ""): d for d in src.dtmf}
-    dtmf.update({(d.timestamp or "", d.tone, d.participant_raw_id or ""): d for d in part.dtmf})
+    for key, d in sorted((((d.timestamp or "", d.tone, d.participant_raw_id or ""), d) for d in part.dtmf),
+                         key=lambda kd: kd[0]):
+        if key not in dtmf and len(dtmf) < MAX_DTMF_PER_CALL:
+            dtmf[key] = d
     dtmf_keys = sorted(dtmf)
-    dtmf_dropped = max(src.dtmf_dropped, part.dtmf_dropped, len(dtmf_keys) - MAX_DTMF_PER_CALL)
+    # every session lists all the tones it kept, so what the call's cap cut is what they offered beyond it
+    offered = sum(s.dtmf_tones for s in merged_sessions)
+    dtmf_dropped = max(src.dtmf_dropped, part.dtmf_dropped, offered - len(dtmf_keys))
 
     counted = [s for s in merged_sessions if s.has_content]
     return Manifest(

@@ -12,7 +12,7 @@ from azure.core.exceptions import AzureError
 
 from common.layout import is_valid_call_id
 from common.logs import call_fields
-from common.manifest import utc_iso
+from common.manifest import now_iso, utc_iso
 from function_app import acs
 from function_app import state as state_model
 from function_app.errors import from_acs
@@ -69,9 +69,13 @@ def place_call(client: CallAutomationClient, store: RecordingStore, settings: Se
 def set_streaming(client: CallAutomationClient, store: RecordingStore, call_id: str, context: str | None,
                   start: bool) -> dict[str, Any]:
     """Start or stop media streaming; the request is recorded in the call state (the completeness report tells
-    a requested stop from a failure by it)."""
+    a requested stop from a failure by it). Recorded before ACS is asked: ACS's MediaStreamingStopped may reach
+    the callbacks before ACS's answer reaches us, and self-healing must already know the stop was asked for, or
+    it would undo it. If it cannot be recorded, ACS is not asked."""
     connection = client.get_call_connection(call_id)
     action = "start_media_streaming" if start else "stop_media_streaming"
+    asked = now_iso()
+    store.update_state(call_id, lambda state: _record(state, start, asked))
     try:
         if start:
             connection.start_media_streaming(operation_context=context)
@@ -79,22 +83,27 @@ def set_streaming(client: CallAutomationClient, store: RecordingStore, call_id: 
             connection.stop_media_streaming(operation_context=context)
     except AzureError as exc:
         log.warning("%s on %s failed: %s", action, call_id, exc, extra=call_fields(call_id))
-        _record_streaming_request(store, call_id, start, error=str(exc)[:1000])
+        error = str(exc)[:1000]
+        try:
+            store.update_state(call_id, lambda state: _refused(state, asked, error))
+        except Exception:
+            log.exception("could not record that ACS refused %s of %s", action, call_id, extra=call_fields(call_id))
         raise from_acs(exc, action) from None
-    _record_streaming_request(store, call_id, start)
     log.info("%s accepted for %s", action, call_id, extra=call_fields(call_id))
     return {"callConnectionId": call_id, "streaming": "starting" if start else "stopping"}
 
 
-def _record_streaming_request(store: RecordingStore, call_id: str, start: bool, error: str | None = None) -> None:
-    def record(state: dict[str, Any]) -> bool:
-        state_model.record_streaming_request(state, "start" if start else "stop", error=error)
-        return True
+def _record(state: dict[str, Any], start: bool, at: str) -> bool:
+    state_model.record_streaming_request(state, "start" if start else "stop", at=at)
+    return True
 
-    try:
-        store.update_state(call_id, record)
-    except Exception:
-        log.exception("could not record the streaming request of %s", call_id, extra=call_fields(call_id))
+
+def _refused(state: dict[str, Any], at: str, error: str) -> bool:
+    for r in reversed(state.get("streamingRequests", [])):
+        if r.get("by") == "api" and r.get("at") == at:
+            r["error"] = error
+            return True
+    return False
 
 
 def hang_up(client: CallAutomationClient, call_id: str) -> None:

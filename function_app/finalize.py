@@ -160,14 +160,20 @@ class Finalizer:
             chunks_digest=chunks_digest_of(manifest), peaks_blob=peaks,
             finalizing_since=rec.finalizing_since if rec else None, ready_at=mf.now_iso(),
             event_id=events.event_id(call_id, digest.value))
-        try:
-            etag = self.store.write_recording(ready, etag)
-        except RecordingConflict:
-            cur, cur_etag = self.store.read_recording(call_id)
-            if cur is not None and cur.status == RecordingStatus.READY:
-                log.info("finalize %s: another finalizer was first", call_id, extra=extra)
-                return Outcome.RACED
-            etag = self.store.write_recording(ready, cur_etag)
+        for _ in range(MAX_REVISION_STEPS):
+            try:
+                etag = self.store.write_recording(ready, etag)
+                break
+            except RecordingConflict:
+                cur, etag = self.store.read_recording(call_id)
+                # Raced only by a finalizer that described these chunks (or newer ones). The ready revision this
+                # one outdates may have changed meanwhile (its announcer's lease): replace it all the same.
+                if cur is not None and cur.status == RecordingStatus.READY and (
+                        cur.chunks_digest == ready.chunks_digest or cur.revision > revision):
+                    log.info("finalize %s: another finalizer was first", call_id, extra=extra)
+                    return Outcome.RACED
+        else:
+            raise RuntimeError(f"the recording document of {call_id} keeps changing under the finalizer")
         self.stats = {"seconds": round(self.clock() - started, 3), "files": len(built.files),
                       "chunkReads": built.chunk_reads, "blocksStaged": built.blocks_staged, "revision": revision}
         log.info("recording of %s is ready: %d file(s), coverage %s", call_id, len(built.files),
@@ -201,16 +207,22 @@ class Finalizer:
                 self.store.write_recording(msgspec.structs.replace(leased, announcing_since=None), etag)
             raise
         announced = msgspec.structs.replace(leased, announced_at=mf.now_iso(), announcing_since=None)
+        settled = False  # whether the stored document is this announced revision (then nothing is left to do)
         for _ in range(5):
             try:
                 self.store.write_recording(announced, etag)
+                settled = True
                 break
             except RecordingConflict:
                 cur, etag = self.store.read_recording(call_id)
-                if cur is None or cur.announced_at is not None:
+                if cur is None or cur.event_id != rec.event_id:
+                    break  # a newer revision replaced this one: its own finalizer announces it (or the sweep)
+                if cur.announced_at is not None:
+                    settled = True
                     break
                 announced = msgspec.structs.replace(cur, announced_at=announced.announced_at, announcing_since=None)
-        self.store.mark_finished(call_id)
+        if settled:
+            self.store.mark_finished(call_id)
         log.info("announced the recording of %s (event %s)", call_id, rec.event_id,
                  extra={"callConnectionId": call_id})
         return Outcome.ANNOUNCED

@@ -101,17 +101,27 @@ def outage(state: cs.CallState) -> str | None:
     return down[0].time if down else None
 
 
+def context_of(outage_at: str, attempt: int) -> str:
+    """The operationContext of one restart attempt: ACS echoes it on the events that answer it."""
+    return f"{OPERATION_CONTEXT}#{attempt}@{outage_at}"
+
+
 def _answered(state: cs.CallState, attempt: cs.StreamingRequest) -> bool:
-    """Whether ACS has answered this attempt: refused at once, or an outage event dated after the claim (an
-    accepted start ends the outage instead)."""
+    """Whether ACS has answered this attempt: refused at once, or an outage event carrying the attempt's
+    operationContext (an accepted start ends the outage instead). An outage event without any context that is
+    dated after the claim counts too, in case ACS does not echo it; one with another request's context is not."""
     if attempt.error is not None:
         return True
     claimed = instant(attempt.at)
-    return claimed is None or any(
-        e.type in OUTAGE_EVENTS and _ts(e.time) > claimed + SKEW_SECONDS for e in state.events)
+    if claimed is None or attempt.heals is None or attempt.attempt is None:
+        return True
+    ours = context_of(attempt.heals, attempt.attempt)
+    return any(e.type in OUTAGE_EVENTS and (e.operation_context == ours or (
+        e.operation_context is None and _ts(e.time) > claimed + SKEW_SECONDS)) for e in state.events)
 
 
-def plan(state: cs.CallState, max_attempts: int, now: float | None = None) -> RestartRequest | None:
+def plan(state: cs.CallState, max_attempts: int, now: float | None = None, *,
+         quiet: bool = False) -> RestartRequest | None:
     """The next restart this call needs, or None (nothing to heal, healing off, out of attempts, or an attempt in
     flight that ACS has not answered for less than ANSWER_SECONDS)."""
     began = outage(state)
@@ -122,24 +132,28 @@ def plan(state: cs.CallState, max_attempts: int, now: float | None = None) -> Re
     tries = len(these)
     fields = call_fields(state.call_connection_id, state.correlation_id)
     last = max(these, key=lambda r: r.attempt or 0, default=None)
-    if last is not None and not _answered(state, last):
-        waited = (time.time() if now is None else now) - _ts(last.at)
-        if waited < ANSWER_SECONDS:
+    silent = last is not None and not _answered(state, last)
+    if silent:
+        assert last is not None
+        if (time.time() if now is None else now) - _ts(last.at) < ANSWER_SECONDS:
             return None  # ACS's answer (or the watchdog) plans the next
-        log.warning("restart %s of media streaming of %s has had no answer from ACS for %.0f s; trying again",
-                    last.attempt, state.call_connection_id, waited, extra=fields)
     if tries >= max_attempts or len(mine) >= MAX_RESTARTS_PER_CALL:
+        if quiet and not silent:  # the watchdog asks every sweep: said once, when the last attempt failed
+            return None
         log.error("media streaming of %s is down since %s and %d restart(s) did not bring it back; giving up — "
                   "the recording has a hole until the call ends", state.call_connection_id, began, tries,
                   extra=fields)
         return None
+    if silent:
+        log.warning("restart %s of media streaming of %s has had no answer from ACS for %.0f s; trying again",
+                    tries, state.call_connection_id, ANSWER_SECONDS, extra=fields)
     return RestartRequest(call_connection_id=state.call_connection_id, outage_at=began, attempt=tries + 1)
 
 
 def overdue(state: cs.CallState, max_attempts: int, now: float) -> RestartRequest | None:
     """The watchdog's question (asked by the periodic sweep of live calls): a restart that should be under way and
     is not — planned but never claimed for OVERDUE_SECONDS, or claimed and unanswered for ANSWER_SECONDS."""
-    req = plan(state, max_attempts, now)
+    req = plan(state, max_attempts, now, quiet=True)
     if req is None:
         return None
     attempts = [_ts(r.at) for r in state.streaming_requests if r.by == "recorder" and r.heals == req.outage_at]
@@ -189,7 +203,8 @@ def restart(client: CallAutomationClient, store: RecordingStore, req: RestartReq
     log.warning("media streaming of %s is down since %s while the call is connected: restarting it (attempt %d)",
                 call_id, req.outage_at, req.attempt, extra=fields)
     try:
-        client.get_call_connection(call_id).start_media_streaming(operation_context=OPERATION_CONTEXT)
+        client.get_call_connection(call_id).start_media_streaming(
+            operation_context=context_of(req.outage_at, req.attempt))
     except AzureError as exc:
         error = str(exc)[:1000]
         log.warning("restart %d of media streaming of %s refused: %s", req.attempt, call_id, error, extra=fields)

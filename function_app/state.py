@@ -52,9 +52,9 @@ def record_request(state: dict[str, Any], **fields: Any) -> None:
 
 
 def record_streaming_request(state: dict[str, Any], action: str, *, by: str = "api", error: str | None = None,
-                             attempt: int | None = None, heals: str | None = None) -> None:
+                             attempt: int | None = None, heals: str | None = None, at: str | None = None) -> None:
     """A start/stop we asked ACS for: through the API (`by: api`) or to heal an outage (`by: recorder`)."""
-    entry = {"action": action, "by": by, "at": now_iso(), "attempt": attempt, "heals": heals, "error": error}
+    entry = {"action": action, "by": by, "at": at or now_iso(), "attempt": attempt, "heals": heals, "error": error}
     requests = [*state.get("streamingRequests", []), entry]
     # a user's many starts and stops are trimmed first: the recorder's own (a few per call, bounded by
     # healing.MAX_RESTARTS_PER_CALL) are what bounds its restarts and explains the holes it healed
@@ -128,7 +128,9 @@ def apply_event(state: dict[str, Any], event: dict[str, Any]) -> bool:
         return False
     data = event.get("data") or {}
     at = _time(event.get("time"))
-    state["events"] = [*state["events"], {"id": event_id, "type": name, "time": at}][-MAX_EVENTS:]
+    context = _text(data.get("operationContext"))  # ours on a restart: how healing knows ACS's answer
+    state["events"] = [*state["events"], {"id": event_id, "type": name, "time": at,
+                                          "operationContext": context}][-MAX_EVENTS:]
     for key in ("correlationId", "serverCallId"):
         if state.get(key) is None and isinstance(data.get(key), str) and data[key]:
             state[key] = data[key][:4096 if key == "serverCallId" else 1024]

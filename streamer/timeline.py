@@ -17,8 +17,13 @@ value must not decide where the rest of the call goes:
   every honest frame after it: they would all be "late");
 * a jump ahead is believed only if it does not claim to be from the future: the frame's `ts - arrival` may exceed
   the call's reference offset (set by frames that arrived in sequence) by at most `FUTURE_TOLERANCE`. Audio cannot
-  arrive before it was captured, so a larger lead is a bad timestamp and the frame goes at the cursor. This also
-  bounds the silence a run of bogus jumps can make us write.
+  arrive before it was captured, so a larger lead is a bad timestamp and the frame goes at the cursor. The
+  reference itself may rise (a frame that arrived sooner than the others) by at most `FUTURE_TOLERANCE` over the
+  first one, so jumps that each lead a little cannot creep the call ahead of the receive clock: the silence a
+  run of bogus jumps can make us write stays bounded by the time that really passed;
+* a frame dated more than `MAX_CLOCK_SKEW` behind the reference is not a late frame but a wild timestamp (one
+  dated 2000 in mid-call): counted, and placed right after the previous frame rather than dropped before the
+  origin.
 
 Anything a timestamp cannot be trusted for is counted (`bad_timestamps`) and the frame is placed right after the
 previous one: audio is kept, position is best effort.
@@ -40,7 +45,7 @@ import numpy as np
 
 from common import wav
 from common.layout import MAX_PARTICIPANT_ID, stream_id
-from streamer.protocol import AudioFormat, FrameError
+from streamer.protocol import AudioFormat
 
 _wall = time.time
 # Unmixed audio carries the 4 dominant speakers at any moment, and in a meeting they rotate: an hour of a large
@@ -75,7 +80,7 @@ class TimelineStats:
     drift_corrections: int = 0
     bad_timestamps: int = 0
     gap_slots: int = 0
-    capped_frames: int = 0  # frames of participants beyond MAX_STREAMS (dropped, counted)
+    capped_frames: int = 0  # frames of participants beyond MAX_STREAMS or with an overlong id (dropped, counted)
     before_origin: int = 0  # frames dated before the call clock's origin (dropped, counted; session not complete)
     capped_ids: list[str] = field(default_factory=list)
 
@@ -125,6 +130,7 @@ class CallTimeline:
         self._streams: dict[str | None, _Stream] = {}
         self._clock_slot: int | None = None  # the newest slot any stream of the call has reached
         self._ref: float | None = None  # timestamp minus arrival of the least-delayed in-sequence frame
+        self._ref_cap = float("inf")  # how far `_ref` may rise: the first reference + FUTURE_TOLERANCE
         self.stats = TimelineStats()
 
     # -- per frame ------------------------------------------------------------------------------------------
@@ -141,9 +147,10 @@ class CallTimeline:
         self.stats.frames += 1
         nxt = st.next_slot
         if arrival is not None:
-            # Fast path: a frame of a known stream that does not lead the reference offset needs no more checks.
+            # Fast path: a frame of a known stream that does not lead the reference offset, nor lag it by more
+            # than any clock could, needs no more checks.
             ref = self._ref
-            if ts is None or nxt is None or ref is None or ts - arrival > ref:
+            if ts is None or nxt is None or ref is None or not ref - MAX_CLOCK_SKEW <= ts - arrival <= ref:
                 ts = self._vet(st, pcm, ts, silent, arrival)
                 if ts is None:
                     return
@@ -204,8 +211,11 @@ class CallTimeline:
                 self._clock_slot = end
 
     def _new_stream(self, participant: str | None) -> _Stream | None:
-        if participant is not None and len(participant) > MAX_PARTICIPANT_ID:  # checked once per stream
-            raise FrameError("bad_participant", f"participantRawID longer than {MAX_PARTICIPANT_ID} characters")
+        if participant is not None and len(participant) > MAX_PARTICIPANT_ID:
+            # no blob name can hold it: dropped and counted like a participant beyond the cap (never "invalid
+            # frames", which would close the socket and lose every other speaker's audio too)
+            self._capped(participant[:MAX_PARTICIPANT_ID - 1] + "…")
+            return None
         if len(self._streams) >= MAX_STREAMS:
             self._capped(participant)
             return None
@@ -237,12 +247,16 @@ class CallTimeline:
                 return self._cursor_ts(st.next_slot, arrival)
             if ref is None:
                 self._ref = off
+                self._ref_cap = off + FUTURE_TOLERANCE
             if st.held is not None:
                 self._release(st, ts)
             return ts
+        if off < ref - MAX_CLOCK_SKEW:  # not late: dated before any honest clock could put it
+            self.stats.bad_timestamps += 1
+            return self._cursor_ts(nxt, arrival)
         d = (ts - self.origin) / self.frame_seconds - nxt  # type: ignore[operator]
         if d <= self._tol:  # in sequence (or late): this frame simply arrived sooner than the others
-            self._ref = off
+            self._ref = min(off, self._ref_cap)
         elif off > ref + FUTURE_TOLERANCE:  # a jump that claims to be from the future
             self.stats.bad_timestamps += 1
             return self._cursor_ts(nxt, arrival)

@@ -4,12 +4,13 @@ itself."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
 import hmac
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -99,6 +100,7 @@ class AcsCapture:
     requests: list[Captured] = field(default_factory=list)
     fail: dict[str, tuple[int, str, str]] = field(default_factory=dict)
     answered: set[str] = field(default_factory=set)
+    on: dict[str, Callable[[], None]] = field(default_factory=dict)  # run before answering a route (its events)
 
     def _verify(self, request: Request, path: str, body: bytes) -> bool:
         date, host = request.headers.get("x-ms-date", ""), request.headers.get("host", "")
@@ -131,6 +133,8 @@ class AcsCapture:
             tail = request.path_params["rest"]
             route = tail.split(":")[-1] if ":" in tail else ("get" if request.method == "GET" else
                                                              "delete" if request.method == "DELETE" else "create")
+            if route in self.on:  # e.g. ACS's callback for this request, delivered before ACS's answer
+                await asyncio.to_thread(self.on[route])
             if route in self.fail:
                 status, code, message = self.fail[route]
                 return JSONResponse({"error": {"code": code, "message": message}}, status)

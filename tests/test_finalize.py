@@ -9,9 +9,11 @@ import threading
 import time
 import uuid
 import wave
+from datetime import UTC, datetime
 from io import BytesIO
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 from azure.core.messaging import CloudEvent
@@ -405,6 +407,63 @@ def test_audio_that_lands_after_ready_makes_a_new_revision(azurite: Azurite, con
     assert second.completeness is not None and "Revision 2" in second.completeness.statement
     assert [e.id for e in events.sent] == [first.event_id, second.event_id] and first.event_id != second.event_id
     assert fin.run(call_id) == Outcome.ALREADY_DONE and len(events.sent) == 2
+
+
+def test_a_new_revision_is_written_even_if_the_one_it_outdates_changed_meanwhile(
+        azurite: Azurite, container: ContainerClient) -> None:
+    """While revision 2 is being built, revision 1's announcer takes its lease (a write to recording.json): the
+    ready write of revision 2 then conflicts. It used to give up as "raced", leaving revision 1 described and
+    revision 2's files committed but nowhere listed."""
+    call_id = write_call(azurite, container, streams={None: {0: tone(CHUNK_BYTES, 300, 1)}}, channel="mixed")
+    assert Finalizer(fstore(container), None, settle_seconds=0).run(call_id) == Outcome.FINALIZED
+    _add_late_chunk(azurite, container, call_id, 3, tone(CHUNK_BYTES, 300, 2))
+
+    class LeaseMeanwhile(RecordingStore):
+        def write_recording(self, doc: rec_model.Recording, etag: str | None) -> str:
+            if doc.status == RecordingStatus.READY and doc.revision == 2 and not getattr(self, "leased", False):
+                self.leased = True
+                cur, cur_etag = self.read_recording(call_id)
+                assert cur is not None and cur.revision == 1
+                super().write_recording(msgspec.structs.replace(cur, announcing_since=mf.now_iso()), cur_etag)
+            return super().write_recording(doc, etag)
+
+    store = LeaseMeanwhile(container, AccountKeySigner(ACCOUNT, ACCOUNT_KEY))
+    assert Finalizer(store, None, settle_seconds=0).run(call_id) == Outcome.FINALIZED
+    rec = rec_model.loads(container.download_blob(recording_blob(call_id)).readall())
+    assert rec.revision == 2 and rec.files[0].blob == final_blob(call_id, "mixed", revision=2)
+
+
+def test_an_announcer_outdated_mid_publish_does_not_mark_the_newer_revision_announced(
+        azurite: Azurite, container: ContainerClient) -> None:
+    """Revision 2 replaces revision 1 while revision 1's event is being published: revision 2 must stay
+    unannounced (its own finalizer, or the sweep, publishes it), and the call must stay on the sweep's list."""
+    call_id = write_call(azurite, container, streams={None: {0: tone(CHUNK_BYTES, 300, 1)}}, channel="mixed")
+    store = fstore(container)
+    assert Finalizer(store, None, settle_seconds=0).run(call_id) == Outcome.FINALIZED  # ready, no topic yet
+    store.add_to_index(call_id, datetime.now(UTC))  # unannounced: on the sweep's list, as while publishing
+    first, etag = store.read_recording(call_id)
+    assert first is not None
+    _add_late_chunk(azurite, container, call_id, 3, tone(CHUNK_BYTES, 300, 2))
+
+    class Replaced(Events):
+        def send(self, events: list[CloudEvent[Any]]) -> None:
+            super().send(events)
+            if len(self.sent) == 1:  # meanwhile: the late session's finalizer writes revision 2 (it dies after)
+                with pytest.raises(SystemExit):
+                    Finalizer(DiesAnnouncing(container, AccountKeySigner(ACCOUNT, ACCOUNT_KEY)), None,
+                              settle_seconds=0).run(call_id)
+
+    class DiesAnnouncing(RecordingStore):
+        def mark_finished(self, call_id: str) -> None:
+            raise SystemExit("killed before announcing")
+
+    events = Replaced()
+    fin = Finalizer(store, events, settle_seconds=0)
+    fin._announce(msgspec.structs.replace(first, announced_at=None), etag)
+    now, _ = store.read_recording(call_id)
+    assert now is not None and now.revision == 2 and now.announced_at is None
+    assert call_id in [c for c, _ in store.unfinished_calls()]  # the sweep still looks at it
+    assert fin.run(call_id) == Outcome.ANNOUNCED and [e.id for e in events.sent] == [first.event_id, now.event_id]
 
 
 def test_files_a_killed_finalizer_committed_from_other_chunks_are_not_described_as_new(

@@ -152,6 +152,19 @@ def test_an_attempt_in_flight_is_not_doubled_by_a_second_event_of_the_same_outag
     # unanswered for ANSWER_SECONDS (a trigger that died after its claim, or ACS never called back): tried again
     assert healing.plan(state, 3, now + healing.ANSWER_SECONDS) == healing.RestartRequest(
         call_connection_id="c1", outage_at=T0.format(5), attempt=2)
+    # ACS echoes the attempt's operationContext on its answer: matched whatever the two clocks say ...
+    def with_event(st: cs.CallState, e: dict[str, Any]) -> cs.CallState:
+        doc = cs.to_builtins(st)
+        state_model.apply_event(doc, e)
+        return msgspec.convert(doc, cs.CallState)
+
+    echoed = event("MediaStreamingFailed", "c1", mf.utc_iso(now - 30), operationContext=healing.context_of(
+        T0.format(5), 1), **streaming("mediaStreamingFailed", "x", 500, 8603, "interrupted"))
+    assert healing.plan(with_event(state, echoed), 3, now) is not None
+    # ... and an event answering another request is not this attempt's answer, however it is dated
+    other = event("MediaStreamingStopped", "c1", mf.utc_iso(now + 5), operationContext="startMediaStreamingContext",
+                  **streaming("mediaStreamingStopped", "subscriptionStopped"))
+    assert healing.plan(with_event(state, other), 3, now) is None
     # a refusal is an answer at once
     refused = _claimed(_state(*_connected(), _failed()), T0.format(5), 1, now, error="400 invalid")
     assert healing.plan(refused, 3, now) is not None
@@ -269,7 +282,7 @@ def test_a_failure_callback_restarts_streaming_once_per_attempt(host: HostUnderT
     _run_trigger(host, req)
     _wait(lambda: _starts(host, call), "the restart to reach ACS")
     (start,) = _starts(host, call)
-    assert start.hmac_ok and start.json() == {"operationContext": healing.OPERATION_CONTEXT}
+    assert start.hmac_ok and start.json() == {"operationContext": healing.context_of(T0.format(5), 1)}
     state = host.runtime.store.read_state_model(call)
     (mine,) = state.streaming_requests
     assert (mine.action, mine.by, mine.attempt, mine.heals, mine.error) == ("start", "recorder", 1, T0.format(5), None)
@@ -317,6 +330,38 @@ def test_no_restart_for_a_call_that_ended_meanwhile_or_a_stop_a_user_asked_for(h
         assert http.post(f"/calls/{asked}/streaming/stop", json={}).status_code == 202
     _callbacks(host, _stopped(asked, second=9))
     assert _planned(restarts, asked, timeout=4) == []
+
+
+def test_a_stop_whose_callback_lands_before_acs_answers_is_not_undone(host: HostUnderTest,
+                                                                     restarts: QueueClient) -> None:
+    """ACS's MediaStreamingStopped may reach the callbacks before ACS's answer to the stop reaches us: the stop
+    is recorded before ACS is asked, so healing already knows a user asked for it."""
+    assert host.acs is not None
+    call = str(uuid.uuid4())
+    _callbacks(host, *_connected(call))
+    host.acs.on["stopMediaStreaming"] = lambda: _callbacks(host, _stopped(call, second=9))
+    try:
+        with host.client() as http:
+            assert http.post(f"/calls/{call}/streaming/stop", json={}).status_code == 202
+    finally:
+        host.acs.on.clear()
+    assert _planned(restarts, call, timeout=4) == []
+    (stop,) = host.runtime.store.read_state_model(call).streaming_requests
+    assert (stop.action, stop.by, stop.error) == ("stop", "api", None)
+
+
+def test_a_stop_acs_refuses_is_recorded_with_its_error(host: HostUnderTest) -> None:
+    assert host.acs is not None
+    call = str(uuid.uuid4())
+    _callbacks(host, *_connected(call))
+    host.acs.fail["stopMediaStreaming"] = (400, "8501", "Action is invalid")
+    try:
+        with host.client() as http:
+            assert http.post(f"/calls/{call}/streaming/stop", json={}).status_code == 502
+    finally:
+        host.acs.fail.clear()
+    (stop,) = host.runtime.store.read_state_model(call).streaming_requests
+    assert stop.action == "stop" and stop.error is not None and "8501" in stop.error
 
 
 def test_a_failure_reported_before_the_call_connected_is_healed_once_it_does(host: HostUnderTest,

@@ -404,7 +404,7 @@ def test_a_call_id_with_a_trailing_newline_is_refused(streamer_factory, token_is
     assert code == 1008 and list(s.container.list_blobs()) == []
 
 
-def test_a_long_participant_id_is_refused_and_a_bounded_one_survives_the_spool(streamer_factory, token_issuer,
+def test_a_long_participant_id_is_dropped_and_a_bounded_one_survives_the_spool(streamer_factory, token_issuer,
                                                                               tmp_path):
     az = Azurite(location=tmp_path / "azurite").start()
     try:
@@ -421,9 +421,27 @@ def test_a_long_participant_id_is_refused_and_a_bounded_one_survives_the_spool(s
         (stream,) = m["streams"]
         assert stream["participantRawId"] == longest
         assert rec.stitched(s.container, m, stream_id(longest)).endswith(b"".join(frames))
-        assert s.metrics()['acs_streamer_bad_frames_total{reason="bad_participant"}'] == 1
+        (sess,) = m["sessions"]
+        assert sess["cappedFrames"] == 1 and sess["cappedParticipants"][0].startswith("8:acs:yyy")
     finally:
         az.close()
+
+
+def test_a_speaker_with_an_overlong_id_never_closes_the_socket_on_the_others(streamer_factory, token_issuer):
+    """Its frames cannot be stored under any blob name: dropped and counted as capped, never "invalid frames" —
+    before, 101 of them in a row closed the socket (1007) and the other speakers' audio stopped with it."""
+    s = streamer_factory()
+    overlong = "8:acs:" + "z" * 400
+    frames = tone_pcm(150, seed=17)
+    msgs: list[str | bytes | float] = [metadata()]
+    msgs += [audio(f, at(i), participant=overlong) for i, f in enumerate(frames)]
+    msgs += [audio(f, at(150 + i), participant="8:acs:ok") for i, f in enumerate(frames)]
+    assert asyncio.run(send_all(f"{s.ws}/unmixed", msgs, headers(token_issuer.token(), "overlong"))) is None
+    m = rec.wait_complete(s.container, "overlong")
+    (sess,) = m["sessions"]
+    assert sess["complete"] and sess["cappedFrames"] == 150 and sess["badFrames"] == 0
+    assert [x["participantRawId"] for x in m["streams"]] == ["8:acs:ok"]
+    assert rec.stitched(s.container, m, stream_id("8:acs:ok")).endswith(b"".join(frames))
 
 
 def test_a_client_that_never_finishes_its_headers_is_disconnected(streamer_factory):

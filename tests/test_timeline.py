@@ -249,6 +249,39 @@ def test_timestamps_from_the_future_are_placed_in_sequence_and_write_no_silence(
     assert got.pcm() == b"".join(frame(i) for i in range(110))
 
 
+def test_small_jumps_cannot_creep_the_call_ahead_of_the_receive_clock():
+    """Each jump leads by less than the tolerance, and the in-sequence frame after it used to raise the reference
+    by as much: 600 frames over 12 s of arrivals wrote 16.8 MB (the stream ended 562 s ahead of the clock). The
+    reference may rise by the tolerance once, so what is written stays near what really passed."""
+    from streamer.timeline import FUTURE_TOLERANCE
+
+    got = Collect()
+    tl = CallTimeline(fmt(), 1.0, got)
+    ts = T0
+    for i in range(600):
+        ts += 1.9 if i % 2 else 0.02
+        tl.add(None, frame(i), ts, False, arrival=T0 + i * 0.02)
+    tl.flush()
+    audio_seconds = sum(c.duration for c in got.chunks)
+    assert audio_seconds <= 600 * 0.02 + 2 * FUTURE_TOLERANCE + 2.0, audio_seconds
+    assert sum(len(c.wav) for c in got.chunks) < 1_000_000
+    assert tl.stats.bad_timestamps >= 250
+
+
+def test_a_frame_dated_far_in_the_past_mid_call_is_kept_in_sequence():
+    """One frame dated 2000 in the middle of a call is a wild timestamp, not a late frame: placed after the previous
+    one and counted, not dropped "before the origin" (which also made the session incomplete)."""
+    got = Collect()
+    tl = CallTimeline(fmt(), 1.0, got)
+    for i in range(100):
+        ts = T0 - 26 * 365 * 86400 if i == 50 else T0 + i * 0.02
+        tl.add(None, frame(i), ts, False, arrival=T0 + i * 0.02 + 0.03)
+    tl.flush()
+    assert tl.stats.before_origin == 0 and tl.stats.late_dropped == 0 and tl.stats.bad_timestamps == 1
+    pcm = got.pcm()
+    assert pcm[50 * 640:51 * 640] == frame(50) and len(pcm) >= 100 * 640 - 640
+
+
 def test_a_pause_then_resume_in_real_time_is_a_gap_not_a_bad_timestamp():
     got = Collect()
     tl = CallTimeline(fmt(), 1.0, got)

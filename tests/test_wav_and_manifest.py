@@ -136,10 +136,20 @@ def test_a_session_without_audio_does_not_decide_completeness():
 def test_dtmf_is_capped_per_call_and_what_was_cut_is_counted():
     tones = [{"tone": "1", "timestamp": f"2026-01-01T00:00:00.{i:03d}Z", "participantRawId": None}
              for i in range(1000)]
+    def session_part(k: int, dated: list[dict[str, object]]) -> mf.Part:  # what session k writes, every time
+        return P({"callConnectionId": "c1", "sessions": [{"id": f"s{k}", "frames": 1, "dtmfTones": len(dated)}],
+                  "dtmf": [{**t, "participantRawId": f"p{k}"} for t in dated]})
+
     m = None
     for k in range(6):
-        m = mf.merge(m, P({"callConnectionId": "c1", "dtmf": [{**t, "participantRawId": f"p{k}"} for t in tones]}))
+        m = mf.merge(m, session_part(k, tones))
+        m = mf.merge(m, session_part(k, tones))  # each session rewrites its whole list: counted once
     assert m is not None and len(m.dtmf) == mf.MAX_DTMF_PER_CALL and m.dtmf_dropped == 1000
+    assert {d.participant_raw_id for d in m.dtmf} == {f"p{k}" for k in range(5)}
+    # stored tones are the truth: a later session's tones dated earlier do not evict them
+    earlier = [{**t, "timestamp": f"2025-01-01T00:00:00.{i:03d}Z"} for i, t in enumerate(tones[:10])]
+    m = mf.merge(m, session_part(7, earlier))
+    assert {d.participant_raw_id for d in m.dtmf} == {f"p{k}" for k in range(5)} and m.dtmf_dropped == 1010
 
 
 @settings(max_examples=300, deadline=None)
