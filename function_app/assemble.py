@@ -26,7 +26,6 @@ import hashlib
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -183,14 +182,13 @@ def assemble(store: RecordingStore, manifest: mf.Manifest, *, multichannel: bool
     """Write the finished files of `manifest` as `revision` (idempotent: files already committed are hashed,
     not written; one with other content is named in `conflicting_files`)."""
     reader = ChunkReader(store, manifest)
-    doc: dict[str, Any] = mf.to_builtins(manifest)
     call_id = manifest.call_connection_id
     plans: list[tuple[mf.Stream, StitchedWav]] = []
     for s in manifest.streams:
         if not s.chunks:
             continue
         try:
-            plan = stitch(doc, s.stream, reader, max_data_bytes=None)
+            plan = stitch(manifest, s.stream, reader, max_data_bytes=None)
         except StitchError as exc:
             log.error("stream %s of %s cannot be finished: %s", s.stream, call_id, exc)
             continue

@@ -136,10 +136,9 @@ def get_recording(store: RecordingStore, call_id: str, api_base: str, ttl_second
     return msgspec.to_builtins(doc)  # type: ignore[no-any-return]
 
 
-def choose_stream(manifest: dict[str, Any], participant: str | None) -> str:
+def choose_stream(manifest: mf.Manifest, participant: str | None) -> str:
     """`participant` is a participant raw id, `mixed`, or absent (fine when there is one obvious stream)."""
-    streams = [(s["stream"], s.get("participantRawId")) for s in manifest.get("streams", [])]
-    return pick_stream(streams, participant)
+    return pick_stream([(s.stream, s.participant_raw_id) for s in manifest.streams], participant)
 
 
 def pick_stream(streams: list[tuple[str, str | None]], participant: str | None) -> str:
@@ -188,13 +187,13 @@ def open_audio(store: RecordingStore, call_id: str, participant: str | None, ran
     """One stream of the call as a WAV on the call clock. A ready recording's finished file is served as stored
     (byte-identical to the stitched WAV, and still there after the chunks expire); otherwise the chunks are
     stitched. Runs in a worker thread: the finished file's first request is made here, not on the event loop."""
-    manifest = store.read_manifest(call_id)
+    manifest = store.read_manifest_model(call_id)
     if manifest is None:
         if store.read_state(call_id) is not None:
             raise ApiError(404, "NoAudioYet", "the call exists but no audio has been recorded yet",
                            field="callConnectionId")
         raise not_found(call_id)
-    if not manifest.get("streams"):  # streaming has started, but no chunk has landed yet
+    if not manifest.streams:  # streaming has started, but no chunk has landed yet
         raise ApiError(404, "NoAudioYet", "the call exists but no audio has been recorded yet",
                        field="callConnectionId")
     stream = choose_stream(manifest, participant)

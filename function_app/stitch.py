@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
+from common import manifest as mf
 from common import wav
 
 log = logging.getLogger(__name__)
@@ -107,25 +107,20 @@ class StitchedWav:
         return pcm if len(pcm) == self.chunk_bytes else pcm + bytes(self.chunk_bytes - len(pcm))
 
 
-def stream_chunks(manifest: dict[str, Any], stream: str) -> dict[int, str]:
-    entry = next((s for s in manifest.get("streams", []) if s.get("stream") == stream), None)
+def stream_chunks(manifest: mf.Manifest, stream: str) -> dict[int, str]:
+    entry = manifest.stream(stream)
     if entry is None:
         raise StitchError(f"no stream {stream!r} in this recording")
-    prefix = f"{manifest['callConnectionId']}/"
-    chunks: dict[int, str] = {}
-    for c in entry.get("chunks", []):
-        seq, blob = c.get("seq"), c.get("blob")
-        if isinstance(seq, int) and seq >= 0 and isinstance(blob, str) and blob.startswith(prefix):
-            chunks[seq] = blob
-    return chunks
+    prefix = f"{manifest.call_connection_id}/"
+    return {c.seq: c.blob for c in entry.chunks if c.blob.startswith(prefix)}
 
 
-def stitch(manifest: dict[str, Any], stream: str, read_blob: Callable[[str], bytes | None], *,
+def stitch(manifest: mf.Manifest, stream: str, read_blob: Callable[[str], bytes | None], *,
            max_data_bytes: int | None = wav.MAX_DATA_BYTES) -> StitchedWav:
     """Plan the stitched WAV of `stream`. Reads only the last chunk now (its length fixes Content-Length).
     `max_data_bytes=None`: no single-file limit (the finalizer splits long files into parts)."""
-    rate, seconds = manifest.get("sampleRate"), manifest.get("chunkSeconds")
-    if not isinstance(rate, int) or rate <= 0 or not isinstance(seconds, (int, float)) or seconds <= 0:
+    rate, seconds = manifest.sample_rate, manifest.chunk_seconds
+    if rate is None or seconds is None:
         raise StitchError("manifest has no sampleRate/chunkSeconds yet")
     chunk_bytes = round(seconds * rate) * 2
     blobs = stream_chunks(manifest, stream)

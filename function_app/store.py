@@ -344,11 +344,6 @@ class RecordingStore:
         raw = self.read_blob(manifest_blob(call_id))
         return manifest_model.loads(raw) if raw is not None else None
 
-    def read_manifest(self, call_id: str) -> dict[str, Any] | None:
-        """`read_manifest_model` in its JSON shape (what stitching and stream selection walk)."""
-        m = self.read_manifest_model(call_id)
-        return manifest_model.to_builtins(m) if m is not None else None
-
     def read_url(self, name: str, ttl_seconds: int) -> tuple[str, str]:
         expiry = datetime.now(UTC) + timedelta(seconds=ttl_seconds)
         sas = self.signer.sign(self.container.container_name, name, expiry)

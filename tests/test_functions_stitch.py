@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import random
 import struct
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common import manifest as mf
 from common import wav as wav_module
 from function_app import state as state_model
 from function_app.stitch import StitchError, stitch
@@ -17,11 +20,13 @@ from tests.functions_support import wav
 RATE = 16000
 
 
-def manifest_for(chunks: dict[int, bytes], chunk_seconds: float) -> tuple[dict, dict[str, bytes]]:
+def manifest_for(chunks: dict[int, bytes], chunk_seconds: float) -> tuple[mf.Manifest, dict[str, bytes]]:
     blobs = {f"c/mixed/{seq:06d}.wav": wav(pcm, RATE) for seq, pcm in chunks.items()}
-    entries = [{"seq": seq, "blob": f"c/mixed/{seq:06d}.wav"} for seq in sorted(chunks)]
-    return ({"callConnectionId": "c", "sampleRate": RATE, "chunkSeconds": chunk_seconds,
-             "streams": [{"stream": "mixed", "participantRawId": None, "chunks": entries}]}, blobs)
+    entries = [mf.Chunk(seq=seq, blob=f"c/mixed/{seq:06d}.wav", start_time="2026-01-01T00:00:00Z", duration_ms=0,
+                        sha256=hashlib.sha256(blobs[f"c/mixed/{seq:06d}.wav"]).hexdigest(), size=0)
+               for seq in sorted(chunks)]
+    return (mf.Manifest(call_connection_id="c", sample_rate=RATE, chunk_seconds=chunk_seconds,
+                        streams=[mf.Stream(stream="mixed", chunks=entries)]), blobs)
 
 
 @settings(max_examples=60, deadline=None)
@@ -61,7 +66,7 @@ def test_wav_parser_walks_riff_chunks() -> None:
 
 def test_unknown_stream_and_incomplete_manifest() -> None:
     manifest, blobs = manifest_for({0: b"\1\0"}, 1.0)
-    for broken, stream in ((manifest, "p-xyz"), ({**manifest, "sampleRate": None}, "mixed")):
+    for broken, stream in ((manifest, "p-xyz"), (msgspec.structs.replace(manifest, sample_rate=None), "mixed")):
         try:
             stitch(broken, stream, blobs.get)
         except StitchError:
