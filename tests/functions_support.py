@@ -174,7 +174,8 @@ class HostUnderTest:
         return httpx.Client(base_url=f"{self.url}/api", headers=headers, timeout=30)
 
 
-def start_host(settings: Settings, verifier: Any = None, port: int | None = None) -> tuple[Any, Any]:
+def start_host(settings: Settings, verifier: Any = None, port: int | None = None,
+               env: dict[str, str] | None = None) -> tuple[Any, Any]:
     """The real function entries behind devstack.functions_host on a loopback port, with our own runtime."""
     import function_entry
     from devstack.functions_host import Keys, build_app
@@ -190,18 +191,19 @@ def start_host(settings: Settings, verifier: Any = None, port: int | None = None
     runtime = Runtime(settings, build_client(settings), store, verifier, finalizer)
     set_runtime(runtime)
     # timers=False: the 5-minute sweep must not fire into a test; tests run it through the admin endpoint
-    app = build_app(function_entry.app, Keys(frozenset({FUNCTION_KEY}), MASTER_KEY), timers=False)
+    # env: the host's app settings (os.environ by default); `RecordingsStorage` there starts the queue triggers
+    app = build_app(function_entry.app, Keys(frozenset({FUNCTION_KEY}), MASTER_KEY), timers=False, env=env)
     return ServerThread(app, port=port).start(), runtime
 
 
 @contextlib.contextmanager
 def hosted(settings: Settings, verifier: Any = None, *, port: int | None = None,
-           acs: AcsCapture | None = None) -> Iterator[HostUnderTest]:
+           acs: AcsCapture | None = None, env: dict[str, str] | None = None) -> Iterator[HostUnderTest]:
     """`start_host` for a module-scoped fixture: stops the server and clears the app's runtime afterwards.
     (conftest points the runtime at the module's `host` before each test.)"""
     from function_app.runtime import set_runtime
 
-    server, runtime = start_host(settings, verifier, port=port)
+    server, runtime = start_host(settings, verifier, port=port, env=env)
     try:
         yield HostUnderTest(server.url, runtime, acs)
     finally:

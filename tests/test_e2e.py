@@ -257,6 +257,30 @@ def test_streaming_that_fails_mid_call_is_restarted_and_the_hole_reported_healed
     assert f["durationMs"] >= second["frames"] * 20  # on the call clock, after the first session's audio
 
 
+def test_audio_the_simulator_skipped_is_silence_in_the_finished_file(loop):
+    """ACS leaves out 1 s of frames (time still passes; the next timestamp jumps): the finished file is what was
+    sent, with exactly that second as silence on the call clock, and the completeness report counts it."""
+    stack, client, _calls = loop
+    target = "+15557650003"
+    stack.simulator.set_script({"durationS": 6.0, "speakers": 1, "faults": {"gaps": [[2.0, 1.0]]}},
+                               target=f"4:{target}")
+    call_id = client.place_call({"target": target, "audioChannel": "mixed", "sampleRate": 16000})["callConnectionId"]
+    stack.simulator.wait_until_ended(call_id, timeout=60)
+    doc = _ready(client, call_id, timeout=60)
+    assert doc["status"] == "ready", doc["status"]
+    (f,) = [f for f in doc["files"] if f["kind"] == "stream"]
+    with wave.open(io.BytesIO(_blob(f["url"]))) as w:
+        pcm = w.readframes(w.getnframes())
+    frame = 640  # 20 ms at 16 kHz
+    gap = pcm[100 * frame:150 * frame]  # frames 100..149: call-clock seconds 2..3
+    assert gap == bytes(50 * frame)
+    sent = stack.simulator.call(call_id)["streams"]["mixed"]
+    assert sent["frames"] == 250
+    assert hashlib.sha256(pcm[:100 * frame] + pcm[150 * frame:]).hexdigest() == sent["sha256"]
+    (cov,) = doc["completeness"]["streams"]
+    assert cov["silenceMs"] == 1000 and cov["audioMs"] == 5000
+
+
 def test_a_recording_finished_while_the_topic_is_down_is_announced_once_when_it_is_back(loop):
     """The topic answers 503 to every publish (the SDK's own retries and the queue's included): the recording is
     ready but unannounced, and stays on the sweep's list; once the topic is back, the sweep publishes it, once."""
