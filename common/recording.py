@@ -221,6 +221,7 @@ class RecordingReadyData(_Model, frozen=True, kw_only=True):
     correlation_id: Id | None = None
     status: RecordingStatus
     files: list[FinishedFile] = field(default_factory=list)  # without URLs
+    coverage: float | None = None  # = completeness.coverage, at the top for subscribers' filters
     completeness: ReadyCompleteness
     digest: Digest
 

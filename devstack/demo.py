@@ -133,8 +133,12 @@ def run(args: argparse.Namespace) -> int:
         say(f"\nthe local Event Grid topic received {len(events)} RecordingReady event(s):")
         for e in events:
             data = e.get("data") or {}
-            say(f"  id {e['id']}  subject {e['subject']}  coverage {data.get('completeness', {}).get('coverage')}  "
+            say(f"  id {e['id']}  subject {e['subject']}  coverage {data.get('coverage')}  "
                 f"digest {str(data.get('digest', {}).get('value'))[:16]}…")
+        not_ready = [label for cid, label in calls.items() if client.recording(cid)["status"] != "ready"]
+        problems = [f"not ready: {', '.join(not_ready)}"] if not_ready else []
+        if len(events) < len(calls):
+            problems.append(f"{len(events)} RecordingReady event(s) for {len(calls)} calls")
         say("\n" + page_banner(stack.functions_url, stack.function_key, key_file))
         if args.keep:
             say("\n--keep: the stack stays up so you can look (open the page above). Ctrl-C stops everything.")
@@ -142,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
                 time.sleep(3600)
         else:
             say("  (the stack stops now; run with --keep to keep it up and look)")
+    if problems:
+        say(f"\nDEMO FAILED: {'; '.join(problems)} (see the process logs in {out / 'stack'})")
+        return 1
     return 0
 
 

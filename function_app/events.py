@@ -56,7 +56,7 @@ def ready_data(rec: Recording) -> RecordingReadyData:
     assert rec.digest is not None
     return RecordingReadyData(
         call_connection_id=rec.call_connection_id, correlation_id=rec.correlation_id, status=rec.status,
-        files=rec.files,
+        files=rec.files, coverage=c.coverage if c else None,
         completeness=ReadyCompleteness(coverage=c.coverage if c else None, complete=bool(c and c.complete),
                                        statement=c.statement if c else "", holes=c.holes if c else []),
         digest=rec.digest)

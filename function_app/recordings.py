@@ -79,7 +79,9 @@ def list_recordings(store: RecordingStore, limit: int, page_token: str | None) -
         item["failures"] = [{k: f.get(k) for k in ("event", "code", "subCode", "at")}
                             for f in (doc or {}).get("failures", [])[-3:]]
         rec, _ = store.read_recording(call_id)
-        item["status"] = recording_status(rec, doc, None)
+        # the manifest only for an ended call not yet finalizing (seconds per call): the detail view's status
+        settling = rec is None and doc is not None and doc.get("status") in state_model.TERMINAL
+        item["status"] = recording_status(rec, doc, store.read_manifest_model(call_id) if settling else None)
         done = rec.completeness if rec is not None else None
         item["coverage"] = done.coverage if done else None
         item["complete"] = done.complete if done else None

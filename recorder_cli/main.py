@@ -199,7 +199,12 @@ def recordings_verify(ctx: typer.Context, call_id: Annotated[str, typer.Argument
     for links in doc.get("streams", []):
         for link in links["chunks"]:
             chunk = listed.get((links["stream"], link["seq"]))
-            got, _ = _sha256(link["url"])
+            try:
+                got, _ = _sha256(link["url"])
+            except ApiFailure as exc:  # one blob that cannot be read is a difference, not the end of the check
+                problems.append(f"chunk {links['stream']}/{link['seq']:06d}: cannot be read ({exc}); chunks "
+                                "expire after the chunk retention, the finished files do not")
+                continue
             checked += 1
             if chunk is None or got != chunk.sha256:
                 problems.append(f"chunk {links['stream']}/{link['seq']:06d}: sha256 {got} differs from the "
@@ -207,7 +212,11 @@ def recordings_verify(ctx: typer.Context, call_id: Annotated[str, typer.Argument
     if checked != len(listed):
         problems.append(f"the manifest lists {len(listed)} chunks, {checked} could be read")
     for f in files:
-        got, size = _sha256(f.url or "")
+        try:
+            got, size = _sha256(f.url or "")
+        except ApiFailure as exc:
+            problems.append(f"file {f.blob}: cannot be read ({exc})")
+            continue
         if got != f.sha256 or size != f.size:
             problems.append(f"file {f.blob}: sha256 {got} ({size} bytes) differs from the document's {f.sha256} "
                             f"({f.size} bytes)")

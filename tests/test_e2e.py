@@ -229,6 +229,10 @@ def test_verify_says_ok_then_names_a_changed_chunk(loop):
     container.upload_blob(chunk, wav.encode(bytes(64000), 16000), overwrite=True)
     bad = CliRunner().invoke(app, args)
     assert bad.exit_code == 1 and f"chunk mixed/{1:06d}" in bad.stderr, bad.output
+    container.delete_blob(client.recording(call_id)["manifest"]["streams"][0]["chunks"][0]["blob"])  # expired
+    gone = CliRunner().invoke(app, args)
+    assert gone.exit_code == 1 and f"chunk mixed/{0:06d}: cannot be read" in gone.stderr, gone.output
+    assert f"chunk mixed/{1:06d}: sha256" in gone.stderr  # and the check went on past it
 
 
 def test_streaming_that_fails_mid_call_is_restarted_and_the_hole_reported_healed(loop):
