@@ -4,8 +4,9 @@
 
 The call's chunks are written first through the streamer's own store (occupancy metadata, tags), each speaker
 talking in turns with pauses, then `Finalizer.run` builds the per-speaker files and the multichannel file.
-Peak memory is tracemalloc's peak during finalization only (numpy reports its buffers to it); requests are
-counted at the function app store's methods.
+Memory is the process's resident-set growth during finalization (sampled every 10 ms from /proc); with
+`--tracemalloc` also Python's own peak (numpy reports its buffers to it), which slows the run, so its time is not
+comparable. Requests are counted at the function app store's methods.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import threading
 import time
 import tracemalloc
 import uuid
@@ -98,6 +101,8 @@ def main() -> None:
     parser.add_argument("--speakers", type=int, default=4)
     parser.add_argument("--rate", type=int, default=24000)
     parser.add_argument("--chunk-seconds", type=float, default=10.0)
+    parser.add_argument("--tracemalloc", action="store_true", help="also Python's peak memory (slower)")
+    parser.add_argument("--out", help="write the figures to this JSON file too")
     args = parser.parse_args()
     with Azurite() as az:
         svc = BlobServiceClient.from_connection_string(az.connection_string)
@@ -113,22 +118,58 @@ def main() -> None:
             status="disconnected", audioChannel="unmixed", connectedAt=mf.utc_iso(1.8e9),
             disconnectedAt=mf.utc_iso(1.8e9 + args.minutes * 60))) or True)
         store.requests.clear()
-        tracemalloc.start()
+        if args.tracemalloc:
+            tracemalloc.start()
+        rss = RssPeak().start()
         t1 = time.monotonic()
         cpu1 = time.process_time()
         outcome = Finalizer(store, None, settle_seconds=0).run(call_id)
         seconds, cpu = time.monotonic() - t1, time.process_time() - cpu1
-        _, peak = tracemalloc.get_traced_memory()
+        rss_growth = rss.stop()
+        peak = tracemalloc.get_traced_memory()[1] if args.tracemalloc else None
         tracemalloc.stop()
         files = [b for b in container.list_blobs(name_starts_with=f"{call_id}/final/")]
         out = {"minutes": args.minutes, "speakers": args.speakers, "sampleRate": args.rate,
                "chunkSeconds": args.chunk_seconds, "outcome": str(outcome), "chunksWrittenSeconds": round(written, 1),
                "finalizeSeconds": round(seconds, 1), "finalizeCpuSeconds": round(cpu, 1),
-               "peakPythonMemoryMiB": round(peak / 2**20, 1), "requests": dict(store.requests),
+               "peakRssGrowthMiB": round(rss_growth / 2**20, 1),
+               "peakPythonMemoryMiB": None if peak is None else round(peak / 2**20, 1),
+               "requests": dict(store.requests),
                "requestsTotal": sum(store.requests.values()),
                "files": {b.name.rsplit("/", 1)[-1][:24]: b.size for b in files},
                "finishedBytes": sum(b.size for b in files)}
         print(json.dumps(out, indent=2))
+        if args.out:
+            with open(args.out, "w") as fh:
+                json.dump(out, fh, indent=2)
+                fh.write("\n")
+
+
+class RssPeak:
+    """The largest resident-set growth over a baseline, sampled in a thread."""
+
+    def __init__(self) -> None:
+        self.base = self.peak = _rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> RssPeak:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, _rss())
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak, _rss()) - self.base
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 if __name__ == "__main__":

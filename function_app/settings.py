@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 
 def _e164(name: str, raw: str) -> str:
-    if not E164_RE.match(raw):
+    if not E164_RE.fullmatch(raw):
         raise SettingsError(f"{name} must be an E.164 number like +15551234567, got {raw!r}")
     return raw
 

@@ -60,7 +60,7 @@ def parse_target(value: Any) -> str:
     value = value.strip()
     if value.startswith("4:+"):
         value = value[2:]
-    if E164_RE.match(value) or ACS_USER_RE.match(value):
+    if E164_RE.fullmatch(value) or ACS_USER_RE.fullmatch(value):
         return str(value)
     raise bad_request("target", "must be an E.164 number (+15551234567) or an ACS user id (8:acs:…)")
 
@@ -72,7 +72,7 @@ def parse_create_call(body: dict[str, Any], settings: Settings) -> CreateCall:
     target = parse_target(body.get("target"))
 
     source = body.get("sourceCallerId")
-    if source is not None and (not isinstance(source, str) or not E164_RE.match(source)):
+    if source is not None and (not isinstance(source, str) or not E164_RE.fullmatch(source)):
         raise bad_request("sourceCallerId", "must be an E.164 number like +15551234567")
     if target.startswith("+"):  # the default caller id is for phone targets only
         source = source or settings.source_caller_id

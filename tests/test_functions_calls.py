@@ -115,6 +115,7 @@ def test_unmixed_24k_dtmf_call_to_an_acs_user(host: HostUnderTest) -> None:
     ({"target": "8:orgid:abc"}, "target"),
     ({"target": 15551234567}, "target"),
     ({"target": "+15551234567", "sourceCallerId": "5550000"}, "sourceCallerId"),
+    ({"target": "+15551234567", "sourceCallerId": "+15559990000\n"}, "sourceCallerId"),  # `$` allowed it
     ({"target": "+15551234567", "audioChannel": "stereo"}, "audioChannel"),
     ({"target": "+15551234567", "sampleRate": 8000}, "sampleRate"),
     ({"target": "+15551234567", "sampleRate": "16000"}, "sampleRate"),
