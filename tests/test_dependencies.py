@@ -251,3 +251,21 @@ def test_the_planes_do_not_install_each_other():
     for name in ("uvloop", "pybase64", "aiohttp", "azure-monitor-opentelemetry", "prometheus-client",
                  "typer", "pytest", "mypy"):
         assert name not in functions, name
+
+
+
+def test_every_module_is_named_where_a_newcomer_looks() -> None:
+    """The README's module table names each streamer/ and common/ module, docs/control-plane.md each function_app/
+    one (a module nobody can find is one nobody carries); and no code cites numbered sections of a document that
+    is not in the repository (docs/acs-protocol.md is cited by its headings)."""
+    repo = Path(__file__).resolve().parent.parent
+    readme = (repo / "README.md").read_text()
+    control = (repo / "docs" / "control-plane.md").read_text()
+    for folder, doc in (("streamer", readme), ("common", readme), ("function_app", control)):
+        for path in sorted((repo / folder).glob("*.py")):
+            if path.name != "__init__.py":
+                assert f"`{path.name}`" in doc or f"{folder}/{path.name}" in doc, f"{folder}/{path.name} is not named"
+    for folder in ("common", "streamer", "function_app", "devstack", "recorder_cli"):
+        for path in (repo / folder).rglob("*.py"):
+            cited = [line for line in path.read_text().splitlines() if "§" in line and "RFC" not in line]
+            assert not cited, f"{path.relative_to(repo)} cites a numbered section: {cited[0].strip()}"
