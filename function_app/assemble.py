@@ -50,6 +50,7 @@ class ChunkReader:
     def __init__(self, store: RecordingStore, manifest: mf.Manifest):
         self.store = store
         self.expected = {c.blob: c for s in manifest.streams for c in s.chunks}
+        self.frame_bytes = manifest.frame_bytes
         self.mismatched: list[str] = []
         self.missing: list[str] = []
         self.occupied: dict[str, tuple[int, int | None, int]] = {}  # blob -> (slots held, first slot, slot bytes)
@@ -67,14 +68,15 @@ class ChunkReader:
         if entry is not None and hashlib.sha256(data).hexdigest() != entry.sha256 and name not in self.mismatched:
             self.mismatched.append(name)
             log.error("chunk %s differs from the sha256 the manifest lists; its stored bytes are used", name)
-        self.occupied[name] = _occupancy(meta, data)
+        self.occupied[name] = _occupancy(meta, data, self.frame_bytes)
         return data
 
 
-def _occupancy(meta: dict[str, str], data: bytes) -> tuple[int, int | None, int]:
+def _occupancy(meta: dict[str, str], data: bytes, frame_bytes: int | None) -> tuple[int, int | None, int]:
     """(slots holding a received frame, the first of them, slot bytes) of a stored chunk."""
     pcm_bytes = max(0, len(data) - wav.HEADER_BYTES)
-    slot_bytes = int(meta.get("slotbytes") or 0) or 2  # no slot size recorded: count samples
+    # no slot size recorded (chunks of early versions): the call's frame length, else count samples
+    slot_bytes = int(meta.get("slotbytes") or 0) or frame_bytes or 2
     try:
         held = np.flatnonzero(read_occupancy(meta, pcm_bytes, slot_bytes))
     except ValueError as exc:  # a damaged slot map: what is stored counts as received (as for chunks without one)

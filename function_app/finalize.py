@@ -166,10 +166,14 @@ class Finalizer:
                 break
             except RecordingConflict:
                 cur, etag = self.store.read_recording(call_id)
-                # Raced only by a finalizer that described these chunks (or newer ones). The ready revision this
-                # one outdates may have changed meanwhile (its announcer's lease): replace it all the same.
-                if cur is not None and cur.status == RecordingStatus.READY and (
-                        cur.chunks_digest == ready.chunks_digest or cur.revision > revision):
+                # Replaced only if it is what this run read: a `finalizing` document, or the ready revision this
+                # one outdates (changed meanwhile only by its announcer's lease). Any other ready revision is
+                # another finalizer's, perhaps from other chunks than this run read: if so, look again from the
+                # manifest as it is now (the next run sees which chunks that revision lacks, if any).
+                outdated = previous is not None and cur is not None and cur.event_id == previous.event_id
+                if cur is not None and cur.status == RecordingStatus.READY and not outdated:
+                    if cur.chunks_digest != ready.chunks_digest:
+                        self.store.request_finalize(call_id, "raced")
                     log.info("finalize %s: another finalizer was first", call_id, extra=extra)
                     return Outcome.RACED
         else:

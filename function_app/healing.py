@@ -45,6 +45,7 @@ OUTAGE_EVENTS = frozenset({"MediaStreamingFailed", "MediaStreamingStopped"})
 TRIGGER_EVENTS = OUTAGE_EVENTS | {"CallConnected"}
 ANSWER_SECONDS = 60.0  # an attempt ACS has not answered after this counts as failed (the watchdog plans the next)
 OVERDUE_SECONDS = 30.0  # a planned attempt nobody claimed after this was lost (the watchdog plans it again)
+SWEEP_SECONDS = 300.0  # how often the watchdog (SweepRecordings) asks
 SKEW_SECONDS = 0.25  # our clock against ACS's event times: an outage event this close to a claim is not its answer
 
 
@@ -138,7 +139,10 @@ def plan(state: cs.CallState, max_attempts: int, now: float | None = None, *,
         if (time.time() if now is None else now) - _ts(last.at) < ANSWER_SECONDS:
             return None  # ACS's answer (or the watchdog) plans the next
     if tries >= max_attempts or len(mine) >= MAX_RESTARTS_PER_CALL:
-        if quiet and not silent:  # the watchdog asks every sweep: said once, when the last attempt failed
+        # the watchdog asks every sweep: a failed last attempt was reported when it failed, an unanswered one in
+        # the first sweep after ANSWER_SECONDS
+        if quiet and not (silent and last is not None and (time.time() if now is None else now) - _ts(last.at)
+                          < ANSWER_SECONDS + SWEEP_SECONDS):
             return None
         log.error("media streaming of %s is down since %s and %d restart(s) did not bring it back; giving up — "
                   "the recording has a hole until the call ends", state.call_connection_id, began, tries,
@@ -230,7 +234,18 @@ def restart(client: CallAutomationClient, store: RecordingStore, req: RestartReq
         entry["acceptedAt"] = accepted
         return True
 
-    store.update_state(call_id, mark)
+    after = msgspec.convert(store.update_state(call_id, mark), cs.CallState)
+    claimed_at = next((_ts(r.at) for r in after.streaming_requests if r.by == "recorder"
+                       and r.heals == req.outage_at and r.attempt == req.attempt), float("inf"))
+    if any(r.by == "api" and r.action == "stop" and r.error is None and _ts(r.at) >= claimed_at
+           for r in after.streaming_requests):
+        # a user's stop reached ACS between the claim and this start, which would undo it: stop again
+        log.warning("a user stopped the streaming of %s while restart %d was under way; stopping it again",
+                    call_id, req.attempt, extra=fields)
+        try:
+            client.get_call_connection(call_id).stop_media_streaming(operation_context=OPERATION_CONTEXT + "-undo")
+        except AzureError as exc:
+            log.error("could not stop the streaming of %s again: %s", call_id, str(exc)[:300], extra=fields)
     return Outcome.REQUESTED
 
 

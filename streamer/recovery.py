@@ -96,8 +96,14 @@ async def _recover_call(spool: Spool, store: RecordingStore, metrics: Metrics, c
     for path in parts:
         try:
             saved = mf.loads_part(path.read_bytes())
-        except (OSError, ValueError) as exc:  # damaged: kept for an operator (an open marker still says the
-            _set_aside(spool, call_id, path, exc)  # session never closed)
+        except (OSError, ValueError) as exc:  # damaged: kept for an operator; its session (named in the file
+            _set_aside(spool, call_id, path, exc)  # name) is settled as not complete, so the call is not either
+            sid = path.name[len("part."):-len(".json")]
+            if 0 < len(sid) <= 128:
+                spooled_sessions.add(sid)
+                # frames=1: it carried audio (it wrote a part), so it counts, and the call cannot read complete
+                merged = mf.merge(merged, mf.Part(call_connection_id=call_id, sessions=[mf.Session(
+                    id=sid, frames=1, complete=False, settled=True, end_reason=mf.EndReason.SERVER_ERROR)]))
             continue
         sessions = []
         for sess in saved.sessions:

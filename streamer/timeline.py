@@ -18,9 +18,9 @@ value must not decide where the rest of the call goes:
 * a jump ahead is believed only if it does not claim to be from the future: the frame's `ts - arrival` may exceed
   the call's reference offset (set by frames that arrived in sequence) by at most `FUTURE_TOLERANCE`. Audio cannot
   arrive before it was captured, so a larger lead is a bad timestamp and the frame goes at the cursor. The
-  reference itself may rise (a frame that arrived sooner than the others) by at most `FUTURE_TOLERANCE` over the
-  first one, so jumps that each lead a little cannot creep the call ahead of the receive clock: the silence a
-  run of bogus jumps can make us write stays bounded by the time that really passed;
+  reference itself may rise (a frame that arrived sooner than the others) to at most `FUTURE_TOLERANCE` ahead of
+  the receive clock, so jumps that each lead a little cannot creep the call ahead of it: the silence a run of
+  bogus jumps can make us write stays bounded by the time that really passed;
 * a frame dated more than `MAX_CLOCK_SKEW` behind the reference is not a late frame but a wild timestamp (one
   dated 2000 in mid-call): counted, and placed right after the previous frame rather than dropped before the
   origin.
@@ -130,7 +130,7 @@ class CallTimeline:
         self._streams: dict[str | None, _Stream] = {}
         self._clock_slot: int | None = None  # the newest slot any stream of the call has reached
         self._ref: float | None = None  # timestamp minus arrival of the least-delayed in-sequence frame
-        self._ref_cap = float("inf")  # how far `_ref` may rise: the first reference + FUTURE_TOLERANCE
+        self._ref_cap = float("inf")  # how far `_ref` may rise: FUTURE_TOLERANCE ahead of the receive clock
         self.stats = TimelineStats()
 
     # -- per frame ------------------------------------------------------------------------------------------
@@ -247,7 +247,9 @@ class CallTimeline:
                 return self._cursor_ts(st.next_slot, arrival)
             if ref is None:
                 self._ref = off
-                self._ref_cap = off + FUTURE_TOLERANCE
+                # anchored on the receive clock, not on this frame: a first frame that arrived late must not keep
+                # the reference below the steady delay of the frames after it
+                self._ref_cap = max(off, 0.0) + FUTURE_TOLERANCE
             if st.held is not None:
                 self._release(st, ts)
             return ts

@@ -433,6 +433,39 @@ def test_a_new_revision_is_written_even_if_the_one_it_outdates_changed_meanwhile
     assert rec.revision == 2 and rec.files[0].blob == final_blob(call_id, "mixed", revision=2)
 
 
+def test_a_finalizer_that_read_older_chunks_never_replaces_a_newer_revision(
+        azurite: Azurite, container: ContainerClient) -> None:
+    """Two finalizers outdate revision 1: A read the manifest with one late chunk, B (later) with two. B finishes
+    first; A, finding B's revision-2 files, builds revision 3 from its older chunks. It must not replace B's
+    revision: it stands down and asks for another look (found by a probe)."""
+    call_id = write_call(azurite, container, streams={None: {0: tone(CHUNK_BYTES, 300, 1)}}, channel="mixed")
+    assert Finalizer(fstore(container), None, settle_seconds=0).run(call_id) == Outcome.FINALIZED
+    _add_late_chunk(azurite, container, call_id, 2, tone(CHUNK_BYTES, 300, 2))
+    older = fstore(container).read_manifest_model(call_id)
+    _add_late_chunk(azurite, container, call_id, 4, tone(CHUNK_BYTES, 300, 3))
+    newer = fstore(container).read_manifest_model(call_id)
+    asked: list[str] = []
+
+    class ReadEarlier(RecordingStore):
+        def read_manifest_model(self, call_id: str) -> mf.Manifest | None:
+            return older
+
+        def stage_block(self, name: str, block_id: str, data: bytes) -> None:
+            if not asked and not getattr(self, "b_ran", False):  # B runs to the end while A assembles
+                self.b_ran = True
+                assert Finalizer(fstore(container), None, settle_seconds=0).run(call_id) == Outcome.FINALIZED
+            super().stage_block(name, block_id, data)
+
+        def request_finalize(self, call_id: str, reason: str, *, force: bool = False) -> None:
+            asked.append(reason)
+
+    a = Finalizer(ReadEarlier(container, AccountKeySigner(ACCOUNT, ACCOUNT_KEY)), None, settle_seconds=0)
+    assert a.run(call_id) == Outcome.RACED and asked == ["raced"]
+    rec = rec_model.loads(container.download_blob(recording_blob(call_id)).readall())
+    assert newer is not None and rec.revision == 2 and rec.chunks_digest == rec_model.chunks_digest_of(newer)
+    _files_match_blobs(container, rec)
+
+
 def test_an_announcer_outdated_mid_publish_does_not_mark_the_newer_revision_announced(
         azurite: Azurite, container: ContainerClient) -> None:
     """Revision 2 replaces revision 1 while revision 1's event is being published: revision 2 must stay

@@ -187,6 +187,18 @@ def test_the_watchdog_plans_only_what_is_overdue() -> None:
     assert healing.overdue(in_flight, 1, now + healing.ANSWER_SECONDS) is None  # that was the last attempt
 
 
+def test_the_watchdog_reports_giving_up_once_not_every_sweep(caplog: pytest.LogCaptureFixture) -> None:
+    now = time.time()
+    state = _claimed(_state(*_connected(), _failed()), T0.format(5), 3, now)  # the last attempt, never answered
+    for r in (1, 2):
+        state = msgspec.structs.replace(state, streaming_requests=[
+            cs.StreamingRequest(action="start", by="recorder", at=mf.utc_iso(now - 100), attempt=r,
+                                heals=T0.format(5), error="refused"), *state.streaming_requests])
+    for k in range(4):  # four sweeps after the answer ran out
+        assert healing.overdue(state, 3, now + healing.ANSWER_SECONDS + 5 + k * healing.SWEEP_SECONDS) is None
+    assert sum("giving up" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_a_users_many_requests_never_push_out_the_recorders_own() -> None:
     doc = state_model.new_state("c1")
     state_model.record_streaming_request(doc, "start", by="recorder", attempt=1, heals=T0.format(5))
@@ -403,3 +415,27 @@ def test_the_sweep_plans_a_restart_a_callback_could_not(host: HostUnderTest, res
     (nxt,) = _planned(restarts, call)
     assert nxt.attempt == 2
     store.mark_finished(call)
+
+
+def test_a_stop_that_lands_between_the_claim_and_the_start_is_not_undone(host: HostUnderTest,
+                                                                         restarts: QueueClient) -> None:
+    """A user stops streaming while the recorder's restart is on its way to ACS: ACS gets the stop, then the
+    start. The recorder sees the user's stop recorded after its claim and stops streaming again."""
+    assert host.acs is not None
+    call = str(uuid.uuid4())
+    _callbacks(host, *_connected(call), _failed(call))
+    (req,) = _planned(restarts, call)
+
+    def user_stops() -> None:
+        with host.client() as http:
+            assert http.post(f"/calls/{call}/streaming/stop", json={}).status_code == 202
+
+    host.acs.on["startMediaStreaming"] = user_stops
+    try:
+        assert healing.restart(host.runtime.acs, host.runtime.store, req, 3) is healing.Outcome.REQUESTED
+    finally:
+        host.acs.on.clear()
+    sent = [(r.path.split(":")[-1].split("?")[0], r.json().get("operationContext"))
+            for r in host.acs.requests if f"/callConnections/{call}:" in r.path]
+    assert sent == [("startMediaStreaming", healing.context_of(T0.format(5), 1)), ("stopMediaStreaming", None),
+                    ("stopMediaStreaming", healing.OPERATION_CONTEXT + "-undo")]

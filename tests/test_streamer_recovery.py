@@ -261,6 +261,8 @@ def test_damaged_spool_files_are_quarantined_at_restart_not_retried_forever(tmp_
 
     m = asyncio.run(run())
     assert m is not None and not m.complete
+    (s2,) = [x for x in m.sessions if x.id == "s2"]  # its part was damaged: settled, and not complete
+    assert s2.settled and not s2.complete
     (s1,) = [x for x in m.sessions if x.id == "s1"]
     assert s1.end_reason == mf.EndReason.NEVER_CLOSED and [q.seq for q in s1.quarantined_chunks] == [0]
     assert "unreadable" in s1.quarantined_chunks[0].reason

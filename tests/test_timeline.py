@@ -268,6 +268,26 @@ def test_small_jumps_cannot_creep_the_call_ahead_of_the_receive_clock():
     assert tl.stats.bad_timestamps >= 250
 
 
+def test_a_first_frame_that_arrived_late_does_not_hold_the_reference_down():
+    """The first frame waited 5 s (connection set-up), the rest flow 50 ms behind: a 1-s pause later must still be
+    a gap, and a speaker who joins after it must land where the clock says (found by a probe of the creep cap)."""
+    got = Collect()
+    tl = CallTimeline(fmt(), 1.0, got)
+    tl.add("8:acs:a", frame(0), T0, False, arrival=T0 + 5.0)
+    t = T0 + 0.02
+    while t < T0 + 8.0:
+        tl.add("8:acs:a", frame(1), t, False, arrival=max(T0 + 5.0, t + 0.05))
+        t += 0.02
+    t += 1.0  # a quiet second
+    for i in range(50):
+        tl.add("8:acs:a", frame(2), t + i * 0.02, False, arrival=t + i * 0.02 + 0.05)
+        tl.add("8:acs:b", frame(3), t + i * 0.02, False, arrival=t + i * 0.02 + 0.05)
+    tl.flush()
+    assert tl.stats.bad_timestamps == 0 and tl.stats.gap_slots == 50
+    b_first = min(c.seq * 50 + c.mask.index(1) for c in got.chunks if c.participant == "8:acs:b")
+    assert b_first == round((t - T0) / 0.02)
+
+
 def test_a_frame_dated_far_in_the_past_mid_call_is_kept_in_sequence():
     """One frame dated 2000 in the middle of a call is a wild timestamp, not a late frame: placed after the previous
     one and counted, not dropped "before the origin" (which also made the session incomplete)."""
