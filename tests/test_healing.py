@@ -183,8 +183,8 @@ def test_the_watchdog_plans_only_what_is_overdue() -> None:
         call_connection_id="c1", outage_at=began, attempt=1)  # never claimed: lost
     in_flight = _claimed(fresh, began, 1, now)
     assert healing.overdue(in_flight, 3, now + healing.OVERDUE_SECONDS) is None
-    assert healing.overdue(in_flight, 3, now + healing.ANSWER_SECONDS).attempt == 2  # type: ignore[union-attr]
-    assert healing.overdue(in_flight, 1, now + healing.ANSWER_SECONDS) is None  # that was the last attempt
+    assert healing.overdue(in_flight, 3, now + healing.ANSWER_SECONDS + 1).attempt == 2  # type: ignore[union-attr]
+    assert healing.overdue(in_flight, 1, now + healing.ANSWER_SECONDS + 1) is None  # that was the last attempt
 
 
 def test_the_watchdog_reports_giving_up_once_not_every_sweep(caplog: pytest.LogCaptureFixture) -> None:
