@@ -133,16 +133,14 @@ def plan(state: cs.CallState, max_attempts: int, now: float | None = None, *,
     tries = len(these)
     fields = call_fields(state.call_connection_id, state.correlation_id)
     last = max(these, key=lambda r: r.attempt or 0, default=None)
+    waited = (time.time() if now is None else now) - (_ts(last.at) if last is not None else float("inf"))
     silent = last is not None and not _answered(state, last)
-    if silent:
-        assert last is not None
-        if (time.time() if now is None else now) - _ts(last.at) < ANSWER_SECONDS:
-            return None  # ACS's answer (or the watchdog) plans the next
+    if silent and waited < ANSWER_SECONDS:
+        return None  # ACS's answer (or the watchdog) plans the next
     if tries >= max_attempts or len(mine) >= MAX_RESTARTS_PER_CALL:
         # the watchdog asks every sweep: a failed last attempt was reported when it failed, an unanswered one in
         # the first sweep after ANSWER_SECONDS
-        if quiet and not (silent and last is not None and (time.time() if now is None else now) - _ts(last.at)
-                          < ANSWER_SECONDS + SWEEP_SECONDS):
+        if quiet and not (silent and waited < ANSWER_SECONDS + SWEEP_SECONDS):
             return None
         log.error("media streaming of %s is down since %s and %d restart(s) did not bring it back; giving up — "
                   "the recording has a hole until the call ends", state.call_connection_id, began, tries,
