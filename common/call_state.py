@@ -98,6 +98,12 @@ def to_builtins(doc: CallState) -> dict[str, Any]:
     return msgspec.to_builtins(doc)  # type: ignore[no-any-return]
 
 
+def entry(item: Failure | EventRef | RejectedEvent | StreamingRequest) -> dict[str, Any]:
+    """One list entry in the document's JSON shape, built from its model (the fold in function_app.state edits
+    the document as JSON, so its entries are spelled once, here)."""
+    return msgspec.to_builtins(item)  # type: ignore[no-any-return]
+
+
 def loads(data: bytes | str) -> CallState:
     """Decode and validate a stored call state; raises ValueError naming the first field that is wrong."""
     return _decoder.decode(data)

@@ -99,11 +99,7 @@ def _record(state: dict[str, Any], start: bool, at: str) -> bool:
 
 
 def _refused(state: dict[str, Any], at: str, error: str) -> bool:
-    for r in reversed(state.get("streamingRequests", [])):
-        if r.get("by") == "api" and r.get("at") == at:
-            r["error"] = error
-            return True
-    return False
+    return state_model.update_streaming_request(state, lambda r: r.by == "api" and r.at == at, error=error)
 
 
 def hang_up(client: CallAutomationClient, call_id: str) -> None:

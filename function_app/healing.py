@@ -21,6 +21,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from typing import Any
 
 import msgspec
 from azure.communication.callautomation import CallAutomationClient
@@ -187,11 +188,9 @@ def restart(client: CallAutomationClient, store: RecordingStore, req: RestartReq
         return Outcome.GAVE_UP
     claimed: list[bool] = []
 
-    def claim(doc: dict[str, object]) -> bool:
+    def claim(doc: dict[str, Any]) -> bool:
         current = msgspec.convert(doc, cs.CallState)
-        if outage(current) != req.outage_at or any(
-                r.by == "recorder" and r.heals == req.outage_at and r.attempt == req.attempt
-                for r in current.streaming_requests):
+        if outage(current) != req.outage_at or any(_is(r, req) for r in current.streaming_requests):
             claimed[:] = []
             return False
         state_model.record_streaming_request(doc, "start", by="recorder", attempt=req.attempt, heals=req.outage_at)
@@ -211,12 +210,8 @@ def restart(client: CallAutomationClient, store: RecordingStore, req: RestartReq
         error = str(exc)[:1000]
         log.warning("restart %d of media streaming of %s refused: %s", req.attempt, call_id, error, extra=fields)
 
-        def note(doc: dict[str, object]) -> bool:
-            entry = _entry(doc, req)
-            if entry is None:
-                return False
-            entry["error"] = error
-            return True
+        def note(doc: dict[str, Any]) -> bool:
+            return state_model.update_streaming_request(doc, lambda r: _is(r, req), error=error)
 
         nxt = plan(msgspec.convert(store.update_state(call_id, note), cs.CallState), max_attempts)
         if nxt is not None:
@@ -225,16 +220,12 @@ def restart(client: CallAutomationClient, store: RecordingStore, req: RestartReq
     log.info("restart %d of media streaming of %s accepted", req.attempt, call_id, extra=fields)
     accepted = now_iso()
 
-    def mark(doc: dict[str, object]) -> bool:
-        entry = _entry(doc, req)
-        if entry is None or entry.get("acceptedAt") is not None:
-            return False
-        entry["acceptedAt"] = accepted
-        return True
+    def mark(doc: dict[str, Any]) -> bool:
+        return state_model.update_streaming_request(doc, lambda r: _is(r, req) and r.accepted_at is None,
+                                                    accepted_at=accepted)
 
     after = msgspec.convert(store.update_state(call_id, mark), cs.CallState)
-    claimed_at = next((_ts(r.at) for r in after.streaming_requests if r.by == "recorder"
-                       and r.heals == req.outage_at and r.attempt == req.attempt), float("inf"))
+    claimed_at = next((_ts(r.at) for r in after.streaming_requests if _is(r, req)), float("inf"))
     if any(r.by == "api" and r.action == "stop" and r.error is None and _ts(r.at) >= claimed_at
            for r in after.streaming_requests):
         # a user's stop reached ACS between the claim and this start, which would undo it: stop again
@@ -247,9 +238,6 @@ def restart(client: CallAutomationClient, store: RecordingStore, req: RestartReq
     return Outcome.REQUESTED
 
 
-def _entry(doc: dict[str, object], req: RestartRequest) -> dict[str, object] | None:
-    """The call state's record of this attempt (a claim made by `restart`)."""
-    requests = doc.get("streamingRequests")
-    assert isinstance(requests, list)
-    return next((r for r in reversed(requests) if r.get("by") == "recorder" and r.get("heals") == req.outage_at
-                 and r.get("attempt") == req.attempt), None)
+def _is(r: cs.StreamingRequest, req: RestartRequest) -> bool:
+    """Whether `r` is the call state's record of this attempt (the claim `restart` made)."""
+    return r.by == "recorder" and r.heals == req.outage_at and r.attempt == req.attempt

@@ -14,6 +14,7 @@ Shape: {"schemaVersion", "callConnectionId", "correlationId", "serverCallId", "d
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -54,7 +55,8 @@ def record_request(state: dict[str, Any], **fields: Any) -> None:
 def record_streaming_request(state: dict[str, Any], action: str, *, by: str = "api", error: str | None = None,
                              attempt: int | None = None, heals: str | None = None, at: str | None = None) -> None:
     """A start/stop we asked ACS for: through the API (`by: api`) or to heal an outage (`by: recorder`)."""
-    entry = {"action": action, "by": by, "at": at or now_iso(), "attempt": attempt, "heals": heals, "error": error}
+    entry = cs.entry(cs.StreamingRequest(action=action, by=by, at=at or now_iso(),  # type: ignore[arg-type]
+                                         attempt=attempt, heals=heals, error=error))
     requests = [*state.get("streamingRequests", []), entry]
     # a user's many starts and stops are trimmed first: the recorder's own (a few per call, bounded by
     # healing.MAX_RESTARTS_PER_CALL) are what bounds its restarts and explains the holes it healed
@@ -65,6 +67,18 @@ def record_streaming_request(state: dict[str, Any], action: str, *, by: str = "a
         requests = [r for i, r in enumerate(requests) if i not in dropped][-MAX_EVENTS:]
     state["streamingRequests"] = requests
     state["updatedAt"] = now_iso()
+
+
+def update_streaming_request(state: dict[str, Any], match: Callable[[cs.StreamingRequest], bool],
+                             **changes: Any) -> bool:
+    """Change the newest streaming request `match` accepts (fields by their model names); False if none does."""
+    requests = state.get("streamingRequests", [])
+    for i in range(len(requests) - 1, -1, -1):
+        current = msgspec.convert(requests[i], cs.StreamingRequest)
+        if match(current):
+            requests[i] = cs.entry(msgspec.structs.replace(current, **changes))
+            return True
+    return False
 
 
 def event_name(event: dict[str, Any]) -> str:
@@ -95,9 +109,9 @@ def _failure(name: str, data: dict[str, Any], at: str) -> dict[str, Any]:
     raw_info, raw_update = data.get("resultInformation"), data.get("mediaStreamingUpdate")
     info: dict[str, Any] = raw_info if isinstance(raw_info, dict) else {}
     update: dict[str, Any] = raw_update if isinstance(raw_update, dict) else {}
-    return {"event": name, "code": _int(info.get("code")), "subCode": _int(info.get("subCode")),
-            "message": _text(info.get("message")), "details": _text(update.get("mediaStreamingStatusDetails")),
-            "at": at}
+    return cs.entry(cs.Failure(event=name, code=_int(info.get("code")), sub_code=_int(info.get("subCode")),
+                               message=_text(info.get("message")),
+                               details=_text(update.get("mediaStreamingStatusDetails")), at=at))
 
 
 def _before(a: str, b: str) -> bool:
@@ -129,8 +143,8 @@ def apply_event(state: dict[str, Any], event: dict[str, Any]) -> bool:
     data = event.get("data") or {}
     at = _time(event.get("time"))
     context = _text(data.get("operationContext"))  # ours on a restart: how healing knows ACS's answer
-    state["events"] = [*state["events"], {"id": event_id, "type": name, "time": at,
-                                          "operationContext": context}][-MAX_EVENTS:]
+    state["events"] = [*state["events"], cs.entry(cs.EventRef(id=event_id, type=name, time=at,
+                                                              operation_context=context))][-MAX_EVENTS:]
     for key in ("correlationId", "serverCallId"):
         if state.get(key) is None and isinstance(data.get(key), str) and data[key]:
             state[key] = data[key][:4096 if key == "serverCallId" else 1024]
@@ -147,8 +161,8 @@ def apply_event(state: dict[str, Any], event: dict[str, Any]) -> bool:
         if state.get("connectedAt") is not None:
             # A call we saw connect cannot have failed to be created or answered: a replayed or forged event.
             # Kept for the record, never applied.
-            state["rejectedEvents"] = [*state.get("rejectedEvents", []), {
-                "id": event_id, "type": name, "time": at, "reason": "the call had already connected"}][-MAX_EVENTS:]
+            state["rejectedEvents"] = [*state.get("rejectedEvents", []), cs.entry(cs.RejectedEvent(
+                id=event_id, type=name, time=at, reason="the call had already connected"))][-MAX_EVENTS:]
             log.warning("%s for %s ignored: the call had already connected", name, state["callConnectionId"],
                         extra={"callConnectionId": state["callConnectionId"]})
         else:
