@@ -20,6 +20,7 @@ from azure.communication.callautomation import (
     StreamingTransportType,
 )
 from azure.core.credentials import AzureKeyCredential
+from azure.core.exceptions import ResourceNotFoundError
 
 from common.transport import transport_url
 from function_app.settings import Settings
@@ -34,6 +35,15 @@ def build_client(settings: Settings) -> CallAutomationClient:
 
     credential = DefaultAzureCredential(managed_identity_client_id=settings.azure_client_id)
     return CallAutomationClient(settings.acs_endpoint, credential)
+
+
+def call_exists(client: CallAutomationClient, call_id: str) -> bool:
+    """Whether ACS still knows the call (GET callConnections/{id}: 404 once it has ended). Other errors raise."""
+    try:
+        client.get_call_connection(call_id).get_call_properties()
+    except ResourceNotFoundError:
+        return False
+    return True
 
 
 def streaming_options(settings: Settings, audio_channel: str, sample_rate: int, dtmf: bool) -> MediaStreamingOptions:

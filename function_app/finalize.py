@@ -43,6 +43,7 @@ from common.layout import is_valid_call_id
 from common.recording import Recording, RecordingStatus, chunks_digest_of, digest_of, parse_finalize_request
 from common.retry import Backoff
 from function_app import events, healing
+from function_app import state as state_model
 from function_app.assemble import Assembled, assemble
 from function_app.completeness import completeness
 from function_app.events import Publisher
@@ -52,6 +53,7 @@ from function_app.store import RecordingConflict, RecordingStore
 SETTLE_SECONDS = 5.0  # a session that began just before the call ended has written its entry by then
 STALE_SECONDS = 600.0  # the sweep finalizes anyway this long after the call ended, naming unsettled sessions
 FORGET_UNKNOWN_SECONDS = 86400.0  # a marker of a call that has no state this long is dropped
+QUIET_SECONDS = 900.0  # a live call with no news this long: the sweep asks ACS whether the call still exists
 PUBLISH_RETRY = Backoff(base=0.5, cap=8.0)
 PUBLISH_ATTEMPTS = 5
 ANNOUNCE_LEASE_SECONDS = 180.0  # longer than PUBLISH_ATTEMPTS tries with their backoff take
@@ -89,6 +91,7 @@ class Finalizer:
     settle_seconds: float = SETTLE_SECONDS
     max_data_bytes: int = wav.MAX_DATA_BYTES
     restart_attempts: int = healing.DEFAULT_ATTEMPTS  # STREAMING_RESTART_ATTEMPTS, for the sweep's watchdog
+    call_exists: Callable[[str], bool] | None = None  # asks ACS (function_app.acs.call_exists); None: never asked
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     stats: dict[str, Any] = field(default_factory=dict)  # what the last run did (benchmarks, logs)
@@ -231,6 +234,26 @@ class Finalizer:
                  extra={"callConnectionId": call_id})
         return Outcome.ANNOUNCED
 
+    def _ended_unseen(self, call_id: str) -> None:
+        """ACS no longer knows a call whose state says it is live: its CallDisconnected never reached us. Recorded
+        as a disconnect at the call's last sign of life (its newest event, or the end of its last session), so the
+        recording is finalized rather than left live for good."""
+        manifest = self.store.read_manifest_model(call_id)
+        ends = [mf.instant(s.ended_at) for s in manifest.sessions] if manifest else []
+
+        def ended(doc: dict[str, Any]) -> bool:
+            state = msgspec.convert(doc, cs.CallState)
+            last = max([t for t in (*ends, *(mf.instant(e.time) for e in state.events)) if t is not None],
+                       default=self.clock())
+            return state_model.apply_event(doc, {
+                "id": f"recorder-sweep-{call_id}", "type": "Microsoft.Communication.CallDisconnected",
+                "time": mf.utc_iso(last), "data": {"callConnectionId": call_id}})  # the id says who wrote it
+
+        self.store.update_state(call_id, ended)
+        log.warning("sweep: ACS no longer knows %s, whose CallDisconnected never arrived; recorded it as ended "
+                    "and asking for its finalization", call_id, extra={"callConnectionId": call_id})
+        self.store.request_finalize(call_id, "call_gone")
+
     def sweep(self) -> dict[str, int]:
         """For every call whose recording is not ready and announced: ask a finalizer again when the call has
         ended (forcing it once the call ended STALE_SECONDS ago); for a live one, plan the streaming restart a
@@ -253,6 +276,10 @@ class Finalizer:
                                     extra={"callConnectionId": call_id})
                         healing.schedule(self.store, restart)
                         verdict = "restart"
+                    elif (self.call_exists is not None and now - _last_news(state) > QUIET_SECONDS
+                          and not self.call_exists(call_id)):
+                        self._ended_unseen(call_id)
+                        verdict = "ended_unseen"
                 else:
                     force = now - _ended_at(state, marked.timestamp()) > STALE_SECONDS
                     self.store.request_finalize(call_id, "sweep", force=force)
@@ -264,6 +291,12 @@ class Finalizer:
         if counts:
             log.info("sweep: %s", counts)
         return counts
+
+
+def _last_news(state: cs.CallState) -> float:
+    """When the call state last changed (our clock), or its newest event's time."""
+    times = [mf.instant(state.updated_at), *(mf.instant(e.time) for e in state.events)]
+    return max((t for t in times if t is not None), default=0.0)
 
 
 def _ended_at(state: cs.CallState, otherwise: float) -> float:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from azure.communication.callautomation import CallAutomationClient
 
 from common.acs_jwt import AcsJwtVerifier, AuthConfig
-from function_app.acs import build_client
+from function_app.acs import build_client, call_exists
 from function_app.events import build_publisher
 from function_app.finalize import Finalizer
 from function_app.settings import Settings
@@ -33,8 +33,10 @@ def build_runtime(settings: Settings) -> Runtime:
         verifier = AcsJwtVerifier(AuthConfig(issuer=settings.jwt_issuer, audience=settings.acs_resource_id,
                                              jwks_url=settings.jwks_url))
     store = RecordingStore.from_settings(settings)
-    finalizer = Finalizer(store, build_publisher(settings), restart_attempts=settings.streaming_restart_attempts)
-    return Runtime(settings, build_client(settings), store, verifier, finalizer)
+    client = build_client(settings)
+    finalizer = Finalizer(store, build_publisher(settings), restart_attempts=settings.streaming_restart_attempts,
+                          call_exists=lambda call_id: call_exists(client, call_id))
+    return Runtime(settings, client, store, verifier, finalizer)
 
 
 _lock = threading.Lock()

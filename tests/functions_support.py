@@ -180,15 +180,17 @@ def start_host(settings: Settings, verifier: Any = None, port: int | None = None
     import function_entry
     from devstack.functions_host import Keys, build_app
     from devstack.serve import ServerThread
-    from function_app.acs import build_client
+    from function_app.acs import build_client, call_exists
     from function_app.events import build_publisher
     from function_app.finalize import Finalizer
     from function_app.runtime import Runtime, set_runtime
 
     settings.warn_about_risks()
     store = RecordingStore.from_settings(settings)
-    finalizer = Finalizer(store, build_publisher(settings), restart_attempts=settings.streaming_restart_attempts)
-    runtime = Runtime(settings, build_client(settings), store, verifier, finalizer)
+    client = build_client(settings)
+    finalizer = Finalizer(store, build_publisher(settings), restart_attempts=settings.streaming_restart_attempts,
+                          call_exists=lambda call_id: call_exists(client, call_id))
+    runtime = Runtime(settings, client, store, verifier, finalizer)
     set_runtime(runtime)
     # timers=False: the 5-minute sweep must not fire into a test; tests run it through the admin endpoint
     # env: the host's app settings (os.environ by default); `RecordingsStorage` there starts the queue triggers

@@ -439,3 +439,35 @@ def test_a_stop_that_lands_between_the_claim_and_the_start_is_not_undone(host: H
             for r in host.acs.requests if f"/callConnections/{call}:" in r.path]
     assert sent == [("startMediaStreaming", healing.context_of(T0.format(5), 1)), ("stopMediaStreaming", None),
                     ("stopMediaStreaming", healing.OPERATION_CONTEXT + "-undo")]
+
+
+def test_the_sweep_ends_a_call_acs_no_longer_knows(host: HostUnderTest, azurite: Azurite) -> None:
+    """A call whose CallDisconnected never arrived would stay live, and unfinalized, for good: once it has been
+    quiet for QUIET_SECONDS the sweep asks ACS, and a 404 records it as ended at its last sign of life and asks for
+    its finalization. A call ACS still knows stays live."""
+    from common.layout import FINALIZE_QUEUE
+    from function_app.finalize import QUIET_SECONDS
+
+    assert host.acs is not None
+    gone = str(uuid.uuid4())
+    host.runtime.store.add_to_index(gone, datetime.now(UTC))
+    _callbacks(host, *_connected(gone))
+    fin = dataclasses.replace(host.runtime.finalizer, clock=lambda: time.time() + QUIET_SECONDS + 1)
+    assert dataclasses.replace(fin, clock=time.time).sweep().get("ended_unseen") is None  # not quiet yet
+    host.acs.fail["get"] = (404, "8522", "Call not found")
+    try:
+        assert fin.sweep().get("ended_unseen", 0) >= 1
+    finally:
+        host.acs.fail.clear()
+    state = host.runtime.store.read_state_model(gone)
+    assert state.ended and state.disconnected_at == mf.utc_iso(mf.instant(T0.format(2)))  # its last event
+    assert [e.id for e in state.events][-1] == f"recorder-sweep-{gone}"
+    queue = QueueClient.from_connection_string(azurite.connection_string, FINALIZE_QUEUE,
+                                               message_decode_policy=TextBase64DecodePolicy())
+    asked = [m.content for m in queue.peek_messages(max_messages=32)]
+    assert any(gone in m and "call_gone" in m for m in asked)
+    later = str(uuid.uuid4())
+    host.runtime.store.add_to_index(later, datetime.now(UTC))
+    _callbacks(host, *_connected(later))
+    fin.sweep()  # ACS answers 200 for it: live it stays
+    assert not host.runtime.store.read_state_model(later).ended
