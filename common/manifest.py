@@ -299,11 +299,10 @@ def merge(base: Manifest | None, part: Manifest) -> Manifest:
     gaps_dropped = max(src.gaps_dropped, part.gaps_dropped, len(gap_keys) - MAX_GAPS_PER_CALL)
 
     # Stored tones are kept (as stored audio is): a later part adds only what still fits under the call's cap.
-    dtmf = {(d.timestamp or "", d.tone, d.participant_raw_id or ""): d for d in src.dtmf}
-    for key, d in sorted((((d.timestamp or "", d.tone, d.participant_raw_id or ""), d) for d in part.dtmf),
-                         key=lambda kd: kd[0]):
-        if key not in dtmf and len(dtmf) < MAX_DTMF_PER_CALL:
-            dtmf[key] = d
+    dtmf = {_dtmf_key(d): d for d in src.dtmf}
+    for d in sorted(part.dtmf, key=_dtmf_key):
+        if _dtmf_key(d) not in dtmf and len(dtmf) < MAX_DTMF_PER_CALL:
+            dtmf[_dtmf_key(d)] = d
     dtmf_keys = sorted(dtmf)
     # every session lists all the tones it kept, so what the call's cap cut is what they offered beyond it
     offered = sum(s.dtmf_tones for s in merged_sessions)
@@ -327,6 +326,10 @@ def merge(base: Manifest | None, part: Manifest) -> Manifest:
         gaps=[gaps[k] for k in gap_keys[:MAX_GAPS_PER_CALL]],
         dtmf=[dtmf[k] for k in dtmf_keys[:MAX_DTMF_PER_CALL]],
     )
+
+
+def _dtmf_key(d: Dtmf) -> tuple[str, str, str]:
+    return d.timestamp or "", d.tone, d.participant_raw_id or ""
 
 
 def span_of(manifest: Manifest, session_ids: set[str]) -> dict[str, tuple[str, str]]:

@@ -243,8 +243,7 @@ class Finalizer:
 
         def ended(doc: dict[str, Any]) -> bool:
             state = msgspec.convert(doc, cs.CallState)
-            last = max([t for t in (*ends, *(mf.instant(e.time) for e in state.events)) if t is not None],
-                       default=self.clock())
+            last = _latest([*ends, *(mf.instant(e.time) for e in state.events)], self.clock())
             return state_model.apply_event(doc, {
                 "id": f"recorder-sweep-{call_id}", "type": "Microsoft.Communication.CallDisconnected",
                 "time": mf.utc_iso(last), "data": {"callConnectionId": call_id}})  # the id says who wrote it
@@ -293,10 +292,13 @@ class Finalizer:
         return counts
 
 
+def _latest(times: list[float | None], otherwise: float) -> float:
+    return max((t for t in times if t is not None), default=otherwise)
+
+
 def _last_news(state: cs.CallState) -> float:
     """When the call state last changed (our clock), or its newest event's time."""
-    times = [mf.instant(state.updated_at), *(mf.instant(e.time) for e in state.events)]
-    return max((t for t in times if t is not None), default=0.0)
+    return _latest([mf.instant(state.updated_at), *(mf.instant(e.time) for e in state.events)], 0.0)
 
 
 def _ended_at(state: cs.CallState, otherwise: float) -> float:

@@ -58,13 +58,9 @@ def record_streaming_request(state: dict[str, Any], action: str, *, by: str = "a
     entry = cs.entry(cs.StreamingRequest(action=action, by=by, at=at or now_iso(),  # type: ignore[arg-type]
                                          attempt=attempt, heals=heals, error=error))
     requests = [*state.get("streamingRequests", []), entry]
-    # a user's many starts and stops are trimmed first: the recorder's own (a few per call, bounded by
-    # healing.MAX_RESTARTS_PER_CALL) are what bounds its restarts and explains the holes it healed
-    excess = len(requests) - MAX_EVENTS
-    if excess > 0:
-        users = [i for i, r in enumerate(requests) if r.get("by") != "recorder"][:excess]
-        dropped = set(users)
-        requests = [r for i, r in enumerate(requests) if i not in dropped][-MAX_EVENTS:]
+    while len(requests) > MAX_EVENTS:  # a user's oldest go first: the recorder's own (a few per call, bounded by
+        # healing.MAX_RESTARTS_PER_CALL) are what bounds its restarts and explains the holes it healed
+        del requests[next((i for i, r in enumerate(requests) if r.get("by") != "recorder"), 0)]
     state["streamingRequests"] = requests
     state["updatedAt"] = now_iso()
 

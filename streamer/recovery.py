@@ -62,21 +62,12 @@ async def _recover_call(spool: Spool, store: RecordingStore, metrics: Metrics, c
             try:
                 data = spool.read_chunk(job)
             except OSError as exc:  # its sidecar is there, its audio cannot be read: nothing can ever land
-                job.quarantined = f"spooled chunk unreadable: {exc}"[:300]
-                metrics.chunks_quarantined += 1
-                spool.set_aside(call_id, [Path(job.spool_path + s) for s in (".json", ".wav")] if job.spool_path
-                                else [])
-                log.error("chunk quarantined: its spooled audio is unreadable",
-                          extra={"callConnectionId": call_id, "blob": job.blob, "reason": job.quarantined})
+                _quarantine(spool, metrics, job, f"spooled chunk unreadable: {exc}")
             else:
                 try:
                     result = await store.put_chunk(job.blob, data, job.mask, job.frame_bytes)
                 except (PermanentChunkError, RequestRejected) as exc:
-                    job.quarantined = str(exc)[:300]
-                    metrics.chunks_quarantined += 1
-                    spool.quarantine(job, job.quarantined)
-                    log.error("chunk quarantined: it can never land as it is; kept for an operator",
-                              extra={"callConnectionId": call_id, "blob": job.blob, "reason": job.quarantined})
+                    _quarantine(spool, metrics, job, str(exc))
         if job.quarantined is not None:
             quarantined.setdefault(ref.session_id, []).append(
                 mf.QuarantinedChunk(stream=ref.stream, seq=ref.seq, reason=job.quarantined))
@@ -147,6 +138,14 @@ async def _recover_call(spool: Spool, store: RecordingStore, metrics: Metrics, c
         (spool.root / call_id).rmdir()
     log.info("spool recovered", extra={"callConnectionId": call_id, "chunks": len(done)})
     return len(done)
+
+
+def _quarantine(spool: Spool, metrics: Metrics, job: ChunkJob, reason: str) -> None:
+    job.quarantined = reason[:300]
+    metrics.chunks_quarantined += 1
+    spool.quarantine(job, job.quarantined)
+    log.error("chunk quarantined: it can never land as it is; kept for an operator",
+              extra={"callConnectionId": job.call_id, "blob": job.blob, "reason": job.quarantined})
 
 
 def _set_aside(spool: Spool, call_id: str, path: Path, exc: Exception) -> None:

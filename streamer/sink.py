@@ -257,11 +257,16 @@ class Spool:
             Path(job.spool_path + suffix).unlink(missing_ok=True)
 
     def quarantine(self, job: ChunkJob, reason: str) -> Path:
-        """Keep a chunk that can never land as it is, with why, for an operator to inspect or re-home."""
+        """Keep a chunk that can never land as it is, with why, for an operator to inspect or re-home. A spooled
+        chunk's audio is moved as it is, so one whose file cannot be read is kept too."""
         folder = self.root / QUARANTINE / job.call_id
         name = self._chunk_name(job)
-        data = job.wav if job.wav is not None else self.read_chunk(job)
-        _write_atomic(folder / f"{name}.wav", data)
+        if job.wav is not None:
+            _write_atomic(folder / f"{name}.wav", job.wav)
+        elif job.spool_path:
+            folder.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(job.spool_path + ".wav", folder / f"{name}.wav")
         _write_atomic(folder / f"{name}.json", orjson.dumps({**orjson.loads(job.sidecar()), "reason": reason,
                                                              "quarantinedAt": mf.now_iso()}))
         if job.spool_path:
