@@ -304,8 +304,9 @@ def merge(base: Manifest | None, part: Manifest) -> Manifest:
         if _dtmf_key(d) not in dtmf and len(dtmf) < MAX_DTMF_PER_CALL:
             dtmf[_dtmf_key(d)] = d
     dtmf_keys = sorted(dtmf)
-    # every session lists all the tones it kept, so what the call's cap cut is what they offered beyond it
-    offered = sum(s.dtmf_tones for s in merged_sessions)
+    # every session lists all the tones it kept, so what the call's cap cut is what they offered beyond it (only
+    # once the cap is reached: below it, two sessions listing the same tones are one tone, not one dropped)
+    offered = sum(s.dtmf_tones for s in merged_sessions) if len(dtmf_keys) >= MAX_DTMF_PER_CALL else 0
     dtmf_dropped = max(src.dtmf_dropped, part.dtmf_dropped, offered - len(dtmf_keys))
 
     counted = [s for s in merged_sessions if s.has_content]

@@ -51,6 +51,9 @@ def fill_empty(cur_pcm: bytes, cur_occ: np.ndarray, new_pcm: bytes | memoryview,
     width = max(slots, len(cur_occ), len(new_occ))
     have = np.zeros(width, dtype=bool)
     have[: len(cur_occ)] = cur_occ
+    # A slot with stored sound is held whatever the map says: an honest empty slot is zeros, so a map that calls
+    # it empty is wrong (edited by hand), and stored audio must not be replaced on its word.
+    have[:slots] |= out.reshape(slots, frame_bytes).any(axis=1)  # `out` is the stored audio, zero-padded
     take = np.zeros(width, dtype=bool)
     take[: len(new_occ)] = new_occ
     take[slots:] = False  # a mask longer than the part's audio names no audio

@@ -32,9 +32,10 @@ def encode(pcm: bytes | memoryview, sample_rate: int, channels: int = 1) -> byte
     return b"".join((header(len(pcm), sample_rate, channels), pcm))
 
 
-def info(data: bytes) -> tuple[int, int]:
+def info(data: bytes, *, exact: bool = False) -> tuple[int, int]:
     """-> (sample_rate, PCM bytes) from a canonical 44-byte-header mono s16 WAV (what `encode` writes), without
-    touching the PCM."""
+    touching the PCM. `exact`: the header's size must be the file's (a stored chunk whose header was edited would
+    otherwise hide the audio past it)."""
     if len(data) < HEADER_BYTES or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         raise ValueError("not a RIFF/WAVE file")
     fmt, channels, rate, _, _, bits = _FMT.unpack_from(data, 20)
@@ -43,12 +44,14 @@ def info(data: bytes) -> tuple[int, int]:
     if rate == 0:
         raise ValueError("sample rate 0")
     (size,) = struct.unpack_from("<I", data, 40)
+    if exact and size != len(data) - HEADER_BYTES:
+        raise ValueError(f"header says {size} PCM bytes, the file holds {len(data) - HEADER_BYTES}")
     return rate, min(size, len(data) - HEADER_BYTES)
 
 
-def decode(data: bytes) -> tuple[int, bytes]:
+def decode(data: bytes, *, exact: bool = False) -> tuple[int, bytes]:
     """-> (sample_rate, pcm) of a canonical mono WAV (see `info`)."""
-    rate, size = info(data)
+    rate, size = info(data, exact=exact)
     return rate, data[HEADER_BYTES:HEADER_BYTES + size]
 
 

@@ -413,7 +413,7 @@ class RecordingStore:
                 except AlreadyExists:
                     continue
             try:
-                cur_rate, cur_pcm = wav.decode(cur.data)
+                cur_rate, cur_pcm = wav.decode(cur.data, exact=True)
             except ValueError as exc:
                 raise PermanentChunkError(f"{name}: stored chunk is unreadable ({exc})") from None
             if cur_rate != rate:

@@ -16,7 +16,8 @@ value must not decide where the rest of the call goes:
   `FUTURE_TOLERANCE` ahead of the receive clock (a first frame dated 2099, 2000 or missing would otherwise strand
   every honest frame after it: they would all be "late");
 * a jump ahead is believed only if it does not claim to be from the future: the frame's `ts - arrival` may exceed
-  the call's reference offset (set by frames that arrived in sequence) by at most `FUTURE_TOLERANCE`. Audio cannot
+  the call's reference offset (set by frames that arrived in sequence), or the receive clock when the reference
+  lags it (a stale first frame set it), by at most `FUTURE_TOLERANCE`. Audio cannot
   arrive before it was captured, so a larger lead is a bad timestamp and the frame goes at the cursor. The
   reference itself may rise (a frame that arrived sooner than the others) to at most `FUTURE_TOLERANCE` ahead of
   the receive clock, so jumps that each lead a little cannot creep the call ahead of it: the silence a run of
@@ -237,7 +238,9 @@ class CallTimeline:
         off = ts - arrival
         if nxt is None or ref is None:  # a new stream (or the call's first timestamp): no trusted position yet
             base = 0.0 if ref is None else ref
-            if off - base > FUTURE_TOLERANCE or base - off > MAX_CLOCK_SKEW:
+            # ahead: judged against the receive clock too (a reference set by one stale frame must not make
+            # every honest frame after it look like it is from the future)
+            if off - max(base, 0.0) > FUTURE_TOLERANCE or base - off > MAX_CLOCK_SKEW:
                 self.stats.bad_timestamps += 1
                 if nxt is None and st.held is None:  # where it goes is decided by the next frame
                     st.held = (pcm, silent, arrival)
@@ -259,7 +262,7 @@ class CallTimeline:
         d = (ts - self.origin) / self.frame_seconds - nxt  # type: ignore[operator]
         if d <= self._tol:  # in sequence (or late): this frame simply arrived sooner than the others
             self._ref = min(off, self._ref_cap)
-        elif off > ref + FUTURE_TOLERANCE:  # a jump that claims to be from the future
+        elif off > max(ref, 0.0) + FUTURE_TOLERANCE:  # a jump that claims to be from the future
             self.stats.bad_timestamps += 1
             return self._cursor_ts(nxt, arrival)
         return ts

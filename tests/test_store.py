@@ -6,10 +6,12 @@ import asyncio
 import uuid
 
 import msgspec
+import numpy as np
 import pytest
 
 from common import manifest as mf
 from common import wav
+from common.slots import occupancy
 from streamer.store import (
     AlreadyExists,
     AzureBlobBackend,
@@ -142,6 +144,29 @@ def test_a_damaged_part_or_stored_metadata_is_a_permanent_error_not_retried():
     for meta in ({"revision": "1", "slots": "%%%"}, {"revision": "one"}):
         with pytest.raises(PermanentChunkError, match="metadata is unreadable"):
             asyncio.run(stored(meta))
+
+
+def test_a_slot_map_that_calls_stored_sound_empty_is_not_believed():
+    """A hand-edited map of the right length whose bits were cleared, or a header whose size was shrunk: the
+    stored audio stays (found by an outside probe: before, a later part replaced it)."""
+    stored = b"\x07" * 640 * 25
+
+    async def write(meta: dict[str, str], data: bytes) -> bytes:
+        be = MemoryBackend()
+        await be.create("c1/mixed/000000.wav", data, meta, "audio/wav")
+        await RecordingStore(be).put_chunk("c1/mixed/000000.wav", wav.encode(b"\x05" * 640 * 50, 16000),
+                                           b"\x01" * 50, 640)
+        got = await be.get("c1/mixed/000000.wav")
+        assert got is not None
+        return wav.decode(got.data)[1]
+
+    cleared = {"revision": "1", "slots": occupancy(np.zeros(25, dtype=bool)), "slotbytes": "640"}
+    pcm = asyncio.run(write(cleared, wav.encode(stored, 16000)))
+    assert pcm[: len(stored)] == stored and pcm[len(stored):] == b"\x05" * 640 * 25  # only the empty ones filled
+    shrunk = bytearray(wav.encode(stored, 16000))
+    shrunk[40:44] = (640 * 5).to_bytes(4, "little")
+    with pytest.raises(PermanentChunkError, match="header says"):
+        asyncio.run(write({"revision": "1"}, bytes(shrunk)))
 
 
 def test_manifest_merge_conflicts_are_counted_as_retries():

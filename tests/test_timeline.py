@@ -288,6 +288,20 @@ def test_a_first_frame_that_arrived_late_does_not_hold_the_reference_down():
     assert b_first == round((t - T0) / 0.02)
 
 
+def test_one_stale_first_frame_of_a_reconnect_does_not_pin_the_honest_ones_behind_it():
+    """A reconnecting session's first frame is 18 s old (within the skew allowed), then real-time frames follow:
+    they go where their timestamps say, not after the stale one (found by an outside probe: before, each was a
+    "jump from the future", placed over the earlier session's audio and lost as conflicts)."""
+    got = Collect()
+    tl = CallTimeline(fmt(), 1.0, got, origin=T0 - 20.0)
+    tl.add(None, frame(0), T0 - 18.0, False, arrival=T0)
+    for j in range(1, 250):
+        tl.add(None, frame(j), T0 + 0.02 * j, False, arrival=T0 + 0.02 * j)
+    tl.flush()
+    assert tl.stats.bad_timestamps == 0
+    assert sorted({c.seq for c in got.chunks}) == [2, 20, 21, 22, 23, 24]
+
+
 def test_a_frame_dated_far_in_the_past_mid_call_is_kept_in_sequence():
     """One frame dated 2000 in the middle of a call is a wild timestamp, not a late frame: placed after the previous
     one and counted, not dropped "before the origin" (which also made the session incomplete)."""

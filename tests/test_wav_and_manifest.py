@@ -146,6 +146,11 @@ def test_dtmf_is_capped_per_call_and_what_was_cut_is_counted():
         m = mf.merge(m, session_part(k, tones))  # each session rewrites its whole list: counted once
     assert m is not None and len(m.dtmf) == mf.MAX_DTMF_PER_CALL and m.dtmf_dropped == 1000
     assert {d.participant_raw_id for d in m.dtmf} == {f"p{k}" for k in range(5)}
+    # below the cap, two sessions listing the same tones (a replayed session) drop nothing
+    replay = P({"callConnectionId": "c1", "sessions": [{"id": "s9", "frames": 1, "dtmfTones": 2}],
+                "dtmf": [{**t, "participantRawId": "p0"} for t in tones[:2]]})
+    once = mf.merge(mf.merge(None, session_part(0, tones[:2])), replay)
+    assert once.dtmf_dropped == 0 and len(once.dtmf) == 2
     # stored tones are the truth: a later session's tones dated earlier do not evict them
     earlier = [{**t, "timestamp": f"2025-01-01T00:00:00.{i:03d}Z"} for i, t in enumerate(tones[:10])]
     m = mf.merge(m, session_part(7, earlier))
